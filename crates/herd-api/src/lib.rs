@@ -1,0 +1,10 @@
+//! Wire types of herd.
+//!
+//! Owns: the KServe v2 / Open Inference Protocol request and response types, tensor data types,
+//! and the single table that binds every error code to its HTTP status ([`ErrorCode`]).
+//! Must not depend on: tokio, axum, inference engines, storage.
+
+pub mod error;
+pub mod v2;
+
+pub use error::{ApiError, ErrorCode, HasErrorCode};
