@@ -1,0 +1,247 @@
+//! The ONNX Runtime backend.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use herd_api::v2::{DataType, Tensor, TensorData, TensorMetadata};
+use ort::environment::{Environment, GlobalThreadPoolOptions};
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::{DynValue, TensorElementType, ValueType};
+
+use crate::{Backend, Instance, LoadOptions, RuntimeError, Signature};
+
+/// ONNX Runtime allows one environment per process; herd creates it once, with a global thread
+/// pool shared by every session (thousands of sessions must not mean thousands of pools).
+static ENV: OnceLock<Result<(Environment, PathBuf), String>> = OnceLock::new();
+
+/// ONNX Runtime, loaded from a shared library found by [`crate::install::locate`].
+#[derive(Clone)]
+pub struct OrtBackend {
+    env: Environment,
+    library: PathBuf,
+}
+
+impl OrtBackend {
+    /// Loads the library (once per process) and creates the environment.
+    /// `intra_threads` sizes the shared pool (0 = ONNX Runtime's default, one per core).
+    pub fn new(library: Option<&Path>, intra_threads: usize) -> Result<OrtBackend, RuntimeError> {
+        let lib = crate::install::locate(library)?;
+        let entry = ENV.get_or_init(|| {
+            let pool = GlobalThreadPoolOptions::default()
+                .with_intra_threads(intra_threads)
+                .and_then(|p| p.with_inter_threads(1))
+                .and_then(|p| p.with_spin_control(false))
+                .map_err(|e| e.to_string())?;
+            let env = ort::init_from(&lib)
+                .map_err(|e| e.to_string())?
+                .with_name("herd")
+                .with_global_thread_pool(pool)
+                .build()
+                .map_err(|e| e.to_string())?;
+            Ok((env, lib.clone()))
+        });
+        match entry {
+            Ok((env, path)) => Ok(OrtBackend {
+                env: env.clone(),
+                library: path.clone(),
+            }),
+            Err(reason) => Err(RuntimeError::LibraryBroken {
+                path: lib,
+                reason: reason.clone(),
+            }),
+        }
+    }
+
+    /// The library this process uses.
+    pub fn library(&self) -> &Path {
+        &self.library
+    }
+}
+
+impl Backend for OrtBackend {
+    fn platform(&self) -> &'static str {
+        "onnxruntime_onnx"
+    }
+
+    fn load(&self, path: &Path, opts: &LoadOptions) -> Result<Box<dyn Instance>, RuntimeError> {
+        let fail = |reason: String| RuntimeError::LoadFailed {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut builder = Session::builder(&self.env)
+            .map_err(|e| fail(e.to_string()))?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| fail(e.to_string()))?;
+        if opts.intra_threads > 0 {
+            builder = builder
+                .with_independent_thread_pool()
+                .and_then(|b| b.with_intra_threads(opts.intra_threads))
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        let session = builder
+            .commit_from_file(path)
+            .map_err(|e| fail(e.to_string()))?;
+        let signature = Signature {
+            inputs: session
+                .inputs()
+                .iter()
+                .map(|o| outlet_meta(o.name(), o.dtype()))
+                .collect::<Result<_, _>>()
+                .map_err(fail)?,
+            outputs: session
+                .outputs()
+                .iter()
+                .map(|o| outlet_meta(o.name(), o.dtype()))
+                .collect::<Result<_, _>>()
+                .map_err(fail)?,
+        };
+        Ok(Box::new(OrtInstance { session, signature }))
+    }
+}
+
+struct OrtInstance {
+    session: Session,
+    signature: Signature,
+}
+
+impl Instance for OrtInstance {
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
+        let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
+        for t in inputs {
+            let v = to_value(t.shape, t.data).map_err(|e| {
+                RuntimeError::InvalidInput(format!("input '{}': {e}", t.name))
+            })?;
+            values.push((t.name, v));
+        }
+        let outputs = self
+            .session
+            .run(values)
+            .map_err(|e| RuntimeError::Run(e.to_string()))?;
+        let mut result = Vec::with_capacity(self.signature.outputs.len());
+        for meta in &self.signature.outputs {
+            let value = outputs.get(&meta.name).ok_or_else(|| {
+                RuntimeError::Run(format!("the model did not produce output '{}'", meta.name))
+            })?;
+            result.push(from_value(&meta.name, value)?);
+        }
+        Ok(result)
+    }
+}
+
+fn outlet_meta(name: &str, ty: &ValueType) -> Result<TensorMetadata, String> {
+    match ty {
+        ValueType::Tensor { ty, shape, .. } => Ok(TensorMetadata {
+            name: name.to_string(),
+            datatype: element_to_datatype(*ty)
+                .ok_or_else(|| format!("'{name}' has element type {ty:?}, which herd does not serve"))?,
+            shape: shape.iter().copied().collect(),
+        }),
+        other => Err(format!(
+            "'{name}' is a {other:?}; herd serves models whose inputs and outputs are tensors"
+        )),
+    }
+}
+
+fn element_to_datatype(t: TensorElementType) -> Option<DataType> {
+    Some(match t {
+        TensorElementType::Float32 => DataType::F32,
+        TensorElementType::Float64 => DataType::F64,
+        TensorElementType::Int8 => DataType::I8,
+        TensorElementType::Int16 => DataType::I16,
+        TensorElementType::Int32 => DataType::I32,
+        TensorElementType::Int64 => DataType::I64,
+        TensorElementType::Uint8 => DataType::U8,
+        TensorElementType::Uint16 => DataType::U16,
+        TensorElementType::Uint32 => DataType::U32,
+        TensorElementType::Uint64 => DataType::U64,
+        TensorElementType::Bool => DataType::Bool,
+        TensorElementType::String => DataType::Bytes,
+        TensorElementType::Float16 => DataType::F16,
+        _ => return None,
+    })
+}
+
+fn to_value(shape: Vec<i64>, data: TensorData) -> Result<DynValue, String> {
+    fn prim<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
+        shape: Vec<i64>,
+        v: Vec<T>,
+    ) -> Result<DynValue, String> {
+        ort::value::Tensor::from_array((shape, v))
+            .map(|t| t.into_dyn())
+            .map_err(|e| e.to_string())
+    }
+    match data {
+        TensorData::F32(v) => prim(shape, v),
+        TensorData::F64(v) => prim(shape, v),
+        TensorData::I8(v) => prim(shape, v),
+        TensorData::I16(v) => prim(shape, v),
+        TensorData::I32(v) => prim(shape, v),
+        TensorData::I64(v) => prim(shape, v),
+        TensorData::U8(v) => prim(shape, v),
+        TensorData::U16(v) => prim(shape, v),
+        TensorData::U32(v) => prim(shape, v),
+        TensorData::U64(v) => prim(shape, v),
+        TensorData::Bool(v) => prim(shape, v),
+        TensorData::Bytes(v) => {
+            let strings = v
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    String::from_utf8(b).map_err(|_| format!("BYTES element {i} is not valid UTF-8"))
+                })
+                .collect::<Result<Vec<String>, String>>()?;
+            ort::value::Tensor::from_string_array((shape, &strings[..]))
+                .map(|t| t.into_dyn())
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn from_value(name: &str, value: &DynValue) -> Result<Tensor, RuntimeError> {
+    let err = |e: ort::Error| RuntimeError::Run(format!("output '{name}': {e}"));
+    let ty = match value.dtype() {
+        ValueType::Tensor { ty, .. } => *ty,
+        other => {
+            return Err(RuntimeError::Run(format!(
+                "output '{name}' is a {other:?}, not a tensor"
+            )))
+        }
+    };
+    macro_rules! prim {
+        ($t:ty, $variant:ident) => {{
+            let (shape, data) = value.try_extract_tensor::<$t>().map_err(err)?;
+            (shape.iter().copied().collect::<Vec<i64>>(), TensorData::$variant(data.to_vec()))
+        }};
+    }
+    let (shape, data) = match ty {
+        TensorElementType::Float32 => prim!(f32, F32),
+        TensorElementType::Float64 => prim!(f64, F64),
+        TensorElementType::Int8 => prim!(i8, I8),
+        TensorElementType::Int16 => prim!(i16, I16),
+        TensorElementType::Int32 => prim!(i32, I32),
+        TensorElementType::Int64 => prim!(i64, I64),
+        TensorElementType::Uint8 => prim!(u8, U8),
+        TensorElementType::Uint16 => prim!(u16, U16),
+        TensorElementType::Uint32 => prim!(u32, U32),
+        TensorElementType::Uint64 => prim!(u64, U64),
+        TensorElementType::Bool => prim!(bool, Bool),
+        TensorElementType::String => {
+            let (shape, strings) = value.try_extract_strings().map_err(err)?;
+            (
+                shape.iter().copied().collect(),
+                TensorData::Bytes(strings.into_iter().map(String::into_bytes).collect()),
+            )
+        }
+        other => {
+            return Err(RuntimeError::Run(format!(
+                "output '{name}' has element type {other:?}, which herd does not serve"
+            )))
+        }
+    };
+    Ok(Tensor::new(name, shape, data))
+}

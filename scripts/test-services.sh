@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Starts the real services that herd's tests use, on 127.0.0.1 only, and writes their URLs to
+# .herd/test-env (source it). Idempotent: a service already answering is left alone.
+#   PostgreSQL -> HERD_TEST_POSTGRES_URL   (Debian's postgresql package)
+#   Redis      -> HERD_TEST_REDIS_URL      (Debian's redis-server package)
+#   S3 (moto)  -> HERD_TEST_S3_ENDPOINT    (PyPI moto[server], in the project venv)
+# Usage: bash scripts/test-services.sh && source .herd/test-env
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+state="$root/.herd/services"
+mkdir -p "$state"
+env_file="$root/.herd/test-env"
+: >"$env_file"
+
+need_apt=()
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing ${need_apt[*]} (apt-get)"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "warning: not root; install ${need_apt[*]} yourself" >&2
+  fi
+fi
+
+# --- Redis on 127.0.0.1:56379
+REDIS_PORT=${HERD_TEST_REDIS_PORT:-56379}
+if command -v redis-server >/dev/null; then
+  if ! redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+      --daemonize yes --logfile "$state/redis.log" --pidfile "$state/redis.pid"
+    for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  fi
+  echo "export HERD_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT" >>"$env_file"
+  echo "redis: redis://127.0.0.1:$REDIS_PORT"
+fi
+
+# --- PostgreSQL on 127.0.0.1:55432 (trust auth, throwaway cluster)
+PG_PORT=${HERD_TEST_PG_PORT:-55432}
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+if [ -n "$pg_bin" ]; then
+  pg_data="$state/pgdata"
+  run_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+  if ! "$pg_bin/pg_isready" -h 127.0.0.1 -p "$PG_PORT" >/dev/null 2>&1; then
+    if [ ! -f "$pg_data/PG_VERSION" ]; then
+      mkdir -p "$pg_data"
+      [ "$(id -u)" = 0 ] && chown -R postgres "$state"
+      run_pg "$pg_bin/initdb" -D "$pg_data" -U postgres --auth=trust >/dev/null
+    fi
+    [ "$(id -u)" = 0 ] && chown -R postgres "$state"
+    run_pg "$pg_bin/pg_ctl" -D "$pg_data" -l "$state/postgres.log" \
+      -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k /tmp -c fsync=off -c max_connections=200" -w start >/dev/null
+  fi
+  echo "export HERD_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres" >>"$env_file"
+  echo "postgres: postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+fi
+
+# --- S3-compatible endpoint (moto) on 127.0.0.1:55000
+S3_PORT=${HERD_TEST_S3_PORT:-55000}
+venv="$root/.venv"
+if [ -x "$venv/bin/moto_server" ]; then
+  if ! curl -s -o /dev/null "http://127.0.0.1:$S3_PORT/" 2>/dev/null; then
+    nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$state/moto.log" 2>&1 &
+    echo $! >"$state/moto.pid"
+    for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$S3_PORT/" && break; sleep 0.1; done
+  fi
+  {
+    echo "export HERD_TEST_S3_ENDPOINT=http://127.0.0.1:$S3_PORT"
+    echo "export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1"
+  } >>"$env_file"
+  echo "s3 (moto): http://127.0.0.1:$S3_PORT"
+else
+  echo "moto not in $venv (run scripts/test-python.sh); S3 tests will report it" >&2
+fi
+echo "wrote $env_file"
