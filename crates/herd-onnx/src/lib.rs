@@ -1,0 +1,48 @@
+//! ONNX files without an inference engine.
+//!
+//! Owns: a hand-written `prost` model of the part of `onnx.proto` herd needs ([`proto`]), reading a
+//! model's input/output signature ([`read_signature`]), and writing tiny linear classifiers
+//! ([`LinearClassifier`]) with a pure-Rust reference `predict` — what `herd demo` uses to write
+//! thousands of per-customer models.
+//! Must not depend on: tokio, inference engines, HTTP, storage.
+
+pub mod proto;
+
+mod classifier;
+mod signature;
+
+pub use classifier::LinearClassifier;
+pub use signature::{data_type, read_signature, Signature};
+
+use herd_api::{ErrorCode, HasErrorCode};
+
+/// Errors of this crate. Every variant is a problem with the caller's input.
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxError {
+    /// The bytes are not an ONNX model (random bytes, a text file, an empty file, no graph...).
+    #[error("not an ONNX model: {0}")]
+    NotOnnx(String),
+    /// A graph input or output has a type herd cannot serve.
+    #[error(
+        "{role} '{name}' has type {kind}, which herd cannot serve; \
+         use one of BOOL, (U)INT8/16/32/64, FLOAT16, FLOAT, DOUBLE, STRING tensors"
+    )]
+    UnsupportedType {
+        role: &'static str,
+        name: String,
+        kind: String,
+    },
+    /// Arguments that cannot describe a classifier (length mismatch, zero sizes).
+    #[error("invalid classifier: {0}")]
+    InvalidClassifier(String),
+}
+
+impl HasErrorCode for OnnxError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            OnnxError::NotOnnx(_)
+            | OnnxError::UnsupportedType { .. }
+            | OnnxError::InvalidClassifier(_) => ErrorCode::InvalidInput,
+        }
+    }
+}

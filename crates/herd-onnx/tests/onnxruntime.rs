@@ -1,0 +1,108 @@
+//! Generated models checked by independent tools: the Python `onnx` checker (with shape
+//! inference) and onnxruntime, whose outputs must equal `LinearClassifier::predict`.
+//!
+//! Needs the project venv (`scripts/test-python.sh` builds `/work/main/.venv`). Without it the
+//! test fails when `CI` is set and prints a loud SKIPPED otherwise.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use herd_onnx::{read_signature, LinearClassifier};
+
+fn python() -> Option<PathBuf> {
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    if py.exists() {
+        return Some(py);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{} is missing and CI is set: run scripts/test-python.sh to build the venv",
+            py.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: {} not found; run scripts/test-python.sh to check generated models \
+         against onnxruntime",
+        py.display()
+    );
+    None
+}
+
+const SCRIPT: &str = r#"
+import json, sys
+import numpy as np
+import onnx, onnxruntime as ort
+path, xpath = sys.argv[1], sys.argv[2]
+model = onnx.load(path)
+onnx.checker.check_model(model, full_check=True)
+spec = json.load(open(xpath))
+x = np.array(spec["x"], dtype=np.float32).reshape(spec["batch"], spec["dim"])
+sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+probs, label = sess.run(["probabilities", "label"], {"input": x})
+print(json.dumps({
+    "probabilities": [float(v) for v in probs.reshape(-1)],
+    "label": [int(v) for v in label.reshape(-1)],
+    "label_dtype": str(label.dtype),
+    "probs_shape": list(probs.shape),
+}))
+"#;
+
+#[test]
+fn onnxruntime_matches_predict() {
+    let Some(py) = python() else { return };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("herd-onnx-ort");
+    std::fs::create_dir_all(&dir).unwrap();
+
+    for (dim, classes, seed, batch) in [
+        (4usize, 3usize, 1u64, 5usize),
+        (32, 10, 7, 17),
+        (1, 2, 99, 1),
+    ] {
+        let m = LinearClassifier::random(dim, classes, seed);
+        let bytes = m.to_onnx(&format!("customer-{seed}"));
+        read_signature(&bytes).expect("own model must parse");
+        let model_path = dir.join(format!("m{seed}.onnx"));
+        std::fs::write(&model_path, &bytes).unwrap();
+
+        // inputs in [-3, 3) from a different generator than the weights
+        let x: Vec<f32> = LinearClassifier::random(batch * dim, 1, seed + 1000)
+            .weights
+            .iter()
+            .map(|v| v * 3.0)
+            .collect();
+        let x_path = dir.join(format!("x{seed}.json"));
+        std::fs::write(
+            &x_path,
+            serde_json::json!({"x": x, "batch": batch, "dim": dim}).to_string(),
+        )
+        .unwrap();
+
+        let out = Command::new(&py)
+            .arg("-c")
+            .arg(SCRIPT)
+            .arg(&model_path)
+            .arg(&x_path)
+            .output()
+            .expect("run python");
+        assert!(
+            out.status.success(),
+            "python failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let (labels, probs) = m.predict(&x);
+
+        assert_eq!(got["label_dtype"], "int64");
+        assert_eq!(got["probs_shape"], serde_json::json!([batch, classes]));
+        let ort_labels: Vec<i64> = serde_json::from_value(got["label"].clone()).unwrap();
+        assert_eq!(ort_labels, labels, "labels for dim={dim} classes={classes}");
+        let ort_probs: Vec<f32> = serde_json::from_value(got["probabilities"].clone()).unwrap();
+        assert_eq!(ort_probs.len(), probs.len());
+        for (i, (a, b)) in ort_probs.iter().zip(&probs).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5,
+                "probability {i}: onnxruntime {a} vs predict {b}"
+            );
+        }
+    }
+}
