@@ -1,0 +1,138 @@
+//! The queue contract shared by the SQLite and Redis backends.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::Rng;
+
+use crate::{
+    Backoff, FailOutcome, Failure, Job, JobId, JobOutcome, JobsError, Lease, ListFilter, Progress,
+    QueueStats,
+};
+
+/// A durable job queue with leases. Both backends implement exactly these semantics (one test
+/// suite, `tests/queue.rs`, runs against both):
+///
+/// * `claim` hands out the highest-priority claimable job of the given queues (waiting, delayed
+///   whose time has come, or running whose lease expired), oldest first, and increments its
+///   attempts. An expired job that already used all its attempts goes to the dead letter instead.
+/// * `renew`, `ack`, `fail` and `release` need the lease's token; a stale lease gets
+///   [`JobsError::LeaseLost`] and changes nothing.
+/// * `fail` delays a retryable failure with exponential backoff and jitter (see
+///   [`backoff_delay_ms`]) until `max_attempts`, then moves the job to the dead letter.
+/// * `release` gives the job back at once without using up an attempt (graceful shutdown).
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// `sqlite` or `redis`.
+    fn backend(&self) -> &'static str;
+
+    /// Adds a job; it is claimable at once.
+    async fn enqueue(&self, spec: crate::JobSpec) -> Result<JobId, JobsError>;
+
+    /// Claims one job from `queues` for `lease`, or `None` when nothing is claimable.
+    async fn claim(
+        &self,
+        worker_id: &str,
+        queues: &[String],
+        lease: Duration,
+    ) -> Result<Option<Lease>, JobsError>;
+
+    /// Extends the lease to now + `extend`, storing the progress if given.
+    async fn renew(
+        &self,
+        lease: &mut Lease,
+        extend: Duration,
+        progress: Option<&Progress>,
+    ) -> Result<(), JobsError>;
+
+    /// Marks the job done with its outcome.
+    async fn ack(&self, lease: &Lease, outcome: &JobOutcome) -> Result<(), JobsError>;
+
+    /// Records a failed attempt: retry later, or dead letter.
+    async fn fail(&self, lease: &Lease, failure: &Failure) -> Result<FailOutcome, JobsError>;
+
+    /// Gives the job back, claimable at once; the attempt does not count.
+    async fn release(&self, lease: &Lease) -> Result<(), JobsError>;
+
+    /// Moves dead jobs of `queue` back to waiting with fresh attempts: the one named by `id`, or
+    /// all of them. Returns how many moved.
+    async fn requeue_dead(&self, queue: &str, id: Option<&str>) -> Result<u64, JobsError>;
+
+    /// Jobs, newest first.
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<Job>, JobsError>;
+
+    /// One job.
+    async fn show(&self, id: &str) -> Result<Option<Job>, JobsError>;
+
+    /// Removes done and dead jobs that finished more than `retention` ago. Returns how many.
+    async fn purge(&self, retention: Duration) -> Result<u64, JobsError>;
+
+    /// Counts for one queue.
+    async fn stats(&self, queue: &str) -> Result<QueueStats, JobsError>;
+
+    /// Worker ids that hold an unexpired lease on a job of `queue`.
+    async fn lease_holders(&self, queue: &str) -> Result<Vec<String>, JobsError>;
+
+    /// Names of the queues that have (or had) jobs.
+    async fn queues(&self) -> Result<Vec<String>, JobsError>;
+}
+
+/// Delay before attempt `attempt + 1` after attempt `attempt` (1-based) failed:
+/// `d = min(max_ms, base_ms * 2^(attempt-1))`, then uniformly in `[d/2, d]` (jitter, so workers
+/// that failed together do not retry together).
+pub fn backoff_delay_ms(backoff: &Backoff, attempt: u32, rng: &mut impl Rng) -> u64 {
+    let exp = attempt.saturating_sub(1).min(62);
+    let full = backoff
+        .base_ms
+        .saturating_mul(1u64 << exp)
+        .min(backoff.max_ms);
+    let half = full / 2;
+    if full == 0 {
+        0
+    } else {
+        rng.gen_range(half..=full)
+    }
+}
+
+pub(crate) fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_within_jitter_and_cap() {
+        let b = Backoff {
+            base_ms: 100,
+            max_ms: 1_000,
+        };
+        let mut rng = rand::thread_rng();
+        for _ in 0..200 {
+            let d1 = backoff_delay_ms(&b, 1, &mut rng);
+            assert!((50..=100).contains(&d1), "{d1}");
+            let d3 = backoff_delay_ms(&b, 3, &mut rng);
+            assert!((200..=400).contains(&d3), "{d3}");
+            let d10 = backoff_delay_ms(&b, 10, &mut rng);
+            assert!((500..=1_000).contains(&d10), "{d10}");
+            let huge = backoff_delay_ms(&b, 1_000, &mut rng);
+            assert!(huge <= 1_000);
+        }
+    }
+
+    #[test]
+    fn jitter_spreads_retries() {
+        let b = Backoff {
+            base_ms: 10_000,
+            max_ms: 100_000,
+        };
+        let mut rng = rand::thread_rng();
+        let delays: std::collections::HashSet<u64> =
+            (0..50).map(|_| backoff_delay_ms(&b, 2, &mut rng)).collect();
+        assert!(
+            delays.len() > 10,
+            "jitter should vary the delay: {delays:?}"
+        );
+    }
+}
