@@ -1,0 +1,844 @@
+//! The model cache and the [`Core`] facade the HTTP layer calls.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herd_api::v2::{DataType, Tensor, TensorData};
+use herd_runtime::{memory, Backend, Instance, LoadOptions, Signature};
+use parking_lot::Mutex;
+use tokio::sync::{watch, Semaphore};
+
+use crate::model::{BatchSettings, LoadedModel};
+use crate::source::{ModelEntry, ModelSource};
+use crate::validate::check_inputs;
+use crate::{CoreConfig, CoreError, EvictionPolicy, ModelConfig};
+
+type Key = (String, String);
+type LoadResult = Option<Result<Arc<Served>, CoreError>>;
+
+/// A loaded model plus what the core needs to know about it.
+pub struct Served {
+    pub model: LoadedModel,
+    pub config: ModelConfig,
+    pub charge: u64,
+}
+
+enum Slot {
+    Loading(watch::Receiver<LoadResult>),
+    Ready(Arc<Served>),
+    Failed { error: CoreError, at: Instant },
+}
+
+struct Entry {
+    slot: Slot,
+    charge: u64,
+    pinned: bool,
+    freq: u64,
+    last_used: u64,
+    load_secs: f64,
+    priority: f64,
+}
+
+struct CacheState {
+    entries: HashMap<Key, Entry>,
+    /// Sum of charges of loaded models plus reservations of loads in progress.
+    used: u64,
+    /// GDSF inflation value L: the priority of the last victim.
+    clock: f64,
+    tick: u64,
+    /// Learned ratio of measured size to file size, used to reserve room before a load.
+    ratio: f64,
+}
+
+/// State of one model version, as the repository index shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelState {
+    Ready,
+    Loading,
+    Unloaded,
+    Failed(String),
+}
+
+impl ModelState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ModelState::Ready => "READY",
+            ModelState::Loading => "LOADING",
+            ModelState::Unloaded => "UNLOADED",
+            ModelState::Failed(_) => "UNAVAILABLE",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct IndexEntry {
+    pub name: String,
+    pub version: Option<String>,
+    pub state: ModelState,
+    pub charge: u64,
+}
+
+/// Counters of the cache since start.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub loads: u64,
+    pub load_failures: u64,
+    pub evictions: u64,
+    pub load_seconds_total: f64,
+    pub loaded_models: usize,
+    pub used_bytes: u64,
+    pub budget_bytes: u64,
+    /// Highest `used_bytes` ever seen.
+    pub peak_used_bytes: u64,
+}
+
+pub struct InferRequest {
+    pub model: String,
+    pub version: Option<String>,
+    pub inputs: Vec<Tensor>,
+    /// Outputs to return (all when `None`).
+    pub outputs: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    /// Time spent waiting for the model to load (zero on a cache hit).
+    pub load: Duration,
+    pub queue: Duration,
+    pub inference: Duration,
+    pub total: Duration,
+}
+
+#[derive(Debug)]
+pub struct InferOutput {
+    pub model: String,
+    pub version: String,
+    pub outputs: Vec<Tensor>,
+    pub timing: Timing,
+    pub batch_rows: usize,
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    loads: AtomicU64,
+    load_failures: AtomicU64,
+    evictions: AtomicU64,
+    load_nanos: AtomicU64,
+    peak_used: AtomicU64,
+}
+
+/// The serving core: ask it to infer, load, unload, describe.
+pub struct Core {
+    cfg: CoreConfig,
+    source: Arc<dyn ModelSource>,
+    backend: Arc<dyn Backend>,
+    state: Mutex<CacheState>,
+    loaders: Arc<Semaphore>,
+    /// Instance creation is serialised so the allocation growth can be charged to one model.
+    measure: Arc<std::sync::Mutex<()>>,
+    counters: Counters,
+}
+
+impl Core {
+    pub fn new(
+        cfg: CoreConfig,
+        source: Arc<dyn ModelSource>,
+        backend: Arc<dyn Backend>,
+    ) -> Arc<Core> {
+        metrics::gauge!("herd_cache_memory_budget_bytes").set(cfg.memory_budget as f64);
+        Arc::new(Core {
+            loaders: Arc::new(Semaphore::new(cfg.load_concurrency.max(1))),
+            cfg,
+            source,
+            backend,
+            state: Mutex::new(CacheState {
+                entries: HashMap::new(),
+                used: 0,
+                clock: 0.0,
+                tick: 0,
+                ratio: 1.5,
+            }),
+            measure: Arc::new(std::sync::Mutex::new(())),
+            counters: Counters::default(),
+        })
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    pub fn source(&self) -> &Arc<dyn ModelSource> {
+        &self.source
+    }
+
+    pub fn platform(&self) -> &'static str {
+        self.backend.platform()
+    }
+
+    /// Resolves a model and version against the source.
+    pub fn resolve(&self, name: &str, version: Option<&str>) -> Result<(ModelEntry, String), CoreError> {
+        let entry = self.source.get(name)?;
+        let v = match version {
+            Some(v) => {
+                if !entry.versions.iter().any(|x| x == v) {
+                    return Err(CoreError::VersionNotFound {
+                        model: name.to_string(),
+                        version: v.to_string(),
+                    });
+                }
+                v.to_string()
+            }
+            None => entry
+                .default_version()
+                .ok_or_else(|| CoreError::ModelNotFound(name.to_string()))?
+                .to_string(),
+        };
+        Ok((entry, v))
+    }
+
+    /// Runs one inference: loads the model if needed (sharing a load in progress), validates,
+    /// queues, and waits, all within the request timeout.
+    pub async fn infer(self: &Arc<Self>, req: InferRequest) -> Result<InferOutput, CoreError> {
+        let timeout = self.cfg.request_timeout;
+        let model = req.model.clone();
+        match tokio::time::timeout(timeout, self.infer_inner(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(CoreError::Timeout {
+                model,
+                after: timeout,
+            }),
+        }
+    }
+
+    async fn infer_inner(self: &Arc<Self>, req: InferRequest) -> Result<InferOutput, CoreError> {
+        let t0 = Instant::now();
+        let served = self.get(&req.model, req.version.as_deref()).await?;
+        let load = t0.elapsed();
+        let m = &served.model;
+        if let Some(wanted) = &req.outputs {
+            for w in wanted {
+                let known = m.signature.outputs.iter().any(|o| &o.name == w)
+                    || label_names_output(&served.config).as_deref() == Some(w.as_str());
+                if !known {
+                    return Err(CoreError::InvalidInput(format!(
+                        "model '{}' has no output '{w}'; its outputs are: {}",
+                        m.name,
+                        m.signature
+                            .outputs
+                            .iter()
+                            .map(|o| format!("'{}'", o.name))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            }
+        }
+        let (inputs, rows) = check_inputs(&m.name, &m.signature, req.inputs)?;
+        let rx = m.submit(inputs, rows)?;
+        let out = rx.await.map_err(|_| CoreError::ShuttingDown)??;
+        let mut outputs = out.outputs;
+        add_label_names(&served.config, &mut outputs);
+        if let Some(wanted) = &req.outputs {
+            outputs.retain(|o| wanted.contains(&o.name));
+        }
+        Ok(InferOutput {
+            model: m.name.clone(),
+            version: m.version.clone(),
+            outputs,
+            timing: Timing {
+                load,
+                queue: out.queue,
+                inference: out.inference,
+                total: t0.elapsed(),
+            },
+            batch_rows: out.batch_rows,
+        })
+    }
+
+    /// The loaded model for `name`/`version`, loading it if needed. The returned `Arc` keeps
+    /// the model from eviction while it is held.
+    pub async fn get(self: &Arc<Self>, name: &str, version: Option<&str>) -> Result<Arc<Served>, CoreError> {
+        let (entry, version) = self.resolve(name, version)?;
+        let key: Key = (name.to_string(), version);
+        let mut rx = {
+            let mut st = self.state.lock();
+            st.tick += 1;
+            let tick = st.tick;
+            let clock = st.clock;
+            let policy = self.cfg.policy;
+            match st.entries.get_mut(&key) {
+                Some(e) => match &e.slot {
+                    Slot::Ready(m) => {
+                        let m = m.clone();
+                        e.freq += 1;
+                        e.last_used = tick;
+                        e.priority = priority(policy, clock, e);
+                        self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("herd_cache_hits_total").increment(1);
+                        return Ok(m);
+                    }
+                    Slot::Loading(rx) => {
+                        self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("herd_cache_hits_total").increment(1);
+                        rx.clone()
+                    }
+                    Slot::Failed { error, at } if at.elapsed() < self.cfg.failed_retry_after => {
+                        return Err(error.clone());
+                    }
+                    Slot::Failed { .. } => self.start_load(&mut st, key.clone(), entry.config),
+                },
+                None => self.start_load(&mut st, key.clone(), entry.config),
+            }
+        };
+        let done = rx
+            .wait_for(|v| v.is_some())
+            .await
+            .map_err(|_| CoreError::ShuttingDown)?;
+        done.clone().expect("waited for Some")
+    }
+
+    /// Inserts a loading entry and spawns the load. Called with the state lock held.
+    fn start_load(self: &Arc<Self>, st: &mut CacheState, key: Key, config: ModelConfig) -> watch::Receiver<LoadResult> {
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("herd_cache_misses_total").increment(1);
+        let (tx, rx) = watch::channel(None);
+        st.entries.insert(
+            key.clone(),
+            Entry {
+                slot: Slot::Loading(rx.clone()),
+                charge: 0,
+                pinned: config.pinned,
+                freq: 0,
+                last_used: st.tick,
+                load_secs: 0.0,
+                priority: 0.0,
+            },
+        );
+        let core = self.clone();
+        tokio::spawn(async move {
+            let result = core.load(key.clone(), config).await;
+            let _ = tx.send(Some(result));
+        });
+        rx
+    }
+
+    /// The load task: waits for a loader slot, resolves the artifact, makes room, creates the
+    /// instances while measuring their memory, then trues up the charge.
+    async fn load(self: Arc<Self>, key: Key, config: ModelConfig) -> Result<Arc<Served>, CoreError> {
+        let (name, version) = key.clone();
+        let _slot = self
+            .loaders
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| CoreError::ShuttingDown)?;
+        let started = Instant::now();
+        let core = self.clone();
+        let cfg2 = config.clone();
+        let (n2, v2) = (name.clone(), version.clone());
+        let joined = tokio::task::spawn_blocking(move || core.load_blocking(&n2, &v2, &cfg2)).await;
+        let result = match joined {
+            Ok(r) => r,
+            Err(e) => Err(CoreError::LoadFailed {
+                model: name.clone(),
+                version: version.clone(),
+                reason: format!("the loader crashed: {e}"),
+            }),
+        };
+        let mut st = self.state.lock();
+        // The reservation lives in the entry, so an unload during the load has already returned it.
+        let reserved = st.entries.get(&key).map(|e| e.charge).unwrap_or(0);
+        let secs = started.elapsed().as_secs_f64();
+        metrics::histogram!("herd_model_load_duration_seconds").record(secs);
+        match result {
+            Ok((instances, signature, charge)) => {
+                self.counters.loads.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .load_nanos
+                    .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                metrics::counter!("herd_model_loads_total", "result" => "ok").increment(1);
+                st.used = st.used.saturating_sub(reserved) + charge;
+                let served = Arc::new(Served {
+                    model: LoadedModel::start(
+                        name.clone(),
+                        version.clone(),
+                        signature,
+                        self.backend.platform(),
+                        instances,
+                        self.cfg.queue_capacity,
+                        BatchSettings {
+                            max_batch_size: config.max_batch_size,
+                            max_queue_delay: Duration::from_millis(config.max_queue_delay_ms),
+                        },
+                    ),
+                    config: config.clone(),
+                    charge,
+                });
+                let clock = st.clock;
+                let policy = self.cfg.policy;
+                let tick = st.tick;
+                let still_wanted = match st.entries.get_mut(&key) {
+                    Some(e) => {
+                        e.slot = Slot::Ready(served.clone());
+                        e.charge = charge;
+                        e.freq = e.freq.max(1);
+                        e.last_used = tick;
+                        e.load_secs = secs.max(0.001);
+                        e.priority = priority(policy, clock, e);
+                        true
+                    }
+                    None => false,
+                };
+                if !still_wanted {
+                    // Unloaded while loading: its charge is not kept, but the waiters are answered.
+                    st.used = st.used.saturating_sub(charge);
+                    self.publish(&st);
+                    return Ok(served);
+                }
+                // True up: the measured charge may exceed the reservation.
+                while st.used > self.cfg.memory_budget {
+                    if !self.evict_one(&mut st, Some(&key)) {
+                        break;
+                    }
+                }
+                let hard_limit = self.cfg.memory_budget + self.cfg.memory_budget / 20;
+                if st.used > hard_limit {
+                    st.entries.remove(&key);
+                    st.used = st.used.saturating_sub(charge);
+                    self.publish(&st);
+                    return Err(CoreError::NoRoom {
+                        model: name,
+                        needed: charge,
+                        free: self.cfg.memory_budget.saturating_sub(st.used),
+                        reason: "every other loaded model is in use or pinned".into(),
+                    });
+                }
+                self.publish(&st);
+                tracing::info!(model = %name, version = %version, charge, secs, "model loaded");
+                Ok(served)
+            }
+            Err(error) => {
+                self.counters.load_failures.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("herd_model_loads_total", "result" => "error").increment(1);
+                st.used = st.used.saturating_sub(reserved);
+                // Room problems are transient: do not remember them as a failure.
+                let remember = !matches!(error, CoreError::NoRoom { .. });
+                if let Some(e) = st.entries.get_mut(&key) {
+                    if remember {
+                        e.slot = Slot::Failed {
+                            error: error.clone(),
+                            at: Instant::now(),
+                        };
+                        e.charge = 0;
+                    } else {
+                        st.entries.remove(&key);
+                    }
+                }
+                self.publish(&st);
+                tracing::warn!(model = %name, version = %version, error = %error, "model load failed");
+                Err(error)
+            }
+        }
+    }
+
+    fn load_blocking(
+        &self,
+        name: &str,
+        version: &str,
+        config: &ModelConfig,
+    ) -> Result<(Vec<Box<dyn Instance>>, Signature, u64), CoreError> {
+        let fail = |reason: String| CoreError::LoadFailed {
+            model: name.into(),
+            version: version.into(),
+            reason,
+        };
+        let path = self.source.artifact(name, version)?;
+        let file_size = std::fs::metadata(&path)
+            .map(|m| m.len())
+            .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        let instances_n = config.instances.max(1) as u64;
+        // Reserve room before loading; the reservation is kept in the entry until the true-up.
+        {
+            let key = (name.to_string(), version.to_string());
+            let mut st = self.state.lock();
+            let estimate = ((file_size as f64 * st.ratio) as u64 + 256 * 1024) * instances_n;
+            self.make_room(&mut st, name, estimate, &key)?;
+            match st.entries.get_mut(&key) {
+                Some(e) => e.charge = estimate,
+                None => return Err(CoreError::NotReady(name.to_string())),
+            }
+            st.used += estimate;
+            self.publish(&st);
+        }
+        let guard = self.measure.lock().unwrap_or_else(|p| p.into_inner());
+        let before = memory::allocated_bytes();
+        let mut instances: Vec<Box<dyn Instance>> = Vec::with_capacity(instances_n as usize);
+        for _ in 0..instances_n {
+            let inst = self
+                .backend
+                .load(&path, &LoadOptions::default())
+                .map_err(|e| fail(e.to_string()))?;
+            instances.push(inst);
+        }
+        let after = memory::allocated_bytes();
+        drop(guard);
+        let measured = match (before, after) {
+            (Some(b), Some(a)) => a.saturating_sub(b),
+            _ => 0,
+        };
+        // Weights must be in memory at least once per instance; never charge less than that.
+        let charge = measured.max(file_size * instances_n);
+        {
+            let mut st = self.state.lock();
+            let r = charge as f64 / (file_size.max(1) * instances_n) as f64;
+            st.ratio = (0.8 * st.ratio + 0.2 * r).clamp(1.0, 8.0);
+        }
+        let signature = instances[0].signature().clone();
+        if signature.outputs.is_empty() {
+            return Err(fail("the model has no outputs".into()));
+        }
+        if config.warmup {
+            let inputs = warmup_inputs(&signature);
+            instances[0]
+                .run(inputs)
+                .map_err(|e| fail(format!("warm-up inference failed: {e}")))?;
+        }
+        Ok((instances, signature, charge))
+    }
+
+    /// Evicts until `needed` more bytes fit. Called with the lock held.
+    fn make_room(&self, st: &mut CacheState, model: &str, needed: u64, exclude: &Key) -> Result<(), CoreError> {
+        if needed > self.cfg.memory_budget {
+            return Err(CoreError::TooLarge {
+                model: model.to_string(),
+                needed,
+                budget: self.cfg.memory_budget,
+            });
+        }
+        while st.used + needed > self.cfg.memory_budget {
+            if !self.evict_one(st, Some(exclude)) {
+                let busy = st
+                    .entries
+                    .values()
+                    .filter(|e| !matches!(e.slot, Slot::Failed { .. }))
+                    .count();
+                return Err(CoreError::NoRoom {
+                    model: model.to_string(),
+                    needed,
+                    free: self.cfg.memory_budget.saturating_sub(st.used),
+                    reason: format!("all {busy} loaded or loading models are in use, loading or pinned"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Evicts the least valuable evictable model. Never one in use, loading or pinned.
+    fn evict_one(&self, st: &mut CacheState, exclude: Option<&Key>) -> bool {
+        let victim = st
+            .entries
+            .iter()
+            .filter(|(k, e)| {
+                Some(*k) != exclude
+                    && !e.pinned
+                    && matches!(&e.slot, Slot::Ready(m) if Arc::strong_count(m) == 1)
+            })
+            .min_by(|a, b| a.1.priority.total_cmp(&b.1.priority))
+            .map(|(k, _)| k.clone());
+        let Some(k) = victim else { return false };
+        let e = st.entries.remove(&k).expect("victim exists");
+        st.used = st.used.saturating_sub(e.charge);
+        if self.cfg.policy == EvictionPolicy::Gdsf {
+            st.clock = st.clock.max(e.priority);
+        }
+        self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("herd_cache_evictions_total").increment(1);
+        tracing::debug!(model = %k.0, version = %k.1, charge = e.charge, "evicted");
+        true
+    }
+
+    fn publish(&self, st: &CacheState) {
+        self.counters.peak_used.fetch_max(st.used, Ordering::Relaxed);
+        let loaded = st
+            .entries
+            .values()
+            .filter(|e| matches!(e.slot, Slot::Ready(_)))
+            .count();
+        metrics::gauge!("herd_cache_memory_used_bytes").set(st.used as f64);
+        metrics::gauge!("herd_cache_loaded_models").set(loaded as f64);
+    }
+
+    /// Loads a model (all its served versions) now; used by the repository API and pins.
+    pub async fn load_model(self: &Arc<Self>, name: &str) -> Result<(), CoreError> {
+        let entry = self.source.get(name)?;
+        // An explicit load retries a failed model at once.
+        {
+            let mut st = self.state.lock();
+            for v in &entry.versions {
+                let k = (name.to_string(), v.clone());
+                if matches!(st.entries.get(&k).map(|e| &e.slot), Some(Slot::Failed { .. })) {
+                    st.entries.remove(&k);
+                }
+            }
+        }
+        for v in &entry.versions {
+            self.get(name, Some(v)).await?;
+        }
+        Ok(())
+    }
+
+    /// Unloads every version of a model. Requests already running finish; memory returns when
+    /// the last one does. Returns whether anything was loaded.
+    pub fn unload_model(&self, name: &str) -> Result<bool, CoreError> {
+        let mut st = self.state.lock();
+        let keys: Vec<Key> = st.entries.keys().filter(|k| k.0 == name).cloned().collect();
+        if keys.is_empty() {
+            // Unknown models are an error; known but unloaded ones are fine.
+            self.source.get(name)?;
+        }
+        let mut any = false;
+        for k in keys {
+            if let Some(e) = st.entries.remove(&k) {
+                st.used = st.used.saturating_sub(e.charge);
+                any |= matches!(e.slot, Slot::Ready(_));
+            }
+        }
+        self.publish(&st);
+        Ok(any)
+    }
+
+    /// Drops loaded versions that the source no longer serves (after a release switch).
+    pub fn retire_unserved(&self) -> usize {
+        let keys: Vec<Key> = self.state.lock().entries.keys().cloned().collect();
+        let stale: Vec<Key> = keys
+            .into_iter()
+            .filter(|(n, v)| match self.source.get(n) {
+                Ok(e) => !e.versions.contains(v),
+                Err(_) => true,
+            })
+            .collect();
+        let mut st = self.state.lock();
+        for k in &stale {
+            if let Some(e) = st.entries.remove(k) {
+                st.used = st.used.saturating_sub(e.charge);
+            }
+        }
+        self.publish(&st);
+        stale.len()
+    }
+
+    /// State of a model version without loading it.
+    pub fn state_of(&self, name: &str, version: &str) -> ModelState {
+        let st = self.state.lock();
+        match st.entries.get(&(name.to_string(), version.to_string())).map(|e| &e.slot) {
+            Some(Slot::Ready(_)) => ModelState::Ready,
+            Some(Slot::Loading(_)) => ModelState::Loading,
+            Some(Slot::Failed { error, .. }) => ModelState::Failed(error.to_string()),
+            None => ModelState::Unloaded,
+        }
+    }
+
+    /// The loaded model if it is ready, without loading or counting a hit.
+    pub fn peek(&self, name: &str, version: &str) -> Option<Arc<Served>> {
+        let st = self.state.lock();
+        match st.entries.get(&(name.to_string(), version.to_string())).map(|e| &e.slot) {
+            Some(Slot::Ready(m)) => Some(m.clone()),
+            _ => None,
+        }
+    }
+
+    /// The repository index: every model of the source with the state of each served version.
+    pub fn index(&self) -> Result<Vec<IndexEntry>, CoreError> {
+        let models = self.source.list()?;
+        let st = self.state.lock();
+        let mut out = Vec::with_capacity(models.len());
+        for m in models {
+            if m.versions.is_empty() {
+                // A model the source lists but cannot serve (e.g. bad config): show why.
+                let reason = self.source.get(&m.name).err().map(|e| e.to_string());
+                out.push(IndexEntry {
+                    name: m.name,
+                    version: None,
+                    state: ModelState::Failed(reason.unwrap_or_else(|| "no versions".into())),
+                    charge: 0,
+                });
+                continue;
+            }
+            for v in &m.versions {
+                let e = st.entries.get(&(m.name.clone(), v.clone()));
+                let state = match e.map(|e| &e.slot) {
+                    Some(Slot::Ready(_)) => ModelState::Ready,
+                    Some(Slot::Loading(_)) => ModelState::Loading,
+                    Some(Slot::Failed { error, .. }) => ModelState::Failed(error.to_string()),
+                    None => ModelState::Unloaded,
+                };
+                out.push(IndexEntry {
+                    name: m.name.clone(),
+                    version: Some(v.clone()),
+                    state,
+                    charge: e.map(|e| e.charge).unwrap_or(0),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let st = self.state.lock();
+        CacheStats {
+            hits: self.counters.hits.load(Ordering::Relaxed),
+            misses: self.counters.misses.load(Ordering::Relaxed),
+            loads: self.counters.loads.load(Ordering::Relaxed),
+            load_failures: self.counters.load_failures.load(Ordering::Relaxed),
+            evictions: self.counters.evictions.load(Ordering::Relaxed),
+            load_seconds_total: self.counters.load_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            loaded_models: st
+                .entries
+                .values()
+                .filter(|e| matches!(e.slot, Slot::Ready(_)))
+                .count(),
+            used_bytes: st.used,
+            budget_bytes: self.cfg.memory_budget,
+            peak_used_bytes: self.counters.peak_used.load(Ordering::Relaxed).max(st.used),
+        }
+    }
+
+    /// Queue depth of every loaded model (for metrics).
+    pub fn queue_depths(&self) -> Vec<(String, usize)> {
+        let st = self.state.lock();
+        st.entries
+            .values()
+            .filter_map(|e| match &e.slot {
+                Slot::Ready(m) => Some((m.model.name.clone(), m.model.queue_depth())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Loads every pinned model of the source. Failures are logged and shown in the index.
+    pub async fn preload_pinned(self: &Arc<Self>) -> usize {
+        let models = match self.source.list() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list models to preload");
+                return 0;
+            }
+        };
+        let mut n = 0;
+        for m in models.into_iter().filter(|m| m.config.pinned) {
+            match self.load_model(&m.name).await {
+                Ok(()) => n += 1,
+                Err(e) => tracing::warn!(model = %m.name, error = %e, "pinned model failed to load"),
+            }
+        }
+        n
+    }
+
+    /// Background task: periodic warm-up inferences for models that ask for them
+    /// (`warmup_interval_secs`). Runs until the core is dropped.
+    pub fn spawn_warmup_loop(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut last: HashMap<Key, Instant> = HashMap::new();
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let Some(core) = weak.upgrade() else { break };
+                let due: Vec<Arc<Served>> = {
+                    let st = core.state.lock();
+                    st.entries
+                        .iter()
+                        .filter_map(|(k, e)| match &e.slot {
+                            Slot::Ready(m) if m.config.warmup_interval_secs > 0 => {
+                                let every = Duration::from_secs(m.config.warmup_interval_secs);
+                                let ok = last.get(k).map(|t| t.elapsed() >= every).unwrap_or(true);
+                                ok.then(|| m.clone())
+                            }
+                            _ => None,
+                        })
+                        .collect()
+                };
+                for m in due {
+                    last.insert((m.model.name.clone(), m.model.version.clone()), Instant::now());
+                    let inputs = warmup_inputs(&m.model.signature);
+                    let rows = m.model.signature.inputs.first().map(|_| 1);
+                    if let Ok(rx) = m.model.submit(inputs, rows) {
+                        let _ = rx.await;
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn priority(policy: EvictionPolicy, clock: f64, e: &Entry) -> f64 {
+    match policy {
+        EvictionPolicy::Lru => e.last_used as f64,
+        EvictionPolicy::Gdsf => {
+            let size_mib = (e.charge.max(1) as f64) / (1024.0 * 1024.0);
+            clock + (e.freq.max(1) as f64) * e.load_secs.max(0.001) / size_mib.max(1e-3)
+        }
+    }
+}
+
+/// Zero inputs with every dynamic dimension set to 1 (empty strings for BYTES).
+pub(crate) fn warmup_inputs(sig: &Signature) -> Vec<Tensor> {
+    sig.inputs
+        .iter()
+        .map(|m| {
+            let shape: Vec<i64> = m.shape.iter().map(|d| if *d < 0 { 1 } else { *d }).collect();
+            let n = Tensor::shape_elements(&shape).unwrap_or(0);
+            let data = match m.datatype {
+                DataType::Bool => TensorData::Bool(vec![false; n]),
+                DataType::U8 => TensorData::U8(vec![0; n]),
+                DataType::U16 => TensorData::U16(vec![0; n]),
+                DataType::U32 => TensorData::U32(vec![0; n]),
+                DataType::U64 => TensorData::U64(vec![0; n]),
+                DataType::I8 => TensorData::I8(vec![0; n]),
+                DataType::I16 => TensorData::I16(vec![0; n]),
+                DataType::I32 => TensorData::I32(vec![0; n]),
+                DataType::I64 => TensorData::I64(vec![0; n]),
+                DataType::F32 | DataType::F16 => TensorData::F32(vec![0.0; n]),
+                DataType::F64 => TensorData::F64(vec![0.0; n]),
+                DataType::Bytes => TensorData::Bytes(vec![Vec::new(); n]),
+            };
+            Tensor::new(m.name.clone(), shape, data)
+        })
+        .collect()
+}
+
+fn label_names_output(cfg: &ModelConfig) -> Option<String> {
+    cfg.labels.as_ref().map(|_| format!("{}_name", cfg.label_output))
+}
+
+/// With `labels` configured, adds a BYTES output `<label_output>_name` naming each class index.
+fn add_label_names(cfg: &ModelConfig, outputs: &mut Vec<Tensor>) {
+    let Some(labels) = &cfg.labels else { return };
+    let Some(src) = outputs.iter().find(|o| o.name == cfg.label_output) else {
+        return;
+    };
+    let names: Vec<Vec<u8>> = match &src.data {
+        TensorData::I64(v) => v
+            .iter()
+            .map(|i| {
+                usize::try_from(*i)
+                    .ok()
+                    .and_then(|i| labels.get(i))
+                    .map(|s| s.as_bytes().to_vec())
+                    .unwrap_or_else(|| i.to_string().into_bytes())
+            })
+            .collect(),
+        _ => return,
+    };
+    let t = Tensor::new(
+        format!("{}_name", cfg.label_output),
+        src.shape.clone(),
+        TensorData::Bytes(names),
+    );
+    outputs.push(t);
+}

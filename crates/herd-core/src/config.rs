@@ -1,0 +1,108 @@
+//! Per-model configuration: `<repo>/<model>/config.toml`, all fields optional.
+//!
+//! ```toml
+//! versions = ["2"]            # versions to serve; default: the highest numeric version
+//! max_batch_size = 32         # dynamic batching: most rows per batch (1 = no batching)
+//! max_queue_delay_ms = 0      # how long a batch may wait for more requests
+//! instances = 1               # runnable copies of the model (concurrent inferences)
+//! pinned = false              # preload at start, never evict
+//! warmup = false              # run one inference with zeros right after loading
+//! warmup_interval_secs = 0    # and again every N seconds while loaded (0 = never)
+//! tenant = "acme"             # owner; bearer tokens of other tenants get 403
+//! labels = ["cat", "dog"]     # names for the class indices of `label_output`
+//! label_output = "label"      # INT64 output holding class indices (default "label")
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::CoreError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub versions: Option<Vec<String>>,
+    pub max_batch_size: usize,
+    pub max_queue_delay_ms: u64,
+    pub instances: usize,
+    pub pinned: bool,
+    pub warmup: bool,
+    pub warmup_interval_secs: u64,
+    pub tenant: Option<String>,
+    pub labels: Option<Vec<String>>,
+    pub label_output: String,
+    /// Opaque pre/post-processing section, interpreted by the pipeline layer.
+    pub pipeline: Option<toml::Table>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            versions: None,
+            max_batch_size: 32,
+            max_queue_delay_ms: 0,
+            instances: 1,
+            pinned: false,
+            warmup: false,
+            warmup_interval_secs: 0,
+            tenant: None,
+            labels: None,
+            label_output: "label".to_string(),
+            pipeline: None,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Parses and validates a config file's text. `model` names the model in errors.
+    pub fn parse(model: &str, text: &str) -> Result<ModelConfig, CoreError> {
+        let cfg: ModelConfig = toml::from_str(text).map_err(|e| CoreError::BadConfig {
+            model: model.to_string(),
+            reason: e.to_string(),
+        })?;
+        cfg.validate(model)?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self, model: &str) -> Result<(), CoreError> {
+        let bad = |reason: &str| CoreError::BadConfig {
+            model: model.to_string(),
+            reason: reason.to_string(),
+        };
+        if self.instances == 0 || self.instances > 64 {
+            return Err(bad("instances must be between 1 and 64"));
+        }
+        if self.max_batch_size == 0 {
+            return Err(bad("max_batch_size must be at least 1"));
+        }
+        if self.max_queue_delay_ms > 10_000 {
+            return Err(bad("max_queue_delay_ms must be at most 10000"));
+        }
+        if let Some(v) = &self.versions {
+            if v.is_empty() {
+                return Err(bad("versions must list at least one version"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_from_empty_file() {
+        assert_eq!(ModelConfig::parse("m", "").unwrap(), ModelConfig::default());
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_the_model() {
+        let e = ModelConfig::parse("m1", "max_batch = 3").unwrap_err().to_string();
+        assert!(e.contains("m1") && e.contains("max_batch"), "{e}");
+    }
+
+    #[test]
+    fn zero_instances_rejected() {
+        assert!(ModelConfig::parse("m", "instances = 0").is_err());
+    }
+}

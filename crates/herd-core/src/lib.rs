@@ -1,0 +1,135 @@
+//! The serving core of herd.
+//!
+//! Owns: the model cache (memory budget, measured charges, eviction by GreedyDual-Size-Frequency
+//! or LRU, single-flight loads on a bounded loader pool, pins, warm-up), per-model dynamic
+//! batching with bounded queues and instance pools, input validation, and the [`ModelSource`]
+//! trait through which models are found (a directory now, a registry release later).
+//! Must not depend on: HTTP (axum), storage engines.
+
+mod cache;
+pub mod config;
+mod model;
+pub mod source;
+mod validate;
+
+use std::time::Duration;
+
+use herd_api::{ErrorCode, HasErrorCode};
+
+pub use cache::{CacheStats, Core, IndexEntry, InferOutput, InferRequest, ModelState, Timing};
+pub use config::ModelConfig;
+pub use source::{DirectorySource, ModelEntry, ModelSource};
+
+/// Eviction policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictionPolicy {
+    /// GreedyDual-Size-Frequency: keeps models that are used often, cheap in memory and slow to
+    /// load; ages out the rest.
+    Gdsf,
+    /// Least recently used, for comparison.
+    Lru,
+}
+
+impl std::str::FromStr for EvictionPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "gdsf" => Ok(EvictionPolicy::Gdsf),
+            "lru" => Ok(EvictionPolicy::Lru),
+            other => Err(format!("unknown eviction policy '{other}'; use gdsf or lru")),
+        }
+    }
+}
+
+/// Settings of the core (a part of the server's settings).
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Bytes that loaded models may take in all.
+    pub memory_budget: u64,
+    pub policy: EvictionPolicy,
+    /// Loads that may run at the same time (the loader pool).
+    pub load_concurrency: usize,
+    /// Requests that may wait in one model's queue; more are refused with 429.
+    pub queue_capacity: usize,
+    /// Longest time a request may take in all (load, queue, inference); then 504.
+    pub request_timeout: Duration,
+    /// A model that failed to load is retried on demand after this long.
+    pub failed_retry_after: Duration,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            memory_budget: 1 << 30,
+            policy: EvictionPolicy::Gdsf,
+            load_concurrency: 2,
+            queue_capacity: 256,
+            request_timeout: Duration::from_secs(30),
+            failed_retry_after: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CoreError {
+    #[error("model '{0}' not found in the repository")]
+    ModelNotFound(String),
+    #[error("model '{model}' has no served version '{version}'")]
+    VersionNotFound { model: String, version: String },
+    #[error("model '{model}': invalid config.toml: {reason}")]
+    BadConfig { model: String, reason: String },
+    #[error("{0}")]
+    BadRepository(String),
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("model '{model}' version {version} failed to load: {reason}")]
+    LoadFailed {
+        model: String,
+        version: String,
+        reason: String,
+    },
+    #[error("model '{model}' needs about {needed} bytes, more than the whole memory budget of {budget} bytes; raise --memory-budget")]
+    TooLarge {
+        model: String,
+        needed: u64,
+        budget: u64,
+    },
+    #[error("model '{model}' needs about {needed} bytes but only {free} bytes can be freed now ({reason}); retry shortly")]
+    NoRoom {
+        model: String,
+        needed: u64,
+        free: u64,
+        reason: String,
+    },
+    #[error("model '{model}' is overloaded: its queue of {capacity} requests is full; retry shortly")]
+    Overloaded { model: String, capacity: usize },
+    #[error("request to model '{model}' timed out after {after:?}")]
+    Timeout { model: String, after: Duration },
+    #[error("model '{0}' is not loaded")]
+    NotReady(String),
+    #[error("model '{model}' failed during inference: {reason}")]
+    Inference { model: String, reason: String },
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+impl HasErrorCode for CoreError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            CoreError::ModelNotFound(_) | CoreError::VersionNotFound { .. } => {
+                ErrorCode::ModelNotFound
+            }
+            CoreError::BadConfig { .. } | CoreError::LoadFailed { .. } => {
+                ErrorCode::ModelLoadFailed
+            }
+            CoreError::BadRepository(_) => ErrorCode::Internal,
+            CoreError::InvalidInput(_) => ErrorCode::InvalidInput,
+            CoreError::TooLarge { .. } => ErrorCode::ModelTooLarge,
+            CoreError::NoRoom { .. } | CoreError::ShuttingDown => ErrorCode::Unavailable,
+            CoreError::Overloaded { .. } => ErrorCode::Overloaded,
+            CoreError::Timeout { .. } => ErrorCode::Timeout,
+            CoreError::NotReady(_) => ErrorCode::ModelNotReady,
+            CoreError::Inference { .. } => ErrorCode::Internal,
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! A loaded model: its instance pool and the batcher task that feeds it.
+//!
+//! Requests go into a bounded per-model queue. One task per loaded model takes them, merges
+//! compatible requests into a batch (up to `max_batch_size` rows, waiting at most
+//! `max_queue_delay`), and runs the batch on a free instance on the blocking pool. When the
+//! [`LoadedModel`] is dropped (evicted and no request holds it) the queue closes, the task ends
+//! and the instances are freed.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herd_api::v2::{Tensor, TensorData};
+use herd_runtime::{Instance, Signature};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::CoreError;
+
+pub(crate) struct Job {
+    pub inputs: Vec<Tensor>,
+    /// Rows in the first dimension when the request can join a batch.
+    pub rows: Option<usize>,
+    pub enqueued: Instant,
+    pub reply: oneshot::Sender<Result<JobOutput, CoreError>>,
+}
+
+pub(crate) struct JobOutput {
+    pub outputs: Vec<Tensor>,
+    pub queue: Duration,
+    pub inference: Duration,
+    pub batch_rows: usize,
+}
+
+pub(crate) struct BatchSettings {
+    pub max_batch_size: usize,
+    pub max_queue_delay: Duration,
+}
+
+/// A model ready to serve. Cloned `Arc`s of it are the guards that keep it from eviction.
+pub struct LoadedModel {
+    pub name: String,
+    pub version: String,
+    pub signature: Signature,
+    pub platform: &'static str,
+    pub(crate) tx: mpsc::Sender<Job>,
+    pub(crate) queued: Arc<AtomicUsize>,
+    pub(crate) capacity: usize,
+    pub(crate) pool: Arc<InstancePool>,
+}
+
+pub(crate) struct InstancePool {
+    instances: Mutex<Vec<Box<dyn Instance>>>,
+    free: Arc<Semaphore>,
+}
+
+impl InstancePool {
+    pub fn new(instances: Vec<Box<dyn Instance>>) -> InstancePool {
+        let n = instances.len();
+        InstancePool {
+            instances: Mutex::new(instances),
+            free: Arc::new(Semaphore::new(n)),
+        }
+    }
+
+    /// Runs `inputs` on a free instance (blocking; call on the blocking pool with a permit held).
+    fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+        let mut inst = self
+            .instances
+            .lock()
+            .pop()
+            .ok_or_else(|| "no free instance (internal error)".to_string())?;
+        let r = inst.run(inputs).map_err(|e| e.to_string());
+        self.instances.lock().push(inst);
+        r
+    }
+}
+
+impl LoadedModel {
+    pub(crate) fn start(
+        name: String,
+        version: String,
+        signature: Signature,
+        platform: &'static str,
+        instances: Vec<Box<dyn Instance>>,
+        capacity: usize,
+        batch: BatchSettings,
+    ) -> LoadedModel {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let pool = Arc::new(InstancePool::new(instances));
+        let batchable = batch.max_batch_size > 1
+            && signature.outputs.iter().all(|o| o.shape.first() == Some(&-1));
+        tokio::spawn(batch_loop(
+            name.clone(),
+            rx,
+            pool.clone(),
+            queued.clone(),
+            batch,
+            batchable,
+        ));
+        LoadedModel {
+            name,
+            version,
+            signature,
+            platform,
+            tx,
+            queued,
+            capacity,
+            pool,
+        }
+    }
+
+    /// Queues a validated request; refuses at once when the queue is full.
+    pub(crate) fn submit(
+        &self,
+        inputs: Vec<Tensor>,
+        rows: Option<usize>,
+    ) -> Result<oneshot::Receiver<Result<JobOutput, CoreError>>, CoreError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            inputs,
+            rows,
+            enqueued: Instant::now(),
+            reply,
+        };
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(rx),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                Err(CoreError::Overloaded {
+                    model: self.name.clone(),
+                    capacity: self.capacity,
+                })
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                Err(CoreError::ShuttingDown)
+            }
+        }
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Instances currently free (for tests and the index).
+    pub fn free_instances(&self) -> usize {
+        self.pool.free.available_permits()
+    }
+}
+
+fn compatible(a: &Job, b: &Job) -> bool {
+    a.inputs.len() == b.inputs.len()
+        && a
+            .inputs
+            .iter()
+            .zip(&b.inputs)
+            .all(|(x, y)| x.shape.get(1..) == y.shape.get(1..))
+}
+
+async fn batch_loop(
+    model: String,
+    mut rx: mpsc::Receiver<Job>,
+    pool: Arc<InstancePool>,
+    queued: Arc<AtomicUsize>,
+    settings: BatchSettings,
+    batchable: bool,
+) {
+    let mut pending: Option<Job> = None;
+    loop {
+        let first = match pending.take() {
+            Some(j) => j,
+            None => match rx.recv().await {
+                Some(j) => j,
+                None => break,
+            },
+        };
+        let mut batch = vec![first];
+        let mut rows = batch[0].rows.unwrap_or(0);
+        if batchable && batch[0].rows.is_some() {
+            let deadline = tokio::time::Instant::now() + settings.max_queue_delay;
+            while rows < settings.max_batch_size {
+                let next = match rx.try_recv() {
+                    Ok(j) => Some(j),
+                    Err(mpsc::error::TryRecvError::Empty) if !settings.max_queue_delay.is_zero() => {
+                        tokio::time::timeout_at(deadline, rx.recv())
+                            .await
+                            .ok()
+                            .flatten()
+                    }
+                    Err(_) => None,
+                };
+                let Some(j) = next else { break };
+                match j.rows {
+                    Some(r) if rows + r <= settings.max_batch_size && compatible(&batch[0], &j) => {
+                        rows += r;
+                        batch.push(j);
+                    }
+                    _ => {
+                        pending = Some(j);
+                        break;
+                    }
+                }
+            }
+        }
+        queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        // Requests whose client went away are dropped here, before they cost an inference.
+        batch.retain(|j| !j.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let Ok(permit) = pool.free.clone().acquire_owned().await else {
+            break;
+        };
+        let pool = pool.clone();
+        let model = model.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            run_batch(&model, &pool, batch);
+        });
+    }
+}
+
+fn run_batch(model: &str, pool: &InstancePool, batch: Vec<Job>) {
+    let started = Instant::now();
+    if batch.len() == 1 {
+        let job = batch.into_iter().next().expect("one job");
+        let queue = started.duration_since(job.enqueued);
+        let rows = job.rows.unwrap_or(1);
+        let r = pool.run(job.inputs);
+        let inference = started.elapsed();
+        let _ = job.reply.send(
+            r.map(|outputs| JobOutput {
+                outputs,
+                queue,
+                inference,
+                batch_rows: rows,
+            })
+            .map_err(|reason| CoreError::Inference {
+                model: model.to_string(),
+                reason,
+            }),
+        );
+        return;
+    }
+    // Concatenate each input along the first dimension.
+    let total: usize = batch.iter().map(|j| j.rows.unwrap_or(0)).sum();
+    let mut merged: Vec<Tensor> = Vec::with_capacity(batch[0].inputs.len());
+    for (i, first) in batch[0].inputs.iter().enumerate() {
+        let mut data = first.data.clone();
+        for j in &batch[1..] {
+            data.extend_from(&j.inputs[i].data);
+        }
+        let mut shape = first.shape.clone();
+        shape[0] = total as i64;
+        merged.push(Tensor::new(first.name.clone(), shape, data));
+    }
+    let result = pool.run(merged);
+    let inference = started.elapsed();
+    let outputs = match result {
+        Ok(o) => o,
+        Err(reason) => {
+            for j in batch {
+                let _ = j.reply.send(Err(CoreError::Inference {
+                    model: model.to_string(),
+                    reason: reason.clone(),
+                }));
+            }
+            return;
+        }
+    };
+    // Split each output back by rows.
+    let mut offset = 0usize;
+    for j in batch {
+        let rows = j.rows.unwrap_or(0);
+        let mut mine = Vec::with_capacity(outputs.len());
+        let mut err = None;
+        for o in &outputs {
+            let n0 = o.shape.first().copied().unwrap_or(0).max(0) as usize;
+            if n0 != total || (total > 0 && o.data.len() % total != 0) {
+                err = Some(format!(
+                    "output '{}' has {n0} rows for a batch of {total}; set max_batch_size = 1 in config.toml for this model",
+                    o.name
+                ));
+                break;
+            }
+            let per_row = if total == 0 { 0 } else { o.data.len() / total };
+            let data: TensorData = o.data.slice(offset * per_row, (offset + rows) * per_row);
+            let mut shape = o.shape.clone();
+            shape[0] = rows as i64;
+            mine.push(Tensor::new(o.name.clone(), shape, data));
+        }
+        let queue = started.duration_since(j.enqueued);
+        let _ = j.reply.send(match err {
+            Some(reason) => Err(CoreError::Inference {
+                model: model.to_string(),
+                reason,
+            }),
+            None => Ok(JobOutput {
+                outputs: mine,
+                queue,
+                inference,
+                batch_rows: total,
+            }),
+        });
+        offset += rows;
+    }
+}
