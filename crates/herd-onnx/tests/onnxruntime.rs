@@ -106,3 +106,56 @@ fn onnxruntime_matches_predict() {
         }
     }
 }
+
+/// `read_signature` agrees with the Python `onnx` package on every fixture of
+/// `scripts/make_fixtures.py`, and calls the corrupt one "not an ONNX model".
+#[test]
+fn signatures_of_fixtures_match_python_onnx() {
+    let Some(py) = python() else { return };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/make_fixtures.py");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("herd-onnx-fixtures");
+    let out = Command::new(&py)
+        .arg(&script)
+        .arg(&dir)
+        .arg("--big-mb")
+        .arg("1")
+        .output()
+        .expect("run make_fixtures.py");
+    assert!(
+        out.status.success(),
+        "make_fixtures.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("references.json")).unwrap()).unwrap();
+    let models = refs["models"].as_object().unwrap();
+    assert!(
+        models.len() >= 15,
+        "expected all fixtures, got {}",
+        models.len()
+    );
+    let mut checked = 0;
+    for (name, r) in models {
+        let bytes = std::fs::read(dir.join(name).join("1/model.onnx")).unwrap();
+        let result = read_signature(&bytes);
+        if name == "corrupt" {
+            let err = result.unwrap_err();
+            assert!(err.to_string().starts_with("not an ONNX model"), "{err}");
+            continue;
+        }
+        let sig = result.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let want = &r["signature"];
+        assert_eq!(
+            serde_json::to_value(&sig.inputs).unwrap(),
+            want["inputs"],
+            "{name} inputs"
+        );
+        assert_eq!(
+            serde_json::to_value(&sig.outputs).unwrap(),
+            want["outputs"],
+            "{name} outputs"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, models.len() - 1);
+}
