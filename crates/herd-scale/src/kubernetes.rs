@@ -215,3 +215,6 @@ fn worker_deployment(policy: &Policy, queue: &str) -> Result<String> {
         .map(|p| p.deployment_name())
         .ok_or_else(|| ScaleError::Process(format!("no worker pool '{queue}'")))
 }
+
+#[cfg(test)]
+mod tests;

@@ -441,3 +441,6 @@ pub fn files(objects: &[Value]) -> Result<Vec<(String, String)>> {
         .map(|(f, objs)| Ok((f, to_yaml(&objs)?)))
         .collect()
 }
+
+#[cfg(test)]
+mod tests;
