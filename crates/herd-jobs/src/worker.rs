@@ -1,1 +1,294 @@
-//! wip
+//! The worker loop behind `herd worker`: claim, run, renew, ack/fail; exit when idle; on shutdown
+//! stop claiming and finish the current job within the grace period, or release its lease.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::run::Runner;
+use crate::{FailOutcome, Failure, JobsError, Lease, Queue};
+
+/// How a worker behaves.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Identifies this worker in leases (the autoscaler never stops a worker holding one).
+    pub worker_id: String,
+    /// Queues to claim from, in no particular order (priority decides across them).
+    pub queues: Vec<String>,
+    /// Lease length; renewed every third of it while a job runs.
+    pub lease: Duration,
+    /// Exit after this long without a job (`None`: run until shut down).
+    pub idle_exit: Option<Duration>,
+    /// After a shutdown request, how long the current job may still run before its lease is
+    /// released for another worker.
+    pub grace: Duration,
+    /// Pause between claims when the queue is empty.
+    pub poll: Duration,
+    /// Give up after this many consecutive queue errors (the queue is unreachable).
+    pub max_queue_errors: u32,
+}
+
+impl WorkerConfig {
+    pub fn new(worker_id: impl Into<String>, queues: Vec<String>) -> Self {
+        WorkerConfig {
+            worker_id: worker_id.into(),
+            queues,
+            lease: Duration::from_secs(30),
+            idle_exit: None,
+            grace: Duration::from_secs(30),
+            poll: Duration::from_millis(500),
+            max_queue_errors: 20,
+        }
+    }
+}
+
+/// A default worker id: `<host>-<pid>`.
+pub fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Why the worker loop ended and what it did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerSummary {
+    pub done: u64,
+    pub failed: u64,
+    pub released: u64,
+    pub lost: u64,
+    /// `idle`, `shutdown`.
+    pub exit_reason: &'static str,
+}
+
+/// What happened to one job.
+enum JobEnd {
+    Done,
+    Failed,
+    Released,
+    Lost,
+}
+
+pub struct Worker {
+    queue: Arc<dyn Queue>,
+    runner: Arc<dyn Runner>,
+    cfg: WorkerConfig,
+}
+
+impl Worker {
+    pub fn new(queue: Arc<dyn Queue>, runner: Arc<dyn Runner>, cfg: WorkerConfig) -> Self {
+        Worker { queue, runner, cfg }
+    }
+
+    /// Runs until idle for `idle_exit`, or until `shutdown` turns true (then the current job
+    /// gets `grace` to finish, else its lease is released).
+    pub async fn run(
+        &self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<WorkerSummary, JobsError> {
+        let mut summary = WorkerSummary::default();
+        let mut idle_since = Instant::now();
+        let mut errors = 0u32;
+        tracing::info!(worker_id = %self.cfg.worker_id, queues = ?self.cfg.queues, backend = self.queue.backend(), "worker started");
+        loop {
+            if *shutdown.borrow() {
+                summary.exit_reason = "shutdown";
+                break;
+            }
+            let claimed = self
+                .queue
+                .claim(&self.cfg.worker_id, &self.cfg.queues, self.cfg.lease)
+                .await;
+            match claimed {
+                Err(e) => {
+                    errors += 1;
+                    tracing::warn!(error = %e, consecutive = errors, "claim failed");
+                    if errors >= self.cfg.max_queue_errors {
+                        return Err(e);
+                    }
+                    wait_or_shutdown(self.cfg.poll * errors.min(10), &mut shutdown).await;
+                }
+                Ok(None) => {
+                    errors = 0;
+                    if let Some(idle) = self.cfg.idle_exit {
+                        if idle_since.elapsed() >= idle {
+                            summary.exit_reason = "idle";
+                            break;
+                        }
+                    }
+                    wait_or_shutdown(self.cfg.poll, &mut shutdown).await;
+                }
+                Ok(Some(lease)) => {
+                    errors = 0;
+                    match self.process(lease, &mut shutdown).await {
+                        JobEnd::Done => summary.done += 1,
+                        JobEnd::Failed => summary.failed += 1,
+                        JobEnd::Released => summary.released += 1,
+                        JobEnd::Lost => summary.lost += 1,
+                    }
+                    idle_since = Instant::now();
+                }
+            }
+        }
+        tracing::info!(worker_id = %self.cfg.worker_id, done = summary.done, failed = summary.failed,
+            released = summary.released, reason = summary.exit_reason, "worker stopped");
+        Ok(summary)
+    }
+
+    async fn process(&self, lease: Lease, shutdown: &mut watch::Receiver<bool>) -> JobEnd {
+        use tracing::Instrument;
+        let span = tracing::info_span!("job", job_id = %lease.job.id, kind = lease.job.spec.kind.name(), attempt = lease.job.attempts);
+        self.process_inner(lease, shutdown).instrument(span).await
+    }
+
+    async fn process_inner(
+        &self,
+        mut lease: Lease,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> JobEnd {
+        let job = lease.job.clone();
+        let queue_name = job.spec.queue.clone();
+        tracing::info!(queue = %queue_name, "job claimed");
+        metrics::counter!("herd_jobs_claimed_total", "queue" => queue_name.clone()).increment(1);
+        let started = Instant::now();
+
+        let (ptx, mut prx) = watch::channel(None);
+        let runner = self.runner.clone();
+        let job_for_task = job.clone();
+        let timeout = Duration::from_secs(job.spec.timeout_secs);
+        // A task of its own: a panicking runner becomes a failed attempt, not a dead worker.
+        let mut task = tokio::spawn(async move {
+            tokio::time::timeout(timeout, runner.run(&job_for_task, &ptx)).await
+        });
+        let renew_every = (self.cfg.lease / 3).max(Duration::from_millis(50));
+        let mut renew =
+            tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+        let mut grace_deadline: Option<tokio::time::Instant> = None;
+        let mut shutdown_seen = *shutdown.borrow();
+        if shutdown_seen {
+            grace_deadline = Some(tokio::time::Instant::now() + self.cfg.grace);
+        }
+
+        let result = loop {
+            tokio::select! {
+                res = &mut task => break Some(res),
+                _ = renew.tick() => {
+                    let progress = prx.borrow_and_update().clone();
+                    if let Some(p) = &progress {
+                        tracing::info!(done = p.done, total = ?p.total, "progress");
+                    }
+                    match self.queue.renew(&mut lease, self.cfg.lease, progress.as_ref()).await {
+                        Ok(()) => {}
+                        Err(JobsError::LeaseLost { .. }) => {
+                            tracing::warn!("lease lost; abandoning the job (another worker owns it now)");
+                            task.abort();
+                            let _ = (&mut task).await;
+                            return JobEnd::Lost;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "lease renewal failed; will retry"),
+                    }
+                }
+                changed = shutdown.changed(), if !shutdown_seen => {
+                    if changed.is_err() {
+                        // The sender is gone: no shutdown can come any more.
+                        shutdown_seen = true;
+                    } else if *shutdown.borrow() {
+                        shutdown_seen = true;
+                        tracing::info!(grace_s = self.cfg.grace.as_secs_f64(), "shutdown requested; finishing the current job within the grace period");
+                        grace_deadline = Some(tokio::time::Instant::now() + self.cfg.grace);
+                    }
+                }
+                _ = sleep_until_opt(grace_deadline) => break None,
+            }
+        };
+
+        let seconds = started.elapsed().as_secs_f64();
+        let end = match result {
+            None => {
+                task.abort();
+                let _ = (&mut task).await;
+                tracing::warn!("grace period over; releasing the lease for another worker");
+                match self.queue.release(&lease).await {
+                    Ok(()) => JobEnd::Released,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "release failed; the lease will expire instead");
+                        JobEnd::Lost
+                    }
+                }
+            }
+            Some(joined) => {
+                let outcome = match joined {
+                    Ok(Ok(Ok(outcome))) => Ok(outcome),
+                    Ok(Ok(Err(failure))) => Err(failure),
+                    Ok(Err(_elapsed)) => Err(Failure::retryable(format!(
+                        "timed out after {}s (the job's timeout)",
+                        job.spec.timeout_secs
+                    ))),
+                    Err(join) => Err(Failure::retryable(format!("job runner crashed: {join}"))),
+                };
+                match outcome {
+                    Ok(outcome) => match self.queue.ack(&lease, &outcome).await {
+                        Ok(()) => {
+                            tracing::info!(seconds, location = ?outcome.location, "job done");
+                            JobEnd::Done
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "ack failed; the job will run again (its outcome file makes that cheap)");
+                            JobEnd::Lost
+                        }
+                    },
+                    Err(failure) => match self.queue.fail(&lease, &failure).await {
+                        Ok(FailOutcome::Retry { run_at_ms }) => {
+                            tracing::warn!(error = %failure.message, run_at_ms, "job failed; will retry");
+                            JobEnd::Failed
+                        }
+                        Ok(FailOutcome::Dead) => {
+                            tracing::error!(error = %failure.message, retryable = failure.retryable, "job failed; moved to the dead letter");
+                            JobEnd::Failed
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, job_error = %failure.message, "recording the failure failed");
+                            JobEnd::Lost
+                        }
+                    },
+                }
+            }
+        };
+        let status = match end {
+            JobEnd::Done => "done",
+            JobEnd::Failed => "failed",
+            JobEnd::Released => "released",
+            JobEnd::Lost => "lost",
+        };
+        metrics::counter!("herd_jobs_finished_total", "queue" => queue_name.clone(), "status" => status).increment(1);
+        metrics::histogram!("herd_jobs_run_seconds", "queue" => queue_name).record(seconds);
+        end
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        changed = shutdown.changed() => {
+            // The sender is gone: nobody can ask for a shutdown any more; just wait.
+            if changed.is_err() {
+                tokio::time::sleep(d).await;
+            }
+        }
+    }
+}
