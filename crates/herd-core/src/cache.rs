@@ -633,6 +633,35 @@ impl Core {
         stale.len()
     }
 
+    /// The signature of a model version: from the loaded model, else read from its file
+    /// (without loading it into the engine).
+    pub async fn signature(&self, name: &str, version: &str) -> Result<Signature, CoreError> {
+        if let Some(m) = self.peek(name, version) {
+            return Ok(m.model.signature.clone());
+        }
+        let source = self.source.clone();
+        let (n, v) = (name.to_string(), version.to_string());
+        tokio::task::spawn_blocking(move || {
+            let path = source.artifact(&n, &v)?;
+            let bytes = std::fs::read(&path).map_err(|e| CoreError::LoadFailed {
+                model: n.clone(),
+                version: v.clone(),
+                reason: format!("{}: {e}", path.display()),
+            })?;
+            let sig = herd_onnx::read_signature(&bytes).map_err(|e| CoreError::LoadFailed {
+                model: n.clone(),
+                version: v.clone(),
+                reason: e.to_string(),
+            })?;
+            Ok(Signature {
+                inputs: sig.inputs,
+                outputs: sig.outputs,
+            })
+        })
+        .await
+        .map_err(|_| CoreError::ShuttingDown)?
+    }
+
     /// State of a model version without loading it.
     pub fn state_of(&self, name: &str, version: &str) -> ModelState {
         let st = self.state.lock();

@@ -6,27 +6,66 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod layered;
 
 #[derive(Parser)]
 #[command(
     name = "herd",
     version,
     about = "Serve thousands of per-customer models, scale queued work, ship versioned releases.",
-    long_about = None
+    long_about = "herd hosts thousands of per-customer ONNX models behind the KServe v2 protocol under a \
+memory budget, runs queued jobs with an autoscaler, and keeps a registry of versioned releases.\n\n\
+Settings are layered: built-in defaults < config file (--config or HERD_CONFIG) < HERD_* environment \
+variables < flags.\n\nStart with `herd demo`."
 )]
 struct Cli {
+    /// TOML config file; its keys are flag names (memory_budget = "2GiB", addr = "127.0.0.1:9000").
+    #[arg(long, global = true, env = "HERD_CONFIG")]
+    config: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the models of a repository over the KServe v2 HTTP protocol.
+    Serve(cmd::serve::ServeArgs),
+    /// Generate per-customer models, serve them under a small budget, drive a zipf workload, report.
+    Demo(cmd::demo::DemoArgs),
+    /// Manage the ONNX Runtime library herd loads (install, locate).
+    #[command(subcommand)]
+    Runtime(cmd::runtime::RuntimeCommand),
+    /// Make bearer tokens for the tokens file.
+    #[command(subcommand)]
+    Token(cmd::token::TokenCommand),
+    /// Registry: `herd model|alias|release|backup|gc`, flattened to the top level.
+    #[command(flatten)]
+    Registry(cmd::registry::RegistryCommand),
+    /// Scale workers and serving replicas from queue depth and server load, by policy and schedule.
+    Autoscale(cmd::scale::AutoscaleArgs),
+    /// Kubernetes: render ready-to-apply manifests.
+    #[command(subcommand)]
+    K8s(cmd::scale::K8sCommand),
     // Subcommands are added here, one variant per area, each delegating to `cmd::<area>`.
 }
 
 fn main() -> ExitCode {
+    if let Err(e) = layered::apply_config_file() {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
-    let result: anyhow::Result<()> = match cli.command {};
+    let _ = &cli.config;
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
+        Command::Runtime(c) => cmd::runtime::run(c),
+        Command::Token(c) => cmd::token::run(c),
+        Command::Registry(c) => cmd::registry::run(c),
+        Command::Autoscale(a) => cmd::scale::run_autoscale(a),
+        Command::K8s(c) => cmd::scale::run_k8s(c),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,1 +1,8 @@
 //! One module per command area.
+
+pub mod demo;
+pub mod registry;
+pub mod runtime;
+pub mod scale;
+pub mod serve;
+pub mod token;

@@ -1,0 +1,75 @@
+//! The HTTP layer of herd.
+//!
+//! Owns: the axum routes (KServe v2 inference and metadata, the repository extension, health,
+//! Prometheus metrics), bearer-token auth with tenants, the serve [`Settings`], and telemetry
+//! setup. Handlers parse, call one core method, and map the result; errors become HTTP answers
+//! in [`error`] only. Must not contain serving logic (that is `herd-core`).
+
+pub mod auth;
+pub mod error;
+mod routes;
+pub mod settings;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+use herd_core::Core;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+pub use settings::Settings;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub core: Arc<Core>,
+    pub auth: Arc<auth::Auth>,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// The whole HTTP application (tests call it without a socket or bind it to port 0).
+pub fn app(state: AppState, max_body_bytes: usize) -> Router {
+    routes::router(state).layer(DefaultBodyLimit::max(max_body_bytes))
+}
+
+/// Binds `addr` and serves until ctrl-c / SIGTERM, draining requests in flight.
+pub async fn serve(app: Router, addr: SocketAddr) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "herd is serving");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+}
+
+/// Binds `addr` (port 0 picks a free port) and serves in the background; returns the bound
+/// address. For the demo, benchmarks and tests.
+pub async fn spawn(
+    app: Router,
+    addr: SocketAddr,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let handle = tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((bound, handle))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

@@ -1,0 +1,286 @@
+//! `POST /v2/models/{model}[/versions/{version}]/infer`: JSON tensors, or Triton's binary tensor
+//! extension (`Inference-Header-Content-Length`: a JSON header followed by raw tensor bytes).
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use herd_api::v2::{InferResponse, RequestInput, ResponseOutput, Tensor, TensorData};
+use herd_api::ErrorCode;
+use herd_core::InferRequest;
+use serde_json::{json, Value};
+
+use crate::error::HttpError;
+use crate::AppState;
+
+const HEADER_LEN: &str = "inference-header-content-length";
+
+pub async fn infer(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    run(s, model, None, headers, body).await
+}
+
+pub async fn infer_version(
+    State(s): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    run(s, model, Some(version), headers, body).await
+}
+
+async fn run(
+    s: AppState,
+    model: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let result = handle(&s, &model, version, &headers, body).await;
+    let status = match &result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => e.code().as_str().to_string(),
+    };
+    // Unknown model names are not used as label values (they are unbounded).
+    let label = if matches!(&result, Err(e) if e.code() == ErrorCode::ModelNotFound || e.code() == ErrorCode::Unauthorized)
+    {
+        "_unknown".to_string()
+    } else {
+        model
+    };
+    metrics::counter!("herd_infer_requests_total", "model" => label.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("herd_infer_request_duration_seconds", "model" => label)
+        .record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle(
+    s: &AppState,
+    model: &str,
+    version: Option<String>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    s.auth.principal(headers)?;
+    let (entry, _) = s.core.resolve(model, version.as_deref())?;
+    s.auth
+        .check_model(headers, model, entry.config.tenant.as_deref())?;
+
+    let (json_part, mut binary) = split_body(headers, &body)?;
+    let req: herd_api::v2::InferRequest = serde_json::from_slice(json_part).map_err(|e| {
+        HttpError::new(
+            ErrorCode::InvalidInput,
+            format!("invalid inference request JSON: {e}"),
+        )
+    })?;
+    let mut inputs = Vec::with_capacity(req.inputs.len());
+    for input in &req.inputs {
+        inputs.push(decode_input(input, &mut binary)?);
+    }
+    if !binary.is_empty() {
+        return Err(HttpError::new(
+            ErrorCode::InvalidInput,
+            format!(
+                "{} bytes of binary data were not claimed by any input's binary_data_size",
+                binary.len()
+            ),
+        ));
+    }
+    let all_binary = param_bool(req.parameters.as_ref(), "binary_data_output");
+    let requested: Option<Vec<(String, bool)>> = req.outputs.as_ref().map(|outs| {
+        outs.iter()
+            .map(|o| {
+                let bin = o
+                    .parameters
+                    .as_ref()
+                    .and_then(|p| p.get("binary_data"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(all_binary);
+                (o.name.clone(), bin)
+            })
+            .collect()
+    });
+    let out = s
+        .core
+        .infer(InferRequest {
+            model: model.to_string(),
+            version,
+            inputs,
+            outputs: requested
+                .as_ref()
+                .map(|r| r.iter().map(|(n, _)| n.clone()).collect()),
+        })
+        .await?;
+
+    let mut binary_out: Vec<u8> = Vec::new();
+    let mut outputs = Vec::with_capacity(out.outputs.len());
+    for t in out.outputs {
+        let bin = match &requested {
+            Some(r) => r.iter().any(|(n, b)| *n == t.name && *b),
+            None => all_binary,
+        };
+        outputs.push(encode_output(t, bin, &mut binary_out));
+    }
+    let response = InferResponse {
+        model_name: out.model,
+        model_version: Some(out.version),
+        id: req.id,
+        parameters: None,
+        outputs,
+    };
+    let header_json = serde_json::to_vec(&response)
+        .map_err(|e| HttpError::new(ErrorCode::Internal, e.to_string()))?;
+    let mut resp = if binary_out.is_empty() {
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            header_json,
+        )
+            .into_response()
+    } else {
+        let len = header_json.len();
+        let mut all = header_json;
+        all.extend_from_slice(&binary_out);
+        let mut r = (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            )],
+            all,
+        )
+            .into_response();
+        r.headers_mut().insert(HEADER_LEN, HeaderValue::from(len));
+        r
+    };
+    let h = resp.headers_mut();
+    let ms = |d: Duration| HeaderValue::from_str(&format!("{:.3}", d.as_secs_f64() * 1e3)).ok();
+    for (name, d) in [
+        ("x-load-time", out.timing.load),
+        ("x-queue-time", out.timing.queue),
+        ("x-inference-time", out.timing.inference),
+        ("x-total-time", out.timing.total),
+    ] {
+        if let Some(v) = ms(d) {
+            h.insert(name, v);
+        }
+    }
+    h.insert("x-batch-rows", HeaderValue::from(out.batch_rows));
+    Ok(resp)
+}
+
+/// Splits the body into the JSON header and the binary tail.
+fn split_body<'a>(headers: &HeaderMap, body: &'a Bytes) -> Result<(&'a [u8], &'a [u8]), HttpError> {
+    match headers.get(HEADER_LEN) {
+        None => Ok((&body[..], &[])),
+        Some(v) => {
+            let n: usize = v.to_str().ok().and_then(|s| s.trim().parse().ok()).ok_or_else(|| {
+                HttpError::new(
+                    ErrorCode::InvalidInput,
+                    "Inference-Header-Content-Length must be a number of bytes",
+                )
+            })?;
+            if n > body.len() {
+                return Err(HttpError::new(
+                    ErrorCode::InvalidInput,
+                    format!(
+                        "Inference-Header-Content-Length is {n} but the body has only {} bytes",
+                        body.len()
+                    ),
+                ));
+            }
+            Ok(body.split_at(n))
+        }
+    }
+}
+
+fn param_bool(p: Option<&herd_api::v2::Parameters>, key: &str) -> bool {
+    p.and_then(|p| p.get(key)).and_then(Value::as_bool).unwrap_or(false)
+}
+
+fn decode_input(input: &RequestInput, binary: &mut &[u8]) -> Result<Tensor, HttpError> {
+    let bin_size = input
+        .parameters
+        .as_ref()
+        .and_then(|p| p.get("binary_data_size"))
+        .map(|v| {
+            v.as_u64().ok_or_else(|| {
+                HttpError::new(
+                    ErrorCode::InvalidInput,
+                    format!("input '{}': binary_data_size must be a non-negative integer", input.name),
+                )
+            })
+        })
+        .transpose()?;
+    let data = match (bin_size, &input.data) {
+        (Some(n), _) => {
+            let n = n as usize;
+            if n > binary.len() {
+                return Err(HttpError::new(
+                    ErrorCode::InvalidInput,
+                    format!(
+                        "input '{}': binary_data_size is {n} but only {} bytes of binary data remain",
+                        input.name,
+                        binary.len()
+                    ),
+                ));
+            }
+            let (mine, rest) = binary.split_at(n);
+            *binary = rest;
+            TensorData::from_binary(input.datatype, mine, &input.name)?
+        }
+        (None, Some(d)) => TensorData::from_json(input.datatype, d, &input.name)?,
+        (None, None) => {
+            return Err(HttpError::new(
+                ErrorCode::InvalidInput,
+                format!(
+                    "input '{}' has neither 'data' nor a binary_data_size parameter",
+                    input.name
+                ),
+            ))
+        }
+    };
+    if data.datatype() != input.datatype {
+        return Err(HttpError::new(
+            ErrorCode::InvalidInput,
+            format!("input '{}': datatype {} is not supported; send FP32", input.name, input.datatype),
+        ));
+    }
+    Ok(Tensor::new(input.name.clone(), input.shape.clone(), data))
+}
+
+fn encode_output(t: Tensor, binary: bool, out: &mut Vec<u8>) -> ResponseOutput {
+    let datatype = t.data.datatype();
+    if binary {
+        let raw = t.data.to_binary();
+        let mut params = herd_api::v2::Parameters::new();
+        params.insert("binary_data_size".into(), json!(raw.len()));
+        out.extend_from_slice(&raw);
+        ResponseOutput {
+            name: t.name,
+            shape: t.shape,
+            datatype,
+            parameters: Some(params),
+            data: None,
+        }
+    } else {
+        ResponseOutput {
+            name: t.name,
+            shape: t.shape,
+            datatype,
+            parameters: None,
+            data: Some(t.data.to_json()),
+        }
+    }
+}

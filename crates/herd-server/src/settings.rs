@@ -1,0 +1,104 @@
+//! Settings of `herd serve`: one struct, layered built-in defaults < config file < `HERD_*`
+//! environment variables < flags. Every field's doc comment is its `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use herd_api::units::SizeSpec;
+use herd_core::{CoreConfig, EvictionPolicy};
+use serde::Serialize;
+
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct Settings {
+    /// Model repository directory: <repo>/<model>/<version>/model.onnx, with an optional
+    /// <repo>/<model>/config.toml. Models may be added while the server runs.
+    #[arg(long, env = "HERD_REPO", default_value = "models")]
+    pub repo: PathBuf,
+
+    /// Address to listen on. Loopback by default; expose it deliberately.
+    #[arg(long, env = "HERD_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+
+    /// Memory that loaded models may take in all: bytes, units (256MiB, 2GiB) or a share of
+    /// the machine's (or container's) memory (80%). Least valuable models are evicted beyond it.
+    #[arg(long, env = "HERD_MEMORY_BUDGET", default_value = "80%", value_parser = parse_size)]
+    #[serde(serialize_with = "ser_debug")]
+    pub memory_budget: SizeSpec,
+
+    /// Eviction policy: gdsf (weighs use frequency, load cost and size) or lru.
+    #[arg(long, env = "HERD_EVICTION", default_value = "gdsf", value_parser = parse_policy)]
+    #[serde(serialize_with = "ser_debug")]
+    pub eviction: EvictionPolicy,
+
+    /// Model loads that may run at the same time.
+    #[arg(long, env = "HERD_LOAD_CONCURRENCY", default_value_t = 2)]
+    pub load_concurrency: usize,
+
+    /// Requests that may wait in one model's queue; beyond it the server answers 429 with Retry-After.
+    #[arg(long, env = "HERD_QUEUE_CAPACITY", default_value_t = 256)]
+    pub queue_capacity: usize,
+
+    /// Longest time one request may take (load, queue and inference), in seconds; then 504.
+    #[arg(long, env = "HERD_REQUEST_TIMEOUT", default_value_t = 30.0)]
+    pub request_timeout: f64,
+
+    /// Largest request body accepted (413 beyond it).
+    #[arg(long, env = "HERD_MAX_BODY", default_value = "64MiB", value_parser = parse_size)]
+    #[serde(serialize_with = "ser_debug")]
+    pub max_body: SizeSpec,
+
+    /// Tokens file (TOML of sha256 hashes -> tenant or admin). Without it, no auth.
+    #[arg(long, env = "HERD_TOKENS")]
+    pub tokens: Option<PathBuf>,
+
+    /// Path to libonnxruntime.so.1.31.1 (else HERD_ORT_LIB, ORT_DYLIB_PATH, herd's cache).
+    #[arg(long, env = "HERD_ORT_LIB")]
+    pub ort_lib: Option<PathBuf>,
+
+    /// Threads of the shared inference pool (0 = one per core).
+    #[arg(long, env = "HERD_THREADS", default_value_t = 0)]
+    pub threads: usize,
+
+    /// Do not install ONNX Runtime automatically when it is missing.
+    #[arg(long, env = "HERD_NO_AUTO_INSTALL")]
+    pub no_auto_install: bool,
+}
+
+fn ser_debug<T: std::fmt::Debug, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:?}"))
+}
+
+pub fn parse_size(s: &str) -> Result<SizeSpec, String> {
+    s.parse()
+}
+
+pub fn parse_policy(s: &str) -> Result<EvictionPolicy, String> {
+    s.parse()
+}
+
+/// Memory the budget's percentage refers to: the machine's, or the container's limit if lower.
+pub fn memory_limit() -> u64 {
+    let total = herd_runtime::memory::total_memory_bytes().unwrap_or(8 << 30);
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    cgroup.map(|c| c.min(total)).unwrap_or(total)
+}
+
+impl Settings {
+    pub fn core_config(&self) -> CoreConfig {
+        CoreConfig {
+            memory_budget: self.memory_budget.resolve(memory_limit()),
+            policy: self.eviction,
+            load_concurrency: self.load_concurrency.max(1),
+            queue_capacity: self.queue_capacity.max(1),
+            request_timeout: Duration::from_secs_f64(self.request_timeout.max(0.001)),
+            ..CoreConfig::default()
+        }
+    }
+
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body.resolve(memory_limit()) as usize
+    }
+}

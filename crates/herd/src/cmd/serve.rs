@@ -1,0 +1,67 @@
+//! `herd serve`: the KServe v2 server over a model repository.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use herd_core::{Core, DirectorySource, ModelSource};
+use herd_runtime::OrtBackend;
+use herd_server::{auth::Auth, telemetry, AppState, Settings};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub settings: Settings,
+
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "HERD_LOG_JSON")]
+    pub log_json: bool,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    telemetry::init_logs(args.log_json);
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(serve(args.settings))
+}
+
+/// Builds the server state from settings: runtime, source, core, auth, metrics.
+pub async fn build(settings: &Settings) -> anyhow::Result<(AppState, Arc<Core>)> {
+    let lib = super::runtime::ensure(settings.ort_lib.as_deref(), !settings.no_auto_install)?;
+    let backend = OrtBackend::new(Some(&lib), settings.threads)?;
+    let source: Arc<dyn ModelSource> = Arc::new(
+        DirectorySource::new(&settings.repo).context("opening the model repository")?,
+    );
+    let core = Core::new(settings.core_config(), source, Arc::new(backend));
+    let auth = match &settings.tokens {
+        Some(p) => Auth::from_file(p).map_err(anyhow::Error::msg)?,
+        None => Auth::open(),
+    };
+    let state = AppState {
+        core: core.clone(),
+        auth: Arc::new(auth),
+        metrics: telemetry::init_metrics(),
+    };
+    Ok((state, core))
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    tracing::info!(settings = %serde_json::to_string(&settings).unwrap_or_default(), "effective settings");
+    let (state, core) = build(&settings).await?;
+    tracing::info!(
+        budget_bytes = core.config().memory_budget,
+        library = %herd_runtime::install::locate(settings.ort_lib.as_deref()).map(|p| p.display().to_string()).unwrap_or_default(),
+        "memory budget"
+    );
+    let preload = core.clone();
+    tokio::spawn(async move {
+        let pinned = preload.preload_pinned().await;
+        if pinned > 0 {
+            tracing::info!(pinned, "pinned models preloaded");
+        }
+    });
+    core.spawn_warmup_loop();
+    let app = herd_server::app(state, settings.max_body_bytes());
+    herd_server::serve(app, settings.addr)
+        .await
+        .with_context(|| format!("serving on {}", settings.addr))
+}
