@@ -19,7 +19,7 @@ pub struct GcOptions {
     /// Keep the artifacts of each model's newest `keep_last` versions.
     pub keep_last: u64,
     /// Never delete objects younger than this.
-    pub min_age: chrono::Duration,
+    pub min_age: std::time::Duration,
     /// Only report what would be deleted.
     pub dry_run: bool,
 }
@@ -28,7 +28,7 @@ impl Default for GcOptions {
     fn default() -> Self {
         GcOptions {
             keep_last: 3,
-            min_age: chrono::Duration::hours(1),
+            min_age: std::time::Duration::from_secs(3600),
             dry_run: true,
         }
     }
@@ -93,7 +93,8 @@ impl Registry {
                 .push(format!("{model}@{version}"));
         }
         let stored = self.store.list().await?;
-        let cutoff = chrono::Utc::now() - opts.min_age;
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(opts.min_age).unwrap_or(chrono::Duration::MAX);
         let mut report = GcReport {
             dry_run: opts.dry_run,
             stored: stored.len(),

@@ -758,7 +758,7 @@ async fn gc_keeps_what_is_referenced(fx: Fx) {
 
     let opts = GcOptions {
         keep_last: 1,
-        min_age: chrono::Duration::zero(),
+        min_age: std::time::Duration::ZERO,
         dry_run: true,
     };
     let dry = reg.gc(&opts).await.unwrap();
@@ -907,7 +907,7 @@ async fn s3_artifacts_push_fetch_backup_gc() {
     let gc = reg
         .gc(&GcOptions {
             keep_last: 0,
-            min_age: chrono::Duration::zero(),
+            min_age: std::time::Duration::ZERO,
             dry_run: false,
         })
         .await
