@@ -247,7 +247,7 @@ impl ManifestOptions {
             "metadata": self.meta("herd-config", &json!({ NAME_LABEL: "herd" })),
             "data": {
                 "policy.toml": policy,
-                "HERD_LOG_FORMAT": "json",
+                "HERD_LOG_JSON": "true",
             },
         }));
 
@@ -268,7 +268,7 @@ impl ManifestOptions {
                     "args": ["serve", "--repo", "/models", "--addr", "0.0.0.0:8080",
                              "--memory-budget", format!("{}MiB", budget.div_ceil(1 << 20))],
                     "ports": [{ "name": "http", "containerPort": 8080 }],
-                    "env": [secret_env("HERD_POSTGRES_URL"), { "name": "HERD_LOG_FORMAT", "value": "json" }],
+                    "env": [secret_env("HERD_POSTGRES_URL"), { "name": "HERD_LOG_JSON", "value": "true" }],
                     "readinessProbe": { "httpGet": { "path": "/v2/health/ready", "port": "http" }, "periodSeconds": 5 },
                     "livenessProbe": { "httpGet": { "path": "/v2/health/live", "port": "http" }, "periodSeconds": 10 },
                     "resources": {
@@ -311,7 +311,7 @@ impl ManifestOptions {
                     "args": ["worker", "--queue-url", "$(HERD_QUEUE_URL)", "--queue", q,
                              "--worker-id", "$(POD_NAME)"],
                     "env": [pod_name_env, secret_env("HERD_QUEUE_URL"), secret_env("HERD_POSTGRES_URL"),
-                            { "name": "HERD_LOG_FORMAT", "value": "json" }],
+                            { "name": "HERD_LOG_JSON", "value": "true" }],
                     "resources": {
                         "requests": { "cpu": "500m", "memory": "1Gi" },
                         "limits": { "cpu": "1", "memory": "1Gi" },
@@ -357,7 +357,7 @@ impl ManifestOptions {
                 "image": self.image,
                 "args": ["autoscale", "--policy", "/etc/herd/policy.toml", "--backend", "kubernetes",
                          "--namespace", ns],
-                "env": [secret_env("HERD_QUEUE_URL"), { "name": "HERD_LOG_FORMAT", "value": "json" }],
+                "env": [secret_env("HERD_QUEUE_URL"), { "name": "HERD_LOG_JSON", "value": "true" }],
                 "resources": {
                     "requests": { "cpu": "100m", "memory": "128Mi" },
                     "limits": { "cpu": "500m", "memory": "128Mi" },
