@@ -130,6 +130,7 @@ async fn run_command(job: &Job, c: &CommandParams, dir: &Path) -> Result<JobOutc
     if let Some(cwd) = &c.cwd {
         cmd.current_dir(cwd);
     }
+    die_with_parent(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| spawn_failure(c, &e))?;
     let tail = std::sync::Arc::new(parking_lot::Mutex::new(VecDeque::new()));
     let out = child
@@ -173,6 +174,24 @@ async fn run_command(job: &Job, c: &CommandParams, dir: &Path) -> Result<JobOutc
         )))
     }
 }
+
+/// On Linux, the child gets SIGKILL when the worker dies, even by SIGKILL: a killed worker must
+/// not leave its job running unsupervised while another worker runs it again.
+#[cfg(target_os = "linux")]
+fn die_with_parent(cmd: &mut tokio::process::Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut tokio::process::Command) {}
 
 fn spawn_failure(c: &CommandParams, e: &std::io::Error) -> Failure {
     match e.kind() {

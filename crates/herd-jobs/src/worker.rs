@@ -292,3 +292,94 @@ async fn wait_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) {
         }
     }
 }
+
+/// Runs a worker until it is idle or the process gets SIGTERM/SIGINT (then: grace, release).
+/// What `herd worker` runs after parsing its flags.
+pub async fn run_until_signalled(
+    queue: Arc<dyn Queue>,
+    runner: Arc<dyn Runner>,
+    cfg: WorkerConfig,
+) -> Result<WorkerSummary, JobsError> {
+    let (tx, rx) = watch::channel(false);
+    let signals = tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (mut term, mut int) = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(t), Ok(i)) => (t, i),
+                _ => {
+                    tracing::warn!(
+                        "cannot install signal handlers; SIGTERM will kill the worker outright"
+                    );
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: no new jobs; finishing the current one"),
+                _ = int.recv() => tracing::info!("SIGINT: no new jobs; finishing the current one"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        let _ = tx.send(true);
+        // Keep the sender alive so the worker does not mistake a dropped sender for "never".
+        std::future::pending::<()>().await;
+    });
+    let out = Worker::new(queue, runner, cfg).run(rx).await;
+    signals.abort();
+    out
+}
+
+/// Parses a human duration: `500ms`, `30s`, `5m`, `2h`, `7d`, or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, JobsError> {
+    let t = s.trim();
+    let bad = || {
+        JobsError::InvalidSpec(format!(
+            "invalid duration '{s}': use a number with ms, s, m, h or d (e.g. 500ms, 30s, 5m, 7d)"
+        ))
+    };
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || !(0.0..=1e10).contains(&secs) {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_explain_errors() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        for bad in ["", "abc", "5 parsecs", "-1s", "1e400"] {
+            let e = parse_duration(bad).unwrap_err().to_string();
+            assert!(e.contains("invalid duration"), "{bad}: {e}");
+        }
+    }
+}

@@ -12,6 +12,8 @@ use herd_jobs::{
 
 #[path = "queue/common.rs"]
 mod common;
+#[path = "queue/kill.rs"]
+mod kill;
 
 use common::{redis_url, TestDir};
 
