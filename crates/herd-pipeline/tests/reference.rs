@@ -49,7 +49,7 @@ fn tmp(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// >= 100 texts: plain, punctuation, numbers, accents, several scripts, emoji, control and odd
+/// At least 100 texts: plain, punctuation, numbers, accents, several scripts, emoji, control and odd
 /// whitespace, empty and whitespace-only, and texts far longer than max_length.
 fn sentences() -> Vec<String> {
     let base = [
