@@ -14,6 +14,8 @@ use herd_jobs::{
 mod common;
 #[path = "queue/kill.rs"]
 mod kill;
+#[path = "queue/worker.rs"]
+mod worker;
 
 use common::{redis_url, TestDir};
 
