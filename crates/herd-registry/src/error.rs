@@ -28,11 +28,11 @@ pub enum RegistryError {
     #[error("artifact store error: {0}")]
     ObjectStore(#[from] object_store::Error),
     /// A local file could not be read or written.
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Io {
         context: String,
-        #[source]
-        source: std::io::Error,
+        /// Kept out of the `source()` chain: the message already includes it.
+        error: std::io::Error,
     },
     /// Stored data is inconsistent (digest mismatch, release id mismatch, corrupt backup).
     #[error("integrity check failed: {0}")]
@@ -43,7 +43,7 @@ impl RegistryError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         RegistryError::Io {
             context: context.into(),
-            source,
+            error: source,
         }
     }
 }
