@@ -21,6 +21,6 @@ pub mod schedule;
 
 pub use decide::{decide, Action, Decision, Observed, Plan, State};
 pub use error::{Result, ScaleError};
-pub use policy::Policy;
 /// Re-exported so callers pass `now` without their own dependency.
 pub use jiff;
+pub use policy::Policy;

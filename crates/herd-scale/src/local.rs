@@ -16,6 +16,10 @@ use crate::decide::Action;
 use crate::error::{Result, ScaleError};
 use crate::policy::{Policy, ServingPool, WorkerPool};
 
+/// How long a child may take to exit after SIGTERM at shutdown before it is killed (a worker
+/// finishes or releases its job within its own, shorter, grace period).
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// How to start children.
 #[derive(Debug, Clone)]
 pub struct LocalSettings {
@@ -118,6 +122,16 @@ impl LocalBackend {
                         .map(|port| format!("http://127.0.0.1:{port}/metrics")),
                 )
             })
+            .collect()
+    }
+
+    /// `(id, pid)` of every live worker and server child, for inspection.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.workers
+            .values()
+            .chain(self.serving.values())
+            .flatten()
+            .filter_map(|p| Some((p.id.clone(), p.child.id()?)))
             .collect()
     }
 
@@ -280,12 +294,17 @@ impl LocalBackend {
             sigterm(&p.child);
         }
         for mut p in all {
-            match p.child.wait().await {
-                Ok(status) => {
+            match tokio::time::timeout(SHUTDOWN_GRACE, p.child.wait()).await {
+                Ok(Ok(status)) => {
                     info!(target: "herd_scale", id = %p.id, %status, "child exited at shutdown")
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     warn!(target: "herd_scale", id = %p.id, error = %e, "cannot wait for child")
+                }
+                Err(_) => {
+                    warn!(target: "herd_scale", id = %p.id, grace_s = SHUTDOWN_GRACE.as_secs(), "child ignored SIGTERM; killing it");
+                    let _ = p.child.start_kill();
+                    let _ = p.child.wait().await;
                 }
             }
         }

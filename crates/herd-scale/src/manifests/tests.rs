@@ -195,13 +195,16 @@ fn every_pod_is_fixed_or_flexible_with_matching_placement_and_eviction() {
     }
 }
 
+/// (deployment name, template labels, anti-affinity (key, values) on the hostname topology)
+type Placement = (String, BTreeMap<String, String>, Vec<(String, Vec<String>)>);
+
 #[test]
 fn fixed_pods_never_share_a_node_with_flexible_ones() {
     // For every pair (fixed template, flexible template), at least one of them has a required
     // anti-affinity term whose selector matches the other's labels on kubernetes.io/hostname.
     let docs = parsed();
     let deps = deployments(&docs);
-    let classes: Vec<(String, BTreeMap<String, String>, Vec<(String, Vec<String>)>)> = deps
+    let classes: Vec<Placement> = deps
         .iter()
         .map(|d| {
             let t = &d.spec.as_ref().unwrap().template;

@@ -1,0 +1,208 @@
+//! The acceptance walk-through of the autoscaler on this machine: a real SQLite queue, the real
+//! `herd` binary running `herd autoscale --backend local`, which starts real `herd worker`
+//! processes. Jobs are enqueued; the autoscaler must take workers from 0 up to
+//! ceil(waiting / jobs_per_worker) (capped at max), never stop a worker while jobs run, and come
+//! back to 0 once the queue is empty, nothing runs and the cooldown has passed.
+//!
+//! It also prints two timings for BENCHMARKS.md (never asserted): enqueue -> first worker
+//! holding a job, and last job done -> zero workers.
+//!
+//! Run: `cargo test -p herd --test autoscale_local -- --nocapture`
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use herd_jobs::{CommandParams, JobKind, JobSpec};
+use serde_json::Value;
+
+const HERD: &str = env!("CARGO_BIN_EXE_herd");
+
+fn worker_command_exists() -> bool {
+    Command::new(HERD)
+        .args(["worker", "--help"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn pid_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+}
+
+#[test]
+fn local_backend_scales_workers_from_zero_up_and_back_to_zero() {
+    if !worker_command_exists() {
+        let msg = "`herd worker` is not available in this build";
+        if std::env::var_os("CI").is_some() {
+            panic!("{msg}: the autoscaler walk-through needs it");
+        }
+        eprintln!("SKIPPED: {msg}");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("herd-autoscale-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("jobs.db");
+    let url = format!("sqlite://{}", db.display());
+    let results = dir.join("results");
+    let jobs = 40u64;
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let queue = rt.block_on(herd_jobs::connect(&url)).unwrap();
+    let enqueued_at = Instant::now();
+    rt.block_on(async {
+        for i in 0..jobs {
+            let mut spec = JobSpec::new(
+                "e2e",
+                JobKind::Command(CommandParams {
+                    program: "sh".into(),
+                    args: vec!["-c".into(), format!("sleep 0.2; echo job {i}")],
+                    ..Default::default()
+                }),
+            );
+            spec.result_dir = results.display().to_string();
+            queue.enqueue(spec).await.unwrap();
+        }
+    });
+
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[defaults]\nqueue_url = \"{url}\"\n\n[[workers]]\nqueue = \"e2e\"\njobs_per_worker = 10\nmin = 0\nmax = 3\ncooldown = \"2s\"\nidle_exit = \"120s\"\n"
+        ),
+    )
+    .unwrap();
+
+    let mut child = Command::new(HERD)
+        .args(["autoscale", "--policy"])
+        .arg(&policy)
+        .args(["--interval", "250ms", "--until-idle", "--json", "--log-dir"])
+        .arg(dir.join("logs"))
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Safety net: kill the autoscaler if it has not finished in 3 minutes (then the test fails).
+    let pid = child.id() as i32;
+    let watchdog = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while Instant::now() < deadline {
+            if !pid_alive(pid) {
+                return false;
+            }
+            std::thread::park_timeout(Duration::from_millis(200));
+        }
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        true
+    });
+
+    let stdout = child.stdout.take().unwrap();
+    let mut ticks: Vec<(Instant, Value)> = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            ticks.push((Instant::now(), v));
+        }
+    }
+    let status = child.wait().unwrap();
+    let killed = watchdog.join().unwrap();
+    assert!(!killed, "autoscaler did not come back to zero within 3 minutes");
+    assert!(status.success(), "herd autoscale exited with {status}");
+
+    // Every job ran, exactly once, and nothing is left.
+    let stats = rt.block_on(queue.stats("e2e")).unwrap();
+    assert_eq!(
+        (stats.done, stats.waiting, stats.running, stats.dead),
+        (jobs, 0, 0, 0),
+        "{stats:?}"
+    );
+
+    // Decisions: up from 0 to ceil(40/10)=4 capped at max 3, later down to 0, never below the
+    // busy workers, and to zero only with nothing waiting or running.
+    let mut first_start = None;
+    let mut first_busy = None;
+    let mut zero_at = None;
+    let mut last_running = None;
+    let mut max_workers = 0;
+    for (i, (at, t)) in ticks.iter().enumerate() {
+        for d in t["decisions"].as_array().unwrap() {
+            if d["kind"] != "workers" {
+                continue;
+            }
+            let inputs = d["inputs"].as_str().unwrap();
+            let get = |k: &str| -> u64 {
+                inputs
+                    .split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap()
+            };
+            max_workers = max_workers.max(get("workers"));
+            if get("busy") > 0 && first_busy.is_none() {
+                first_busy = Some(*at);
+            }
+            if get("running") > 0 || get("waiting") > 0 {
+                last_running = Some(*at);
+            }
+        }
+        for a in t["actions"].as_array().unwrap() {
+            match a["action"].as_str().unwrap() {
+                "start_workers" => {
+                    if first_start.is_none() {
+                        assert_eq!(a["from"], 0, "tick {i}: {a}");
+                        assert_eq!(a["to"], 3, "tick {i}: ceil(40/10)=4 capped at max 3: {a}");
+                        first_start = Some(i);
+                    }
+                }
+                "stop_workers" => {
+                    let d = t["decisions"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|d| d["kind"] == "workers")
+                        .unwrap();
+                    let inputs = d["inputs"].as_str().unwrap();
+                    if a["to"] == 0 {
+                        assert!(
+                            inputs.starts_with("waiting=0 running=0 "),
+                            "tick {i}: to zero with work left: {inputs}"
+                        );
+                        assert!(inputs.contains("busy=0"), "tick {i}: {inputs}");
+                        zero_at.get_or_insert(*at);
+                    }
+                }
+                other => panic!("unexpected action {other}"),
+            }
+        }
+    }
+    let first_start = first_start.expect("the autoscaler never started a worker");
+    assert_eq!(first_start, 0, "workers start on the first tick");
+    assert!(max_workers <= 3, "max is 3, saw {max_workers}");
+    let zero_at = zero_at.expect("the autoscaler never scaled to zero");
+    let last_running = last_running.unwrap();
+    assert!(zero_at > last_running);
+
+    // Every worker the autoscaler started has exited.
+    let logs: Vec<_> = std::fs::read_dir(dir.join("logs")).unwrap().collect();
+    assert!(logs.len() >= 3, "expected at least 3 worker logs, got {}", logs.len());
+
+    let first_busy = first_busy.expect("no worker was ever seen holding a job");
+    println!(
+        "BENCH enqueue -> first worker holding a job: {:.2}s (interval 250ms)",
+        (first_busy - enqueued_at).as_secs_f64()
+    );
+    println!(
+        "BENCH last job running -> scale-to-zero decision: {:.2}s (cooldown 2s, interval 250ms)",
+        (zero_at - last_running).as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
