@@ -13,6 +13,9 @@ pub enum JobsError {
     #[error("invalid job: {0}")]
     InvalidSpec(String),
 
+    #[error("{0}")]
+    InvalidArgument(String),
+
     #[error("job '{0}' not found (list jobs with `herd job list`)")]
     NotFound(String),
 
@@ -64,6 +67,7 @@ impl HasErrorCode for JobsError {
             JobsError::UnsupportedUrl { .. }
             | JobsError::InvalidUrl { .. }
             | JobsError::InvalidSpec(_)
+            | JobsError::InvalidArgument(_)
             | JobsError::BadInput { .. } => ErrorCode::InvalidInput,
             JobsError::NotFound(_) => ErrorCode::NotFound,
             JobsError::LeaseLost { .. } | JobsError::NotDead { .. } => ErrorCode::Conflict,

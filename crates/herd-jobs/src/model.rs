@@ -79,7 +79,7 @@ impl FromStr for InputFormat {
             "jsonl" | "ndjson" => Ok(InputFormat::Jsonl),
             "csv" => Ok(InputFormat::Csv),
             "parquet" => Ok(InputFormat::Parquet),
-            other => Err(JobsError::InvalidSpec(format!(
+            other => Err(JobsError::InvalidArgument(format!(
                 "unknown input format '{other}': use jsonl, csv or parquet"
             ))),
         }
@@ -326,7 +326,7 @@ impl FromStr for JobState {
             .into_iter()
             .find(|st| st.as_str() == s)
             .ok_or_else(|| {
-                JobsError::InvalidSpec(format!(
+                JobsError::InvalidArgument(format!(
                     "unknown job state '{s}': use waiting, delayed, running, done or dead"
                 ))
             })

@@ -339,7 +339,7 @@ pub async fn run_until_signalled(
 pub fn parse_duration(s: &str) -> Result<Duration, JobsError> {
     let t = s.trim();
     let bad = || {
-        JobsError::InvalidSpec(format!(
+        JobsError::InvalidArgument(format!(
             "invalid duration '{s}': use a number with ms, s, m, h or d (e.g. 500ms, 30s, 5m, 7d)"
         ))
     };

@@ -219,7 +219,7 @@ async fn sigterm_releases_the_lease_when_the_grace_period_ends() {
             Ok(stat) => stat
                 .rsplit(')')
                 .next()
-                .map(|r| r.trim_start().chars().next() != Some('Z'))
+                .map(|r| !r.trim_start().starts_with('Z'))
                 .unwrap_or(false),
             Err(_) => false,
         };
