@@ -47,6 +47,10 @@ enum Command {
     /// Kubernetes: render ready-to-apply manifests.
     #[command(subcommand)]
     K8s(cmd::scale::K8sCommand),
+    /// Claim and run queued jobs (batch-infer, command); renews leases, exits when idle.
+    Worker(cmd::jobs::WorkerArgs),
+    /// Queued jobs: enqueue, list, show, requeue dead ones, purge old ones, stats.
+    Job(cmd::jobs::JobArgs),
     // Subcommands are added here, one variant per area, each delegating to `cmd::<area>`.
 }
 
@@ -65,6 +69,8 @@ fn main() -> ExitCode {
         Command::Registry(c) => cmd::registry::run(c),
         Command::Autoscale(a) => cmd::scale::run_autoscale(a),
         Command::K8s(c) => cmd::scale::run_k8s(c),
+        Command::Worker(a) => cmd::jobs::run_worker(a),
+        Command::Job(a) => cmd::jobs::run_job(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! One module per command area.
 
 pub mod demo;
+pub mod jobs;
 pub mod registry;
 pub mod runtime;
 pub mod scale;
