@@ -57,6 +57,7 @@ fn local_backend_scales_workers_from_zero_up_and_back_to_zero() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let queue = rt.block_on(herd_jobs::connect(&url)).unwrap();
     let enqueued_at = Instant::now();
+    let enqueued_wall = herd_scale::jiff::Timestamp::now();
     rt.block_on(async {
         for i in 0..jobs {
             let mut spec = JobSpec::new(
@@ -87,6 +88,8 @@ fn local_backend_scales_workers_from_zero_up_and_back_to_zero() {
         .args(["--interval", "250ms", "--until-idle", "--json", "--log-dir"])
         .arg(dir.join("logs"))
         .current_dir(&dir)
+        // The children inherit this: JSON logs with timestamps, read below for the timings.
+        .env("HERD_LOG_JSON", "true")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -115,7 +118,10 @@ fn local_backend_scales_workers_from_zero_up_and_back_to_zero() {
     }
     let status = child.wait().unwrap();
     let killed = watchdog.join().unwrap();
-    assert!(!killed, "autoscaler did not come back to zero within 3 minutes");
+    assert!(
+        !killed,
+        "autoscaler did not come back to zero within 3 minutes"
+    );
     assert!(status.success(), "herd autoscale exited with {status}");
 
     // Every job ran, exactly once, and nothing is left.
@@ -180,6 +186,8 @@ fn local_backend_scales_workers_from_zero_up_and_back_to_zero() {
                         zero_at.get_or_insert(*at);
                     }
                 }
+                // The local backend has no disruption budgets; the decision is only logged.
+                "set_flexible_max_unavailable" => {}
                 other => panic!("unexpected action {other}"),
             }
         }
@@ -193,16 +201,69 @@ fn local_backend_scales_workers_from_zero_up_and_back_to_zero() {
 
     // Every worker the autoscaler started has exited.
     let logs: Vec<_> = std::fs::read_dir(dir.join("logs")).unwrap().collect();
-    assert!(logs.len() >= 3, "expected at least 3 worker logs, got {}", logs.len());
+    assert!(
+        logs.len() >= 3,
+        "expected at least 3 worker logs, got {}",
+        logs.len()
+    );
 
     let first_busy = first_busy.expect("no worker was ever seen holding a job");
+
+    // Timings from the workers' own logs: first "worker started", last line of the last worker.
+    let mut first_worker_started: Option<herd_scale::jiff::Timestamp> = None;
+    let mut last_worker_line: Option<herd_scale::jiff::Timestamp> = None;
+    for entry in std::fs::read_dir(dir.join("logs")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        let stamps: Vec<(herd_scale::jiff::Timestamp, String)> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| {
+                let ts = v["timestamp"].as_str()?.parse().ok()?;
+                Some((
+                    ts,
+                    v["fields"]["message"].as_str().unwrap_or("").to_string(),
+                ))
+            })
+            .collect();
+        if let Some((ts, _)) = stamps.iter().find(|(_, m)| m.contains("worker started")) {
+            first_worker_started = Some(first_worker_started.map_or(*ts, |f| f.min(*ts)));
+        }
+        if let Some((ts, _)) = stamps.last() {
+            last_worker_line = Some(last_worker_line.map_or(*ts, |l| l.max(*ts)));
+        }
+    }
+    let jobs_list = rt
+        .block_on(queue.list(&herd_jobs::ListFilter {
+            queue: Some("e2e".into()),
+            limit: 1000,
+            ..Default::default()
+        }))
+        .unwrap();
+    let last_done_ms = jobs_list
+        .iter()
+        .filter_map(|j| j.finished_ms)
+        .max()
+        .unwrap();
+    let last_done = herd_scale::jiff::Timestamp::from_millisecond(last_done_ms).unwrap();
     println!(
-        "BENCH enqueue -> first worker holding a job: {:.2}s (interval 250ms)",
+        "BENCH enqueue -> autoscaler sees a worker holding a job: {:.2}s (interval 250ms)",
         (first_busy - enqueued_at).as_secs_f64()
     );
     println!(
         "BENCH last job running -> scale-to-zero decision: {:.2}s (cooldown 2s, interval 250ms)",
         (zero_at - last_running).as_secs_f64()
     );
+    if let (Some(first), Some(last)) = (first_worker_started, last_worker_line) {
+        println!(
+            "BENCH enqueue -> first worker process running: {:.2}s",
+            first.duration_since(enqueued_wall).as_secs_f64()
+        );
+        println!(
+            "BENCH last job done -> last worker process exited: {:.2}s (cooldown 2s)",
+            last.duration_since(last_done).as_secs_f64()
+        );
+    } else {
+        println!("BENCH worker logs carried no JSON timestamps; process timings not available");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

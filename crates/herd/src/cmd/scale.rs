@@ -35,7 +35,12 @@ pub struct AutoscaleArgs {
     pub policy: PathBuf,
 
     /// Where decisions are applied.
-    #[arg(long, value_enum, default_value = "local", env = "HERD_AUTOSCALE_BACKEND")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "local",
+        env = "HERD_AUTOSCALE_BACKEND"
+    )]
     pub backend: BackendKind,
 
     /// Time between two ticks (observe, decide, apply): "5s", "500ms", "1m".
@@ -168,7 +173,10 @@ pub struct ManifestArgs {
     pub redis_url: String,
 
     /// PostgreSQL URL for the registry (goes into the herd-connections Secret).
-    #[arg(long, default_value = "postgres://herd:CHANGE-ME@herd-postgres:5432/herd")]
+    #[arg(
+        long,
+        default_value = "postgres://herd:CHANGE-ME@herd-postgres:5432/herd"
+    )]
     pub postgres_url: String,
 
     /// Node label naming the node group; nodes carry LABEL=<fixed group> or LABEL=<flexible group>.
@@ -206,7 +214,11 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         "mib" | "mi" => 1024.0 * 1024.0,
         "g" | "gb" => 1e9,
         "gib" | "gi" => 1024.0 * 1024.0 * 1024.0,
-        other => return Err(format!("'{s}': unknown size unit '{other}'; use B, KiB, MiB or GiB")),
+        other => {
+            return Err(format!(
+                "'{s}': unknown size unit '{other}'; use B, KiB, MiB or GiB"
+            ))
+        }
     };
     Ok((v * f) as u64)
 }
@@ -347,7 +359,13 @@ async fn autoscale(args: AutoscaleArgs) -> anyhow::Result<()> {
         schedules = policy.schedules.len(),
         "autoscaler starting"
     );
-    let mut c = Controller::new(policy, backend, queues, args.queue_url.clone(), args.dry_run)?;
+    let mut c = Controller::new(
+        policy,
+        backend,
+        queues,
+        args.queue_url.clone(),
+        args.dry_run,
+    )?;
 
     let mut ticker = tokio::time::interval(args.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -373,7 +391,9 @@ async fn autoscale(args: AutoscaleArgs) -> anyhow::Result<()> {
             started_any = true;
         }
         if args.until_idle && started_any && all_idle(&plan) {
-            println!("all worker pools are back at zero with an empty queue; exiting (--until-idle)");
+            println!(
+                "all worker pools are back at zero with an empty queue; exiting (--until-idle)"
+            );
             break Ok(());
         }
         if args.ticks > 0 && n >= args.ticks {
@@ -386,8 +406,11 @@ async fn autoscale(args: AutoscaleArgs) -> anyhow::Result<()> {
 
 /// True when every worker pool decision shows zero workers, nothing waiting, nothing running.
 fn all_idle(plan: &herd_scale::Plan) -> bool {
-    let pools: Vec<&herd_scale::Decision> =
-        plan.decisions.iter().filter(|d| d.kind == "workers").collect();
+    let pools: Vec<&herd_scale::Decision> = plan
+        .decisions
+        .iter()
+        .filter(|d| d.kind == "workers")
+        .collect();
     !pools.is_empty()
         && pools.iter().all(|d| {
             d.desired == 0
