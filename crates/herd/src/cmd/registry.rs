@@ -15,6 +15,8 @@ use herd_registry::{
 };
 use serde::Serialize;
 
+pub mod source;
+
 /// Where the registry lives and how to print; accepted by every registry command.
 #[derive(Args, Debug, Clone)]
 pub struct RegistryOpts {
@@ -52,6 +54,79 @@ impl RegistryOpts {
                     self.artifacts
                 )
             })
+    }
+}
+
+/// `herd serve` flags for serving a registry channel instead of a directory repository.
+#[derive(Args, Debug, Clone)]
+pub struct ServeRegistryArgs {
+    /// Serve exactly the release of this registry channel (e.g. production) instead of --repo;
+    /// a new promote or rollback is picked up and switched to without dropping requests.
+    #[arg(long, env = "HERD_CHANNEL")]
+    pub channel: Option<String>,
+    /// Registry database to read the channel from (with --channel).
+    #[arg(long, env = "HERD_REGISTRY", default_value = DEFAULT_REGISTRY_URL)]
+    pub registry: String,
+    /// Artifact store to fetch model files from (with --channel).
+    #[arg(long, env = "HERD_ARTIFACTS", default_value = DEFAULT_ARTIFACTS_URL)]
+    pub artifacts: String,
+    /// Local disk cache for fetched artifacts (verified by digest, reused across restarts).
+    #[arg(
+        long,
+        env = "HERD_ARTIFACT_CACHE",
+        default_value = ".herd/cache/artifacts"
+    )]
+    pub artifact_cache: PathBuf,
+    /// How often to check the channel for a new release, in milliseconds.
+    #[arg(long, env = "HERD_CHANNEL_POLL_MS", default_value_t = 1000)]
+    pub channel_poll_ms: u64,
+}
+
+impl ServeRegistryArgs {
+    /// Opens the channel's source when --channel is given.
+    pub async fn open_source(
+        &self,
+    ) -> anyhow::Result<Option<std::sync::Arc<source::RegistrySource>>> {
+        let Some(channel) = &self.channel else {
+            return Ok(None);
+        };
+        let reg = Registry::open(&self.registry, &self.artifacts)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the registry (--registry {}, --artifacts {})",
+                    herd_registry::db::redact_url(&self.registry),
+                    self.artifacts
+                )
+            })?;
+        let src = source::RegistrySource::open(
+            std::sync::Arc::new(reg),
+            channel,
+            self.artifact_cache.clone(),
+        )
+        .await?;
+        Ok(Some(src))
+    }
+
+    /// Starts watching the channel; after every switch `core.retire_unserved()` drops loaded
+    /// versions that left the release (requests holding them finish first).
+    pub fn watch(
+        &self,
+        src: &std::sync::Arc<source::RegistrySource>,
+        core: std::sync::Arc<herd_core::Core>,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = src.clone();
+        src.spawn_watch(
+            std::time::Duration::from_millis(self.channel_poll_ms.max(50)),
+            move || {
+                let retired = core.retire_unserved();
+                tracing::info!(
+                    release = %me.release().short_id,
+                    retired,
+                    "now serving the new release; versions that left it were retired"
+                );
+            },
+        )
     }
 }
 

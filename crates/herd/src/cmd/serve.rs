@@ -13,6 +13,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub settings: Settings,
 
+    /// Serve a registry channel (--channel) instead of the --repo directory.
+    #[command(flatten)]
+    pub registry: super::registry::ServeRegistryArgs,
+
     /// Log as JSON lines instead of text.
     #[arg(long, env = "HERD_LOG_JSON")]
     pub log_json: bool,
@@ -21,16 +25,23 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init_logs(args.log_json);
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(serve(args.settings))
+    rt.block_on(serve(args.settings, args.registry))
 }
 
 /// Builds the server state from settings: runtime, source, core, auth, metrics.
-pub async fn build(settings: &Settings) -> anyhow::Result<(AppState, Arc<Core>)> {
+/// `source` replaces the `--repo` directory when given (a registry channel).
+pub async fn build(
+    settings: &Settings,
+    source: Option<Arc<dyn ModelSource>>,
+) -> anyhow::Result<(AppState, Arc<Core>)> {
     let lib = super::runtime::ensure(settings.ort_lib.as_deref(), !settings.no_auto_install)?;
     let backend = OrtBackend::new(Some(&lib), settings.threads)?;
-    let source: Arc<dyn ModelSource> = Arc::new(
-        DirectorySource::new(&settings.repo).context("opening the model repository")?,
-    );
+    let source: Arc<dyn ModelSource> = match source {
+        Some(s) => s,
+        None => {
+            Arc::new(DirectorySource::new(&settings.repo).context("opening the model repository")?)
+        }
+    };
     let core = Core::new(settings.core_config(), source, Arc::new(backend));
     let auth = match &settings.tokens {
         Some(p) => Auth::from_file(p).map_err(anyhow::Error::msg)?,
@@ -44,9 +55,20 @@ pub async fn build(settings: &Settings) -> anyhow::Result<(AppState, Arc<Core>)>
     Ok((state, core))
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+async fn serve(
+    settings: Settings,
+    registry: super::registry::ServeRegistryArgs,
+) -> anyhow::Result<()> {
     tracing::info!(settings = %serde_json::to_string(&settings).unwrap_or_default(), "effective settings");
-    let (state, core) = build(&settings).await?;
+    let channel = registry.open_source().await?;
+    let (state, core) = build(
+        &settings,
+        channel.clone().map(|s| s as Arc<dyn ModelSource>),
+    )
+    .await?;
+    if let Some(src) = &channel {
+        registry.watch(src, core.clone());
+    }
     tracing::info!(
         budget_bytes = core.config().memory_budget,
         library = %herd_runtime::install::locate(settings.ort_lib.as_deref()).map(|p| p.display().to_string()).unwrap_or_default(),

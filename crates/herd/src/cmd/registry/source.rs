@@ -1,0 +1,415 @@
+//! Serving a registry channel: a [`ModelSource`] whose model set is the channel's release.
+//!
+//! The served set lives in memory (`list`/`get` never touch the database, so request paths stay
+//! fast). A watcher polls the channel's revision; on a change it loads the new release, fetches
+//! the artifacts of changed entries into the disk cache first, then swaps the set in one step and
+//! calls `on_swap` (the server passes `Core::retire_unserved`). Requests already running keep their
+//! loaded instance; a version that left the release can still be loaded by a request that resolved
+//! it just before the swap, because every (model, version) ever served keeps its digest here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use herd_core::{CoreError, ModelConfig, ModelEntry, ModelSource};
+use herd_registry::{short_id, ModelFilter, Registry, Release};
+use parking_lot::RwLock;
+
+/// How many artifacts are fetched at once when a new release arrives.
+const PREFETCH_CONCURRENCY: usize = 16;
+
+struct Served {
+    release: Release,
+    revision: i64,
+    /// model -> entry handed to the core
+    entries: BTreeMap<String, ModelEntry>,
+}
+
+/// A channel of the registry as a model source.
+pub struct RegistrySource {
+    registry: Arc<Registry>,
+    channel: String,
+    cache_dir: PathBuf,
+    handle: tokio::runtime::Handle,
+    served: RwLock<Arc<Served>>,
+    /// (model, version) -> digest of everything served since start.
+    digests: RwLock<HashMap<(String, String), String>>,
+    generation: AtomicU64,
+}
+
+impl RegistrySource {
+    /// Loads the channel's current release. Fails when the channel has none yet. Must be called
+    /// inside a tokio runtime (its handle is kept for blocking artifact fetches).
+    pub async fn open(
+        registry: Arc<Registry>,
+        channel: &str,
+        cache_dir: PathBuf,
+    ) -> anyhow::Result<Arc<RegistrySource>> {
+        let revision = registry.channel_revision(channel).await?;
+        let release = registry.channel_release(channel).await?;
+        let (Some(revision), Some(release)) = (revision, release) else {
+            anyhow::bail!(
+                "channel '{channel}' has no release; create one with `herd release create ... \
+                 --promote {channel}`"
+            );
+        };
+        let served = build_served(&registry, release, revision).await?;
+        let digests = digest_map(&served.release);
+        tracing::info!(
+            channel,
+            release = %served.release.short_id,
+            models = served.entries.len(),
+            revision,
+            "serving registry channel"
+        );
+        Ok(Arc::new(RegistrySource {
+            registry,
+            channel: channel.to_string(),
+            cache_dir,
+            handle: tokio::runtime::Handle::current(),
+            served: RwLock::new(Arc::new(served)),
+            digests: RwLock::new(digests),
+            generation: AtomicU64::new(1),
+        }))
+    }
+
+    /// The release being served now.
+    pub fn release(&self) -> Release {
+        self.served.read().release.clone()
+    }
+
+    /// Checks the channel once; when its revision changed, prefetches and swaps. Returns whether
+    /// the served set changed.
+    pub async fn refresh(&self) -> anyhow::Result<bool> {
+        let current = self.served.read().revision;
+        let Some(revision) = self.registry.channel_revision(&self.channel).await? else {
+            return Ok(false);
+        };
+        if revision == current {
+            return Ok(false);
+        }
+        let Some(release) = self.registry.channel_release(&self.channel).await? else {
+            return Ok(false);
+        };
+        let started = Instant::now();
+        let old = self.served.read().clone();
+        if release.id == old.release.id {
+            // A rollback-and-forward that ended on the same set: nothing to swap.
+            let mut s = (*old).clone_shallow();
+            s.revision = revision;
+            *self.served.write() = Arc::new(s);
+            return Ok(false);
+        }
+        // Fetch changed artifacts before the swap so new requests find them on disk.
+        let changed: Vec<String> = release
+            .entries
+            .iter()
+            .filter(|(m, e)| old.release.entries.get(*m) != Some(*e))
+            .map(|(_, e)| e.digest.clone())
+            .collect();
+        let fetched = futures::stream::iter(changed.iter().cloned())
+            .map(|d| {
+                let reg = self.registry.clone();
+                let dir = self.cache_dir.clone();
+                async move { reg.fetch_artifact(&d, &dir).await }
+            })
+            .buffer_unordered(PREFETCH_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        for r in fetched {
+            r?;
+        }
+        let served = build_served(&self.registry, release, revision).await?;
+        {
+            let mut digests = self.digests.write();
+            digests.extend(digest_map(&served.release));
+        }
+        let (from, to, models) = (
+            old.release.short_id.clone(),
+            served.release.short_id.clone(),
+            served.entries.len(),
+        );
+        *self.served.write() = Arc::new(served);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let secs = started.elapsed().as_secs_f64();
+        metrics::histogram!("herd_registry_swap_seconds").record(secs);
+        metrics::counter!("herd_registry_swaps_total").increment(1);
+        tracing::info!(
+            channel = %self.channel,
+            from = %from,
+            to = %to,
+            models,
+            changed = changed.len(),
+            seconds = secs,
+            "release switched"
+        );
+        Ok(true)
+    }
+
+    /// Polls the channel every `every`; after a swap calls `on_swap`. Errors are logged and the
+    /// current set keeps being served.
+    pub fn spawn_watch(
+        self: &Arc<Self>,
+        every: Duration,
+        on_swap: impl Fn() + Send + Sync + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match me.refresh().await {
+                    Ok(true) => on_swap(),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(channel = %me.channel, error = %format!("{e:#}"), "cannot refresh the channel; still serving the previous release")
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl Served {
+    fn clone_shallow(&self) -> Served {
+        Served {
+            release: self.release.clone(),
+            revision: self.revision,
+            entries: self.entries.clone(),
+        }
+    }
+}
+
+async fn build_served(
+    registry: &Registry,
+    release: Release,
+    revision: i64,
+) -> anyhow::Result<Served> {
+    // Tenants for the auth rules: one paged scan of the models table.
+    let mut tenants: HashMap<String, Option<String>> = HashMap::new();
+    let mut offset = 0;
+    loop {
+        let page = registry
+            .list_models(&ModelFilter {
+                limit: Some(1000),
+                offset: Some(offset),
+                ..Default::default()
+            })
+            .await?;
+        for m in page.items {
+            tenants.insert(m.name, m.tenant);
+        }
+        match page.next_offset {
+            Some(n) => offset = n,
+            None => break,
+        }
+    }
+    let entries = release
+        .entries
+        .iter()
+        .map(|(model, e)| {
+            let config = ModelConfig {
+                tenant: tenants.get(model).cloned().flatten(),
+                ..ModelConfig::default()
+            };
+            (
+                model.clone(),
+                ModelEntry {
+                    name: model.clone(),
+                    versions: vec![e.version.to_string()],
+                    config,
+                },
+            )
+        })
+        .collect();
+    Ok(Served {
+        release,
+        revision,
+        entries,
+    })
+}
+
+fn digest_map(r: &Release) -> HashMap<(String, String), String> {
+    r.entries
+        .iter()
+        .map(|(m, e)| ((m.clone(), e.version.to_string()), e.digest.clone()))
+        .collect()
+}
+
+impl ModelSource for RegistrySource {
+    fn list(&self) -> Result<Vec<ModelEntry>, CoreError> {
+        Ok(self.served.read().entries.values().cloned().collect())
+    }
+
+    fn get(&self, name: &str) -> Result<ModelEntry, CoreError> {
+        self.served
+            .read()
+            .entries
+            .get(name)
+            .cloned()
+            .ok_or_else(|| CoreError::ModelNotFound(name.to_string()))
+    }
+
+    fn artifact(&self, name: &str, version: &str) -> Result<PathBuf, CoreError> {
+        let digest = self
+            .digests
+            .read()
+            .get(&(name.to_string(), version.to_string()))
+            .cloned()
+            .ok_or_else(|| CoreError::VersionNotFound {
+                model: name.to_string(),
+                version: version.to_string(),
+            })?;
+        // Called on the loader pool (a blocking thread), so blocking on the runtime is allowed.
+        self.handle
+            .block_on(self.registry.fetch_artifact(&digest, &self.cache_dir))
+            .map_err(|e| CoreError::LoadFailed {
+                model: name.to_string(),
+                version: version.to_string(),
+                reason: format!("cannot fetch artifact {digest} from the registry: {e}"),
+            })
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+}
+
+impl std::fmt::Debug for RegistrySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.served.read();
+        f.debug_struct("RegistrySource")
+            .field("channel", &self.channel)
+            .field("release", &short_id(&s.release.id))
+            .field("models", &s.entries.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herd_onnx::LinearClassifier;
+    use herd_registry::{NewModel, PushRequest, ReleaseSpec};
+
+    async fn push(reg: &Registry, model: &str, seed: u64) {
+        reg.push(PushRequest {
+            model: model.into(),
+            bytes: LinearClassifier::random(4, 2, seed).to_onnx(model).into(),
+            created_by: "t".into(),
+            create: Some(NewModel {
+                name: model.into(),
+                tenant: Some(format!("tenant-of-{model}")),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+
+    async fn release(reg: &Registry, entries: &[(&str, i64)]) -> Release {
+        reg.create_release(&ReleaseSpec {
+            entries: entries
+                .iter()
+                .map(|(m, v)| (m.to_string(), v.to_string()))
+                .collect(),
+            note: None,
+            created_by: "t".into(),
+        })
+        .await
+        .unwrap()
+        .0
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serves_the_channel_and_swaps_on_promote() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Arc::new(
+            Registry::open(
+                &format!("sqlite://{}", dir.path().join("r.db").display()),
+                dir.path().join("a").to_str().unwrap(),
+            )
+            .await
+            .unwrap(),
+        );
+        for (m, seeds) in [("a", [1, 2]), ("b", [3, 4])] {
+            for s in seeds {
+                push(&reg, m, s).await;
+            }
+        }
+        let cache = dir.path().join("cache");
+        assert!(
+            RegistrySource::open(reg.clone(), "production", cache.clone())
+                .await
+                .is_err()
+        );
+        let r1 = release(&reg, &[("a", 1), ("b", 1)]).await;
+        reg.promote("production", &r1.id, "t").await.unwrap();
+        let src = RegistrySource::open(reg.clone(), "production", cache.clone())
+            .await
+            .unwrap();
+        assert_eq!(src.list().unwrap().len(), 2);
+        let a = src.get("a").unwrap();
+        assert_eq!(a.versions, ["1"]);
+        assert_eq!(a.config.tenant.as_deref(), Some("tenant-of-a"));
+        assert!(matches!(src.get("zzz"), Err(CoreError::ModelNotFound(_))));
+        let gen0 = src.generation();
+
+        // Nothing changed: no swap.
+        assert!(!src.refresh().await.unwrap());
+
+        // First use fetches a verified copy (artifact() blocks, so call it off the runtime).
+        let s2 = src.clone();
+        let path = tokio::task::spawn_blocking(move || s2.artifact("a", "1"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            herd_registry::digest_of(&std::fs::read(&path).unwrap()),
+            r1.entries["a"].digest
+        );
+
+        // Promote a release where b changes: the swap prefetches b@2 and switches.
+        let r2 = release(&reg, &[("a", 1), ("b", 2)]).await;
+        reg.promote("production", &r2.short_id, "t").await.unwrap();
+        assert!(src.refresh().await.unwrap());
+        assert!(src.generation() > gen0);
+        assert_eq!(src.get("b").unwrap().versions, ["2"]);
+        assert_eq!(
+            src.get("a").unwrap().versions,
+            ["1"],
+            "unchanged entry stays"
+        );
+        assert_eq!(src.release().id, r2.id);
+        let b2 = cache.join(format!(
+            "{}.onnx",
+            r2.entries["b"].digest.trim_start_matches("sha256:")
+        ));
+        assert!(
+            b2.is_file(),
+            "changed artifact was prefetched before the swap"
+        );
+        // A request that resolved b@1 just before the swap can still load it.
+        let s3 = src.clone();
+        tokio::task::spawn_blocking(move || s3.artifact("b", "1"))
+            .await
+            .unwrap()
+            .unwrap();
+        // Never served: refused.
+        let s4 = src.clone();
+        assert!(tokio::task::spawn_blocking(move || s4.artifact("a", "2"))
+            .await
+            .unwrap()
+            .is_err());
+
+        // Rollback goes back.
+        reg.rollback("production", "t").await.unwrap();
+        assert!(src.refresh().await.unwrap());
+        assert_eq!(src.get("b").unwrap().versions, ["1"]);
+    }
+}
