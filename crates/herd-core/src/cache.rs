@@ -48,8 +48,8 @@ struct CacheState {
     /// GDSF inflation value L: the priority of the last victim.
     clock: f64,
     tick: u64,
-    /// Learned ratio of measured size to file size, used to reserve room before a load.
-    ratio: f64,
+    /// Recent measured per-instance overheads (measured size minus file size).
+    overheads: Overheads,
 }
 
 /// State of one model version, as the repository index shows it.
@@ -162,7 +162,7 @@ impl Core {
                 used: 0,
                 clock: 0.0,
                 tick: 0,
-                ratio: 1.5,
+                overheads: Overheads::default(),
             }),
             measure: Arc::new(std::sync::Mutex::new(())),
             counters: Counters::default(),
@@ -401,24 +401,7 @@ impl Core {
                     self.publish(&st);
                     return Ok(served);
                 }
-                // True up: the measured charge may exceed the reservation.
-                while st.used > self.cfg.memory_budget {
-                    if !self.evict_one(&mut st, Some(&key)) {
-                        break;
-                    }
-                }
-                let hard_limit = self.cfg.memory_budget + self.cfg.memory_budget / 20;
-                if st.used > hard_limit {
-                    st.entries.remove(&key);
-                    st.used = st.used.saturating_sub(charge);
-                    self.publish(&st);
-                    return Err(CoreError::NoRoom {
-                        model: name,
-                        needed: charge,
-                        free: self.cfg.memory_budget.saturating_sub(st.used),
-                        reason: "every other loaded model is in use or pinned".into(),
-                    });
-                }
+                // The accounting was settled by the loader (reservation -> measured charge).
                 self.publish(&st);
                 tracing::info!(model = %name, version = %version, charge, secs, "model loaded");
                 Ok(served)
@@ -464,17 +447,29 @@ impl Core {
             .map_err(|e| fail(format!("{}: {e}", path.display())))?;
         let instances_n = config.instances.max(1) as u64;
         // Reserve room before loading; the reservation is kept in the entry until the true-up.
-        {
+        // When every loaded model is busy, wait a little for one to become idle (requests are
+        // short) rather than failing at once; give up with NoRoom after `room_wait`.
+        let waiting_since = Instant::now();
+        loop {
             let key = (name.to_string(), version.to_string());
             let mut st = self.state.lock();
-            let estimate = ((file_size as f64 * st.ratio) as u64 + 256 * 1024) * instances_n;
-            self.make_room(&mut st, name, estimate, &key)?;
+            let estimate = st.overheads.estimate(file_size) * instances_n;
+            match self.make_room(&mut st, name, estimate, &key) {
+                Ok(()) => {}
+                Err(CoreError::NoRoom { .. }) if waiting_since.elapsed() < self.cfg.room_wait => {
+                    drop(st);
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             match st.entries.get_mut(&key) {
                 Some(e) => e.charge = estimate,
                 None => return Err(CoreError::NotReady(name.to_string())),
             }
             st.used += estimate;
             self.publish(&st);
+            break;
         }
         let guard = self.measure.lock().unwrap_or_else(|p| p.into_inner());
         let before = memory::allocated_bytes();
@@ -492,12 +487,39 @@ impl Core {
             (Some(b), Some(a)) => a.saturating_sub(b),
             _ => 0,
         };
-        // Weights must be in memory at least once per instance; never charge less than that.
-        let charge = measured.max(file_size * instances_n);
-        {
+        let key = (name.to_string(), version.to_string());
+        let charge = {
             let mut st = self.state.lock();
-            let r = charge as f64 / (file_size.max(1) * instances_n) as f64;
-            st.ratio = (0.8 * st.ratio + 0.2 * r).clamp(1.0, 8.0);
+            let reserved = st.entries.get(&key).map(|e| e.charge).unwrap_or(0);
+            let per_instance = st
+                .overheads
+                .charge(file_size, measured / instances_n, reserved / instances_n);
+            per_instance * instances_n
+        };
+        // True up: swap the reservation for the measured charge, evicting (or waiting for an
+        // idle model to evict) if the measurement exceeds the reservation.
+        let waiting_since = Instant::now();
+        loop {
+            let mut st = self.state.lock();
+            let Some(reserved) = st.entries.get(&key).map(|e| e.charge) else {
+                return Err(CoreError::NotReady(name.to_string()));
+            };
+            let extra = charge.saturating_sub(reserved);
+            match self.make_room(&mut st, name, extra, &key) {
+                Ok(()) => {}
+                Err(CoreError::NoRoom { .. }) if waiting_since.elapsed() < self.cfg.room_wait => {
+                    drop(st);
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            st.used = st.used.saturating_sub(reserved) + charge;
+            if let Some(e) = st.entries.get_mut(&key) {
+                e.charge = charge;
+            }
+            self.publish(&st);
+            break;
         }
         let signature = instances[0].signature().clone();
         if signature.outputs.is_empty() {
@@ -802,6 +824,51 @@ impl Core {
                 }
             }
         })
+    }
+}
+
+/// Learns what a model costs beyond its file. The allocation growth measured around a load
+/// also catches other threads' allocations (requests in flight), so outliers are capped at a
+/// few times the median of recent loads once there are enough samples.
+#[derive(Default)]
+struct Overheads {
+    samples: std::collections::VecDeque<u64>,
+}
+
+impl Overheads {
+    const KEEP: usize = 64;
+
+    fn median(&self) -> Option<u64> {
+        if self.samples.len() < 4 {
+            return None;
+        }
+        let mut v: Vec<u64> = self.samples.iter().copied().collect();
+        v.sort_unstable();
+        Some(v[v.len() / 2])
+    }
+
+    /// Bytes to reserve for one instance before loading it.
+    fn estimate(&self, file: u64) -> u64 {
+        match self.median() {
+            Some(m) => file + m + m / 4 + 16 * 1024,
+            None => file + file / 2 + 256 * 1024,
+        }
+    }
+
+    /// The charge of one instance given its raw measurement; records the raw sample. One
+    /// window can also see other threads allocate or free, so once there are enough samples
+    /// the charge is kept within [median/2, 2 x median] of the overhead (plus the file), and
+    /// before that within twice the reservation.
+    fn charge(&mut self, file: u64, measured: u64, reserved: u64) -> u64 {
+        let charged = match self.median() {
+            Some(m) => measured.clamp(file + m / 2, file + 2 * m + 64 * 1024),
+            None => measured.clamp(file, (2 * reserved).max(file)),
+        };
+        if self.samples.len() == Self::KEEP {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(measured.saturating_sub(file));
+        charged
     }
 }
 

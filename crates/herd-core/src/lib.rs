@@ -55,6 +55,8 @@ pub struct CoreConfig {
     pub request_timeout: Duration,
     /// A model that failed to load is retried on demand after this long.
     pub failed_retry_after: Duration,
+    /// How long a load waits for an in-use model to become evictable before answering 503.
+    pub room_wait: Duration,
 }
 
 impl Default for CoreConfig {
@@ -66,6 +68,7 @@ impl Default for CoreConfig {
             queue_capacity: 256,
             request_timeout: Duration::from_secs(30),
             failed_retry_after: Duration::from_secs(10),
+            room_wait: Duration::from_secs(2),
         }
     }
 }

@@ -28,13 +28,14 @@ impl OrtBackend {
     pub fn new(library: Option<&Path>, intra_threads: usize) -> Result<OrtBackend, RuntimeError> {
         let lib = crate::install::locate(library)?;
         let entry = ENV.get_or_init(|| {
+            // The library must be loaded before any other ONNX Runtime call.
+            let builder = ort::init_from(&lib).map_err(|e| e.to_string())?;
             let pool = GlobalThreadPoolOptions::default()
                 .with_intra_threads(intra_threads)
                 .and_then(|p| p.with_inter_threads(1))
                 .and_then(|p| p.with_spin_control(false))
                 .map_err(|e| e.to_string())?;
-            let env = ort::init_from(&lib)
-                .map_err(|e| e.to_string())?
+            let env = builder
                 .with_name("herd")
                 .with_global_thread_pool(pool)
                 .build()

@@ -90,8 +90,11 @@ async fn demo(args: DemoArgs, lib: PathBuf) -> anyhow::Result<()> {
         source.clone(),
         backend.clone(),
     );
+    // The first load also pays the runtime's one-time setup; the second shows one model's cost.
     probe.load_model(&model_name(0)).await?;
-    let per_model = probe.stats().used_bytes.max(1);
+    let first = probe.stats().used_bytes;
+    probe.load_model(&model_name(1 % args.models)).await?;
+    let per_model = probe.stats().used_bytes.saturating_sub(first).max(1);
     drop(probe);
     let budget = ((args.models as f64 * args.budget_share).ceil() as u64).max(1) * per_model;
     println!(
@@ -265,6 +268,7 @@ async fn drive(args: &DemoArgs, addr: SocketAddr) -> anyhow::Result<Report> {
         tasks.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(1000) + w as u64);
             let mut lat = Vec::new();
+            let mut errors: Vec<String> = Vec::new();
             let (mut ok, mut failed, mut wrong) = (0usize, 0usize, 0usize);
             while next.fetch_add(1, Ordering::Relaxed) < total {
                 let m = zipf.sample(&mut rng);
@@ -284,11 +288,15 @@ async fn drive(args: &DemoArgs, addr: SocketAddr) -> anyhow::Result<Report> {
                     Ok(resp) => {
                         let status = resp.status();
                         let text = resp.text().await.unwrap_or_default();
-                        pb.println(format!("{}: {status} {text}", model_name(m)));
+                        if errors.len() < 5 {
+                            errors.push(format!("{}: {status} {text}", model_name(m)));
+                        }
                         None
                     }
                     Err(e) => {
-                        pb.println(format!("{}: {e}", model_name(m)));
+                        if errors.len() < 5 {
+                            errors.push(format!("{}: {e}", model_name(m)));
+                        }
                         None
                     }
                 };
@@ -307,7 +315,7 @@ async fn drive(args: &DemoArgs, addr: SocketAddr) -> anyhow::Result<Report> {
                 }
                 pb.inc(1);
             }
-            (ok, failed, wrong, lat)
+            (ok, failed, wrong, lat, errors)
         }));
     }
     let mut report = Report {
@@ -318,7 +326,10 @@ async fn drive(args: &DemoArgs, addr: SocketAddr) -> anyhow::Result<Report> {
         latencies_ms: Vec::new(),
     };
     for t in futures::future::join_all(tasks).await {
-        let (ok, failed, wrong, lat) = t?;
+        let (ok, failed, wrong, lat, errors) = t?;
+        for e in errors.iter().take(3) {
+            eprintln!("failed request: {e}");
+        }
         report.ok += ok;
         report.failed += failed;
         report.wrong += wrong;
