@@ -1,0 +1,267 @@
+//! End to end: the real `herd serve` (a real ONNX classifier made by herd-onnx), `herd job enqueue
+//! batch-infer` and `herd worker` from the real binary, a real SQLite queue. Checks every output
+//! row against the classifier's independent reference, bad rows reported with their line
+//! numbers while good rows are still processed, and a missing model dead-lettered with a clear
+//! error.
+//!
+//! Run: `cargo test -p herd --test batch_infer_e2e -- --nocapture`
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use herd_onnx::LinearClassifier;
+use serde_json::Value;
+
+const HERD: &str = env!("CARGO_BIN_EXE_herd");
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `herd serve` on a free loopback port; returns it with its base URL.
+fn start_server(repo: &Path) -> (Server, String) {
+    let mut child = Command::new(HERD)
+        .args(["serve", "--repo"])
+        .arg(repo)
+        .args(["--addr", "127.0.0.1:0", "--log-json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn herd serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["fields"]["message"] == "herd is serving" {
+                    if let Some(addr) = v["fields"]["addr"].as_str() {
+                        let _ = tx.send(Ok(addr.to_string()));
+                    }
+                }
+            }
+            seen.push(line);
+        }
+        let _ = tx.send(Err(seen.join("\n")));
+    });
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(Ok(addr)) => (Server(child), format!("http://{addr}")),
+        Ok(Err(log)) => panic!("herd serve exited before serving:\n{log}"),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("herd serve did not report its address within 2 minutes");
+        }
+    }
+}
+
+fn herd(args: &[&str]) -> String {
+    let out = Command::new(HERD)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run herd");
+    assert!(
+        out.status.success(),
+        "herd {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn lines_of(path: &str) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("output line is JSON"))
+        .collect()
+}
+
+fn check_row(clf: &LinearClassifier, x: &[f32], out: &Value) {
+    let (labels, probs) = clf.predict(x);
+    assert_eq!(out["outputs"]["label"], labels[0], "label of {x:?}: {out}");
+    let got: Vec<f64> = out["outputs"]["probabilities"]
+        .as_array()
+        .unwrap_or_else(|| panic!("probabilities array in {out}"))
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(got.len(), probs.len());
+    for (g, w) in got.iter().zip(&probs) {
+        assert!((g - f64::from(*w)).abs() < 1e-5, "{got:?} vs {probs:?}");
+    }
+}
+
+#[test]
+fn batch_infer_jsonl_and_csv_through_real_server_and_worker() {
+    let dir = std::env::temp_dir().join(format!("herd-batch-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let repo = dir.join("models");
+    std::fs::create_dir_all(repo.join("clf/1")).unwrap();
+    let clf = LinearClassifier::random(4, 3, 7);
+    std::fs::write(repo.join("clf/1/model.onnx"), clf.to_onnx("clf")).unwrap();
+    let (_server, base) = start_server(&repo);
+
+    let rows: Vec<[f32; 4]> = (0..7)
+        .map(|i| {
+            let f = i as f32;
+            [f * 0.5 - 1.0, 1.0 - f * 0.25, f * 0.1, -f * 0.3]
+        })
+        .collect();
+    // JSONL: good rows (arrays and objects), plus bad lines 3 (not JSON), 5 (3 values),
+    // 7 (a string in the vector); line 9 is blank.
+    let mut jsonl = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        if i % 2 == 0 {
+            jsonl.push(serde_json::json!({"id": format!("r{i}"), "input": r}).to_string());
+        } else {
+            jsonl.push(serde_json::json!(r).to_string());
+        }
+    }
+    jsonl.insert(2, "{not json".into());
+    jsonl.insert(4, "[1, 2, 3]".into());
+    jsonl.insert(6, "[1, 2, \"x\", 4]".into());
+    jsonl.insert(8, String::new());
+    let jsonl_path = dir.join("rows.jsonl");
+    std::fs::write(&jsonl_path, jsonl.join("\n") + "\n").unwrap();
+    // CSV: header, id column, bad line 3 (non-number) and 5 (missing field).
+    let mut csv = String::from("id,a,b,c,d\n");
+    for (i, r) in rows.iter().enumerate() {
+        if i == 1 {
+            csv.push_str("bad,1,2,oops,4\n");
+        }
+        if i == 2 {
+            csv.push_str("short,1,2,3\n");
+        }
+        csv.push_str(&format!("c{i},{},{},{},{}\n", r[0], r[1], r[2], r[3]));
+    }
+    let csv_path = dir.join("rows.csv");
+    std::fs::write(&csv_path, csv).unwrap();
+
+    let url = format!("sqlite://{}", dir.join("jobs.db").display());
+    let results = dir.join("results");
+    let enqueue = |input: &Path, model: &str| -> String {
+        let out = herd(&[
+            "job",
+            "enqueue",
+            "--queue-url",
+            &url,
+            "--queue",
+            "batch",
+            "--result-dir",
+            results.to_str().unwrap(),
+            "--json",
+            "batch-infer",
+            "--server",
+            &base,
+            "--model",
+            model,
+            "--input",
+            input.to_str().unwrap(),
+            "--batch-size",
+            "3",
+        ]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["ids"][0].as_str().unwrap().to_string()
+    };
+    let jsonl_job = enqueue(&jsonl_path, "clf");
+    let csv_job = enqueue(&csv_path, "clf");
+    let missing_job = enqueue(&csv_path, "no-such-model");
+
+    herd(&[
+        "worker",
+        "--queue-url",
+        &url,
+        "--queue",
+        "batch",
+        "--idle-exit",
+        "1s",
+        "--poll",
+        "100ms",
+    ]);
+
+    let show = |id: &str| -> Value {
+        serde_json::from_str(&herd(&["job", "show", "--queue-url", &url, "--json", id])).unwrap()
+    };
+
+    // JSONL: one output line per input row, in order; good rows match the reference.
+    let job = show(&jsonl_job);
+    assert_eq!(job["state"], "done", "{job}");
+    let detail = &job["result"]["detail"];
+    assert_eq!(
+        (detail["ok"].as_u64(), detail["bad"].as_u64()),
+        (Some(7), Some(3)),
+        "{detail}"
+    );
+    let out = lines_of(job["result"]["location"].as_str().unwrap());
+    let line_nos: Vec<u64> = out.iter().map(|l| l["line"].as_u64().unwrap()).collect();
+    assert_eq!(line_nos, vec![1, 2, 3, 4, 5, 6, 7, 8, 10, 11]);
+    let bad: Vec<(u64, String)> = out
+        .iter()
+        .filter(|l| l.get("error").is_some())
+        .map(|l| {
+            (
+                l["line"].as_u64().unwrap(),
+                l["error"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(bad.iter().map(|b| b.0).collect::<Vec<_>>(), vec![3, 5, 7]);
+    assert!(bad[0].1.contains("not JSON"), "{bad:?}");
+    assert!(
+        bad[1].1.contains("has 3 values, the model input takes 4"),
+        "{bad:?}"
+    );
+    assert!(bad[2].1.contains("element 2"), "{bad:?}");
+    let good: Vec<&Value> = out.iter().filter(|l| l.get("outputs").is_some()).collect();
+    assert_eq!(good.len(), rows.len());
+    for (i, (r, o)) in rows.iter().zip(&good).enumerate() {
+        check_row(&clf, r, o);
+        if i % 2 == 0 {
+            assert_eq!(o["id"], format!("r{i}"));
+        }
+    }
+
+    // CSV: header is line 1; bad lines 3 and 5.
+    let job = show(&csv_job);
+    assert_eq!(job["state"], "done", "{job}");
+    let out = lines_of(job["result"]["location"].as_str().unwrap());
+    let bad: Vec<u64> = out
+        .iter()
+        .filter(|l| l.get("error").is_some())
+        .map(|l| l["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(bad, vec![3, 5]);
+    let good: Vec<&Value> = out.iter().filter(|l| l.get("outputs").is_some()).collect();
+    assert_eq!(good.len(), rows.len());
+    for (i, (r, o)) in rows.iter().zip(&good).enumerate() {
+        check_row(&clf, r, o);
+        assert_eq!(o["id"], format!("c{i}"));
+    }
+
+    // A model the server does not have: a permanent failure with a clear error, not retried.
+    let job = show(&missing_job);
+    assert_eq!(job["state"], "dead", "{job}");
+    assert_eq!(job["attempts"], 1);
+    assert!(
+        job["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("model not found"),
+        "{job}"
+    );
+
+    // The table view lists all three.
+    let table = herd(&["job", "list", "--queue-url", &url]);
+    for id in [&jsonl_job, &csv_job, &missing_job] {
+        assert!(table.contains(id.as_str()), "{table}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
