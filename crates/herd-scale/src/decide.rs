@@ -506,7 +506,9 @@ fn decide_serving(
         by_memory.map_or("n/a".into(), |v| v.to_string()),
     );
     let reason = if desired == current {
-        if recommendation < current {
+        if raw > max && desired == max {
+            format!("the signals want {raw}; capped at max")
+        } else if recommendation < current {
             format!("stabilising: highest recommendation in the last {window:.0}s is {highest}")
         } else {
             "within tolerance / at target".into()

@@ -51,8 +51,10 @@ pub struct AutoscaleArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Queue URL (sqlite://FILE, redis://HOST:PORT/DB) for worker pools that name none in the policy.
-    #[arg(long, env = "HERD_QUEUE_URL")]
+    /// Queue URL (sqlite://FILE, redis://HOST:PORT/DB) for worker pools that name none in the
+    /// policy (neither in the pool nor in [defaults]). The default is the embedded queue that
+    /// `herd job enqueue` uses.
+    #[arg(long, env = "HERD_QUEUE_URL", default_value = "sqlite://.herd/jobs.db")]
     pub queue_url: Option<String>,
 
     /// Kubernetes namespace (default: the client's, i.e. the pod's own in a cluster).
