@@ -26,7 +26,7 @@ pub struct LinearClassifier {
 }
 
 /// splitmix64: tiny, fast, good enough for test weights, and the same on every platform.
-struct SplitMix64(u64);
+pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl SplitMix64 {
     fn next_u64(&mut self) -> u64 {
@@ -38,7 +38,7 @@ impl SplitMix64 {
     }
 
     /// Uniform in `[-1, 1)`.
-    fn next_f32(&mut self) -> f32 {
+    pub(crate) fn next_f32(&mut self) -> f32 {
         // 24 random bits -> [0, 1) exactly representable in f32.
         let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
         unit * 2.0 - 1.0
@@ -231,7 +231,7 @@ impl LinearClassifier {
     }
 }
 
-fn f32_le_bytes(v: &[f32]) -> Vec<u8> {
+pub(crate) fn f32_le_bytes(v: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(v.len() * 4);
     for x in v {
         out.extend_from_slice(&x.to_le_bytes());

@@ -2,17 +2,19 @@
 //!
 //! Owns: a hand-written `prost` model of the part of `onnx.proto` herd needs ([`proto`]), reading a
 //! model's input/output signature ([`read_signature`]), and writing tiny linear classifiers
-//! ([`LinearClassifier`]) with a pure-Rust reference `predict` — what `herd demo` uses to write
-//! thousands of per-customer models.
+//! ([`LinearClassifier`]) and token-id text classifiers ([`TextClassifier`]) with pure-Rust
+//! reference `predict`s — what `herd demo` uses to write thousands of per-customer models.
 //! Must not depend on: tokio, inference engines, HTTP, storage.
 
 pub mod proto;
 
 mod classifier;
 mod signature;
+mod text_classifier;
 
 pub use classifier::LinearClassifier;
 pub use signature::{data_type, read_signature, Signature};
+pub use text_classifier::TextClassifier;
 
 use herd_api::{ErrorCode, HasErrorCode};
 

@@ -159,3 +159,65 @@ fn signatures_of_fixtures_match_python_onnx() {
     }
     assert_eq!(checked, models.len() - 1);
 }
+
+const TEXT_SCRIPT: &str = r#"
+import json, sys
+import numpy as np
+import onnx, onnxruntime as ort
+path, xpath = sys.argv[1], sys.argv[2]
+onnx.checker.check_model(onnx.load(path), full_check=True)
+spec = json.load(open(xpath))
+shape = (spec["batch"], spec["seq"])
+feeds = {k: np.array(spec[k], dtype=np.int64).reshape(shape) for k in ("input_ids", "attention_mask")}
+sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+(logits,) = sess.run(["logits"], feeds)
+print(json.dumps({"logits": [float(v) for v in logits.reshape(-1)], "shape": list(logits.shape)}))
+"#;
+
+#[test]
+fn onnxruntime_matches_text_classifier_predict() {
+    let Some(py) = python() else { return };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("herd-onnx-ort");
+    std::fs::create_dir_all(&dir).unwrap();
+    let m = herd_onnx::TextClassifier::random(1024, 16, 4, 3);
+    let model_path = dir.join("text.onnx");
+    std::fs::write(&model_path, m.to_onnx("intent")).unwrap();
+    // 3 texts, right-padded to 6 tokens; ids beyond the bucket count and a fully padded row
+    let (batch, seq) = (3usize, 6usize);
+    let ids: Vec<i64> = vec![
+        101, 7592, 2088, 102, 0, 0, //
+        101, 30000, 1024, 2047, 5, 102, //
+        0, 0, 0, 0, 0, 0,
+    ];
+    let mask: Vec<i64> = vec![1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0];
+    let x_path = dir.join("text.json");
+    std::fs::write(
+        &x_path,
+        serde_json::json!({"batch": batch, "seq": seq, "input_ids": ids, "attention_mask": mask})
+            .to_string(),
+    )
+    .unwrap();
+    let out = Command::new(&py)
+        .arg("-c")
+        .arg(TEXT_SCRIPT)
+        .arg(&model_path)
+        .arg(&x_path)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["shape"], serde_json::json!([batch, 4]));
+    let ort_logits: Vec<f32> = serde_json::from_value(got["logits"].clone()).unwrap();
+    let want = m.predict(&ids, &mask, batch, seq).unwrap();
+    assert_eq!(ort_logits.len(), want.len());
+    for (i, (a, b)) in ort_logits.iter().zip(&want).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-5,
+            "logit {i}: onnxruntime {a} vs predict {b}"
+        );
+    }
+}
