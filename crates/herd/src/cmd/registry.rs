@@ -108,23 +108,35 @@ impl ServeRegistryArgs {
         Ok(Some(src))
     }
 
-    /// Starts watching the channel; after every switch `core.retire_unserved()` drops loaded
-    /// versions that left the release (requests holding them finish first).
+    /// Starts watching the channel. After a switch, loaded versions that left the release are
+    /// retired (`core.retire_unserved()`) once no request can still be waiting for them: after the
+    /// request timeout, and only if no newer switch happened meanwhile (that one retires later).
+    /// Retiring at once would cancel loads that requests resolved just before the switch.
     pub fn watch(
         &self,
         src: &std::sync::Arc<source::RegistrySource>,
         core: std::sync::Arc<herd_core::Core>,
     ) -> tokio::task::JoinHandle<()> {
+        use herd_core::ModelSource;
         let me = src.clone();
+        let grace = core.config().request_timeout + std::time::Duration::from_secs(1);
         src.spawn_watch(
             std::time::Duration::from_millis(self.channel_poll_ms.max(50)),
             move || {
-                let retired = core.retire_unserved();
+                let generation = me.generation();
                 tracing::info!(
                     release = %me.release().short_id,
-                    retired,
-                    "now serving the new release; versions that left it were retired"
+                    retire_in_secs = grace.as_secs(),
+                    "now serving the new release"
                 );
+                let (me, core) = (me.clone(), core.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    if me.generation() == generation {
+                        let retired = core.retire_unserved();
+                        tracing::info!(retired, "versions no longer in the release retired");
+                    }
+                });
             },
         )
     }
