@@ -851,7 +851,7 @@ impl Overheads {
     fn estimate(&self, file: u64) -> u64 {
         match self.median() {
             Some(m) => file + m + m / 4 + 16 * 1024,
-            None => file + file / 2 + 256 * 1024,
+            None => file + file / 2 + 128 * 1024,
         }
     }
 

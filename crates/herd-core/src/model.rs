@@ -86,7 +86,7 @@ impl LoadedModel {
         capacity: usize,
         batch: BatchSettings,
     ) -> LoadedModel {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let (tx, rx) = mpsc::channel(capacity.max(1) + 1);
         let queued = Arc::new(AtomicUsize::new(0));
         let pool = Arc::new(InstancePool::new(instances));
         let batchable = batch.max_batch_size > 1
@@ -124,7 +124,15 @@ impl LoadedModel {
             enqueued: Instant::now(),
             reply,
         };
-        self.queued.fetch_add(1, Ordering::Relaxed);
+        // The bound counts requests that wait (in the channel or held by the batcher for a
+        // free instance), not the ones running.
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(CoreError::Overloaded {
+                model: self.name.clone(),
+                capacity: self.capacity,
+            });
+        }
         match self.tx.try_send(job) {
             Ok(()) => Ok(rx),
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -205,15 +213,15 @@ async fn batch_loop(
                 }
             }
         }
-        queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        let Ok(permit) = pool.free.clone().acquire_owned().await else {
+            break;
+        };
+        queued.fetch_sub(batch.len(), Ordering::AcqRel);
         // Requests whose client went away are dropped here, before they cost an inference.
         batch.retain(|j| !j.reply.is_closed());
         if batch.is_empty() {
             continue;
         }
-        let Ok(permit) = pool.free.clone().acquire_owned().await else {
-            break;
-        };
         let pool = pool.clone();
         let model = model.clone();
         tokio::task::spawn_blocking(move || {

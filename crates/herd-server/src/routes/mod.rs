@@ -4,6 +4,7 @@ mod health;
 mod infer;
 mod metrics;
 mod models;
+pub mod registry;
 mod repository;
 
 use axum::routing::{get, post};
