@@ -267,3 +267,241 @@ fn local_backend_scales_workers_from_zero_up_and_back_to_zero() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn runtime_available() -> bool {
+    Command::new(HERD)
+        .args(["runtime", "path"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// A serving pool on the local backend: the autoscaler starts `herd serve` (min 1), reads its
+/// `/metrics`, scales up under real inference load (invocations per minute above target), and
+/// back down to min once the load stops and the stabilisation window has passed.
+#[test]
+fn local_backend_scales_real_servers_by_invocation_rate() {
+    if !runtime_available() {
+        let msg = "the ONNX Runtime library is not installed (run `herd runtime install`)";
+        if std::env::var_os("CI").is_some() {
+            panic!("{msg}; the serving autoscale test needs it");
+        }
+        eprintln!("SKIPPED: {msg}");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("herd-autoscale-serve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let model_dir = dir.join("models/m0/1");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    let model = herd_onnx::LinearClassifier::random(8, 3, 7);
+    std::fs::write(model_dir.join("model.onnx"), model.to_onnx("m0")).unwrap();
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[[serving]]\nname = \"web\"\ntarget_invocations_per_minute = 120\ntarget_memory_utilisation = 0.8\nstabilisation_window = \"2s\"\ntolerance = 0.1\nmin = 1\nmax = 3\nrepo = \"{}\"\nmemory_budget = \"64MiB\"\n",
+            dir.join("models").display()
+        ),
+    )
+    .unwrap();
+
+    let mut child = Command::new(HERD)
+        .args(["autoscale", "--policy"])
+        .arg(&policy)
+        .args([
+            "--interval",
+            "250ms",
+            "--json",
+            "--ticks",
+            "1000",
+            "--log-dir",
+        ])
+        .arg(dir.join("logs"))
+        .current_dir(&dir)
+        .env("HERD_LOG_JSON", "true")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let autoscaler_pid = child.id();
+    // Safety net: SIGKILL after 3 minutes (the test then fails on the missing events). The
+    // watchdog ends as soon as the autoscaler is gone, so it never signals a reused pid.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done2 = done.clone();
+    let watchdog = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while Instant::now() < deadline {
+            if done2.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            std::thread::park_timeout(Duration::from_millis(200));
+        }
+        let _ = Command::new("kill")
+            .arg("-9")
+            .arg(autoscaler_pid.to_string())
+            .status();
+    });
+
+    // Ticks (stdout) and the "started child" log lines (stderr) arrive on one channel.
+    let (tx, rx) = std::sync::mpsc::channel::<Ev>();
+    let out = child.stdout.take().unwrap();
+    let tx1 = tx.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = tx1.send(Ev::Tick(v));
+            }
+        }
+    });
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if v["fields"]["message"] != "started child" {
+                continue;
+            }
+            let args = v["fields"]["args"].as_str().unwrap_or("").to_string();
+            let port = args
+                .split_whitespace()
+                .find_map(|a| a.strip_prefix("127.0.0.1:"))
+                .and_then(|p| p.parse().ok());
+            if let (Some(port), Some(pid)) = (port, v["fields"]["pid"].as_u64()) {
+                let _ = tx.send(Ev::Started { pid, port });
+            }
+        }
+    });
+
+    let mut w = Watch::default();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({
+        "inputs": [{ "name": "input", "shape": [1, 8], "datatype": "FP32", "data": vec![0.5f32; 8] }]
+    });
+    let mut sent = 0u32;
+    let deadline = Instant::now() + Duration::from_secs(150);
+    while Instant::now() < deadline && !w.back_to_min() {
+        while let Ok(ev) = rx.try_recv() {
+            w.on(ev);
+        }
+        match (w.load, w.first_port) {
+            (true, Some(port)) => {
+                // Real inference requests against the first server, paced at about 20 per second.
+                let url = format!("http://127.0.0.1:{port}/v2/models/m0/infer");
+                let ok = rt.block_on(async {
+                    match http.post(&url).json(&body).send().await {
+                        Ok(r) => r.status().is_success(),
+                        Err(_) => false, // still starting
+                    }
+                });
+                sent += u32::from(ok);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // Nothing to send: wait for the next event.
+            _ => {
+                if let Ok(ev) = rx.recv_timeout(Duration::from_millis(250)) {
+                    w.on(ev);
+                }
+            }
+        }
+    }
+    let (pids, saw) = (w.pids, w.saw);
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(autoscaler_pid.to_string())
+        .status();
+    let status = child.wait().unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    watchdog.thread().unpark();
+    watchdog.join().unwrap();
+
+    let actions: Vec<(u64, u64)> = saw.iter().map(|(a, _)| *a).collect();
+    assert_eq!(
+        actions.first(),
+        Some(&(0, 1)),
+        "starts min=1 first: {saw:?}"
+    );
+    let up = saw
+        .iter()
+        .find(|((from, to), _)| *from == 1 && *to > 1)
+        .unwrap_or_else(|| panic!("never scaled up under load ({sent} requests): {saw:?}"));
+    assert!(
+        up.1.contains("by_invocations=") && !up.1.contains("by_invocations=n/a"),
+        "{}",
+        up.1
+    );
+    assert!(
+        actions.contains(&(3, 1)) || actions.iter().any(|(f, t)| *f > 1 && *t == 1),
+        "never came back to min after the load: {saw:?}"
+    );
+    assert!(actions.iter().all(|(_, to)| *to <= 3), "max is 3: {saw:?}");
+    assert!(status.success(), "autoscaler exit: {status}");
+    // Every server the autoscaler started is gone.
+    for pid in &pids {
+        assert!(
+            !pid_alive(*pid as i32),
+            "server {pid} still running after the autoscaler stopped"
+        );
+    }
+    println!("serving decisions: {actions:?} after {sent} requests");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+enum Ev {
+    Tick(Value),
+    Started { pid: u64, port: u16 },
+}
+
+/// What the serving test has seen so far.
+#[derive(Default)]
+struct Watch {
+    pids: Vec<u64>,
+    first_port: Option<u16>,
+    /// (from, to) of each serving action with the decision's inputs.
+    saw: Vec<((u64, u64), String)>,
+    load: bool,
+    loaded_once: bool,
+}
+
+impl Watch {
+    fn on(&mut self, ev: Ev) {
+        match ev {
+            Ev::Started { pid, port } => {
+                self.pids.push(pid);
+                if self.first_port.is_none() {
+                    self.first_port = Some(port);
+                    self.load = true;
+                    self.loaded_once = true;
+                }
+            }
+            Ev::Tick(t) => {
+                let action = t["actions"].as_array().and_then(|a| {
+                    a.iter().find_map(|a| {
+                        (a["action"] == "scale_serving")
+                            .then(|| (a["from"].as_u64().unwrap(), a["to"].as_u64().unwrap()))
+                    })
+                });
+                if let Some(a) = action {
+                    let inputs = t["decisions"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|d| d["kind"] == "serving")
+                        .map(|d| d["inputs"].as_str().unwrap_or("").to_string())
+                        .unwrap_or_default();
+                    self.saw.push((a, inputs));
+                    if a.1 == 3 {
+                        self.load = false;
+                    }
+                }
+            }
+        }
+    }
+
+    fn back_to_min(&self) -> bool {
+        self.loaded_once && self.saw.iter().any(|((from, to), _)| *from > 1 && *to == 1)
+    }
+}
