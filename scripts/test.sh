@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# herd's whole test suite, as CI runs it (the README's test command):
+#   Python venv (references and unmodified clients), real Redis/PostgreSQL/S3 on loopback,
+#   the ONNX Runtime library (`herd runtime install`), `cargo test --workspace`, and the
+#   Python suite (tritonclient, onnxruntime references) against the real `herd serve` binary.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "python test environment (.venv)"
+bash scripts/test-python.sh
+
+step "services on loopback (Redis, PostgreSQL, S3-compatible)"
+bash scripts/test-services.sh
+# shellcheck disable=SC1091
+source .herd/test-env
+
+step "build"
+cargo build --workspace --all-targets
+
+step "ONNX Runtime library"
+./target/debug/herd runtime install
+
+step "cargo test"
+cargo test --workspace
+
+step "python tests against herd serve"
+HERD_BIN="$root/target/debug/herd" .venv/bin/python -m pytest -q tests/python
