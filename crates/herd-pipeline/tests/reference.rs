@@ -271,7 +271,7 @@ fn pooling_matches_numpy() {
 
 /// The pipeline's own steps around the real MiniLM ONNX model (run by onnxruntime in Python,
 /// fed with *our* token ids, in mixed-length batches of 16) give the embeddings of
-/// scripts/reference_embeddings.py (Python tokenizers, every sentence alone, numpy pooling):
+/// scripts/reference_embeddings.py (Python tokenizers, its own batches of 8, numpy pooling):
 /// cosine >= 0.999 for every sentence.
 #[test]
 fn minilm_embeddings_match_reference_script() {
@@ -284,6 +284,7 @@ fn minilm_embeddings_match_reference_script() {
     let out = Command::new(&py)
         .arg(&script)
         .arg(&input)
+        .args(["--batch-size", "8"])
         .output()
         .expect("run reference_embeddings.py");
     assert!(
@@ -296,35 +297,49 @@ fn minilm_embeddings_match_reference_script() {
     let pre = load(256, &tok_path);
 
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let mut worst = f32::INFINITY;
-    for (chunk_no, chunk) in refs.chunks(16).enumerate() {
-        let enc = pre.encode(chunk).unwrap();
-        let ids_path = tmp(&format!("ids{chunk_no}.json"));
-        std::fs::write(
-            &ids_path,
+    let batches: Vec<Encoded> = refs.chunks(16).map(|c| pre.encode(c).unwrap()).collect();
+    let ids_path = tmp("ids.json");
+    let specs: Vec<Value> = batches
+        .iter()
+        .map(|enc| {
             serde_json::json!({
                 "batch": enc.batch, "seq": enc.seq_len, "input_ids": enc.input_ids,
                 "attention_mask": enc.attention_mask, "token_type_ids": enc.token_type_ids,
             })
-            .to_string(),
-        )
-        .unwrap();
-        let bin = tmp(&format!("hidden{chunk_no}.bin"));
-        let shape: Vec<usize> = reference(
-            &py,
-            &["hidden", ids_path.to_str().unwrap(), bin.to_str().unwrap()],
-        )["shape"]
+        })
+        .collect();
+    std::fs::write(&ids_path, Value::Array(specs).to_string()).unwrap();
+    let bin = tmp("hidden.bin");
+    let shapes = reference(
+        &py,
+        &["hidden", ids_path.to_str().unwrap(), bin.to_str().unwrap()],
+    )["shapes"]
+        .clone();
+    let hidden: Vec<f32> = std::fs::read(&bin)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+
+    let mut worst = f32::INFINITY;
+    let mut offset = 0;
+    for (chunk_no, enc) in batches.iter().enumerate() {
+        let shape: Vec<usize> = shapes[chunk_no]
             .as_array()
             .unwrap()
             .iter()
             .map(|v| v.as_u64().unwrap() as usize)
             .collect();
-        let hidden: Vec<f32> = std::fs::read(&bin)
-            .unwrap()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let got = embeddings(&hidden, &shape, &enc.attention_mask, Pooling::Mean, true).unwrap();
+        let n: usize = shape.iter().product();
+        let got = embeddings(
+            &hidden[offset..offset + n],
+            &shape,
+            &enc.attention_mask,
+            Pooling::Mean,
+            true,
+        )
+        .unwrap();
+        offset += n;
         for (j, v) in got.iter().enumerate() {
             let i = chunk_no * 16 + j;
             let r: Vec<f32> = want["embeddings"][i]
@@ -340,9 +355,80 @@ fn minilm_embeddings_match_reference_script() {
                 "text {i}"
             );
             let cos: f32 = v.iter().zip(&r).map(|(a, b)| a * b).sum();
-            assert!(cos >= 0.999, "text {i} {:?}: cosine {cos}", chunk[j]);
+            assert!(cos >= 0.999, "text {i} {:?}: cosine {cos}", refs[i]);
             worst = worst.min(cos);
         }
     }
+    assert_eq!(offset, hidden.len());
     eprintln!("{} sentences, worst cosine {worst}", texts.len());
+}
+
+/// A whole classifier pipeline as a model directory would hold it: `config.toml` with
+/// `[pipeline.classifier]`, the MiniLM tokenizer, a `herd_onnx::TextClassifier` model. The config
+/// binds to the model's signature (no token_type_ids), and `classify` answers what the
+/// classifier's reference logits imply — the same for each text alone and in a mixed batch.
+#[test]
+fn classifier_pipeline_end_to_end() {
+    let Some(py) = python() else { return };
+    let tok_src = PathBuf::from(
+        reference(&py, &["tokenizer-path"])
+            .as_str()
+            .map(String::from)
+            .unwrap_or_default(),
+    );
+    let dir = tmp("intent-model");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&tok_src, dir.join("tokenizer.json")).unwrap();
+    let model = herd_onnx::TextClassifier::random(4096, 16, 3, 11);
+    let bytes = model.to_onnx("intent");
+    std::fs::write(dir.join("model.onnx"), &bytes).unwrap();
+    let config = "[pipeline]\nmax_length = 64\n\n[pipeline.classifier]\nsoftmax = true\n\
+                  top_k = 2\nlabels = [\"billing\", \"bug\", \"other\"]\n";
+    std::fs::write(dir.join("config.toml"), config).unwrap();
+
+    let cfg = PipelineConfig::from_config_toml(
+        &std::fs::read_to_string(dir.join("config.toml")).unwrap(),
+    )
+    .unwrap()
+    .unwrap();
+    let sig = herd_onnx::read_signature(&std::fs::read(dir.join("model.onnx")).unwrap()).unwrap();
+    let binding = cfg.bind(&sig.inputs, &sig.outputs).unwrap();
+    assert!(binding.token_type_ids.is_none());
+    assert_eq!(binding.output.name, "logits");
+    let pre = Preprocessor::load(&dir, &cfg).unwrap();
+    let classifier = cfg.classifier.clone().unwrap();
+
+    let texts = sentences();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let enc = pre.encode(&refs).unwrap();
+    let logits = model
+        .predict(&enc.input_ids, &enc.attention_mask, enc.batch, enc.seq_len)
+        .unwrap();
+    let batched = herd_pipeline::classify(&logits, &[enc.batch, 3], &classifier).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for (i, text) in refs.iter().enumerate() {
+        let one = pre.encode(&[text]).unwrap();
+        let l = model
+            .predict(&one.input_ids, &one.attention_mask, 1, one.seq_len)
+            .unwrap();
+        let alone = herd_pipeline::classify(&l, &[1, 3], &classifier).unwrap();
+        assert_eq!(alone[0].len(), 2);
+        assert_eq!(
+            alone[0][0].0, batched[i][0].0,
+            "text {i}: label alone vs in batch"
+        );
+        assert!((alone[0][0].1 - batched[i][0].1).abs() < 1e-5);
+        // best label = argmax of the logits, score = its softmax probability
+        let row = &l[..3];
+        let best = (0..3).fold(0, |b, c| if row[c] > row[b] { c } else { b });
+        assert_eq!(alone[0][0].0, ["billing", "bug", "other"][best]);
+        let p = herd_pipeline::softmax(row)[best];
+        assert!((alone[0][0].1 - p).abs() < 1e-6);
+        assert!(alone[0][0].1 >= alone[0][1].1);
+        seen.insert(alone[0][0].0.clone());
+    }
+    assert!(
+        seen.len() >= 2,
+        "a random classifier should not answer one label for all texts"
+    );
 }
