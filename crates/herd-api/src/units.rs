@@ -80,9 +80,18 @@ mod tests {
 
     #[test]
     fn parses_sizes() {
-        assert_eq!("256MiB".parse::<SizeSpec>().unwrap(), SizeSpec::Bytes(256 << 20));
-        assert_eq!("2GiB".parse::<SizeSpec>().unwrap(), SizeSpec::Bytes(2 << 30));
-        assert_eq!("1.5GB".parse::<SizeSpec>().unwrap(), SizeSpec::Bytes(1_500_000_000));
+        assert_eq!(
+            "256MiB".parse::<SizeSpec>().unwrap(),
+            SizeSpec::Bytes(256 << 20)
+        );
+        assert_eq!(
+            "2GiB".parse::<SizeSpec>().unwrap(),
+            SizeSpec::Bytes(2 << 30)
+        );
+        assert_eq!(
+            "1.5GB".parse::<SizeSpec>().unwrap(),
+            SizeSpec::Bytes(1_500_000_000)
+        );
         assert_eq!("1000".parse::<SizeSpec>().unwrap(), SizeSpec::Bytes(1000));
         assert_eq!("80%".parse::<SizeSpec>().unwrap(), SizeSpec::Percent(80.0));
         assert_eq!(SizeSpec::Percent(50.0).resolve(1000), 500);

@@ -17,6 +17,8 @@ use crate::{CoreConfig, CoreError, EvictionPolicy, ModelConfig};
 
 type Key = (String, String);
 type LoadResult = Option<Result<Arc<Served>, CoreError>>;
+/// Instances, their signature, and their charge in bytes.
+type Loaded = (Vec<Box<dyn Instance>>, Signature, u64);
 
 /// A loaded model plus what the core needs to know about it.
 pub struct Served {
@@ -182,7 +184,11 @@ impl Core {
     }
 
     /// Resolves a model and version against the source.
-    pub fn resolve(&self, name: &str, version: Option<&str>) -> Result<(ModelEntry, String), CoreError> {
+    pub fn resolve(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<(ModelEntry, String), CoreError> {
         let entry = self.source.get(name)?;
         let v = match version {
             Some(v) => {
@@ -263,7 +269,11 @@ impl Core {
 
     /// The loaded model for `name`/`version`, loading it if needed. The returned `Arc` keeps
     /// the model from eviction while it is held.
-    pub async fn get(self: &Arc<Self>, name: &str, version: Option<&str>) -> Result<Arc<Served>, CoreError> {
+    pub async fn get(
+        self: &Arc<Self>,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Arc<Served>, CoreError> {
         let (entry, version) = self.resolve(name, version)?;
         let key: Key = (name.to_string(), version);
         let mut rx = {
@@ -304,7 +314,12 @@ impl Core {
     }
 
     /// Inserts a loading entry and spawns the load. Called with the state lock held.
-    fn start_load(self: &Arc<Self>, st: &mut CacheState, key: Key, config: ModelConfig) -> watch::Receiver<LoadResult> {
+    fn start_load(
+        self: &Arc<Self>,
+        st: &mut CacheState,
+        key: Key,
+        config: ModelConfig,
+    ) -> watch::Receiver<LoadResult> {
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("herd_cache_misses_total").increment(1);
         let (tx, rx) = watch::channel(None);
@@ -330,7 +345,11 @@ impl Core {
 
     /// The load task: waits for a loader slot, resolves the artifact, makes room, creates the
     /// instances while measuring their memory, then trues up the charge.
-    async fn load(self: Arc<Self>, key: Key, config: ModelConfig) -> Result<Arc<Served>, CoreError> {
+    async fn load(
+        self: Arc<Self>,
+        key: Key,
+        config: ModelConfig,
+    ) -> Result<Arc<Served>, CoreError> {
         let (name, version) = key.clone();
         let _slot = self
             .loaders
@@ -435,7 +454,7 @@ impl Core {
         name: &str,
         version: &str,
         config: &ModelConfig,
-    ) -> Result<(Vec<Box<dyn Instance>>, Signature, u64), CoreError> {
+    ) -> Result<Loaded, CoreError> {
         let fail = |reason: String| CoreError::LoadFailed {
             model: name.into(),
             version: version.into(),
@@ -491,9 +510,9 @@ impl Core {
         let charge = {
             let mut st = self.state.lock();
             let reserved = st.entries.get(&key).map(|e| e.charge).unwrap_or(0);
-            let per_instance = st
-                .overheads
-                .charge(file_size, measured / instances_n, reserved / instances_n);
+            let per_instance =
+                st.overheads
+                    .charge(file_size, measured / instances_n, reserved / instances_n);
             per_instance * instances_n
         };
         // True up: swap the reservation for the measured charge, evicting (or waiting for an
@@ -535,7 +554,13 @@ impl Core {
     }
 
     /// Evicts until `needed` more bytes fit. Called with the lock held.
-    fn make_room(&self, st: &mut CacheState, model: &str, needed: u64, exclude: &Key) -> Result<(), CoreError> {
+    fn make_room(
+        &self,
+        st: &mut CacheState,
+        model: &str,
+        needed: u64,
+        exclude: &Key,
+    ) -> Result<(), CoreError> {
         if needed > self.cfg.memory_budget {
             return Err(CoreError::TooLarge {
                 model: model.to_string(),
@@ -554,7 +579,9 @@ impl Core {
                     model: model.to_string(),
                     needed,
                     free: self.cfg.memory_budget.saturating_sub(st.used),
-                    reason: format!("all {busy} loaded or loading models are in use, loading or pinned"),
+                    reason: format!(
+                        "all {busy} loaded or loading models are in use, loading or pinned"
+                    ),
                 });
             }
         }
@@ -586,7 +613,9 @@ impl Core {
     }
 
     fn publish(&self, st: &CacheState) {
-        self.counters.peak_used.fetch_max(st.used, Ordering::Relaxed);
+        self.counters
+            .peak_used
+            .fetch_max(st.used, Ordering::Relaxed);
         let loaded = st
             .entries
             .values()
@@ -604,7 +633,10 @@ impl Core {
             let mut st = self.state.lock();
             for v in &entry.versions {
                 let k = (name.to_string(), v.clone());
-                if matches!(st.entries.get(&k).map(|e| &e.slot), Some(Slot::Failed { .. })) {
+                if matches!(
+                    st.entries.get(&k).map(|e| &e.slot),
+                    Some(Slot::Failed { .. })
+                ) {
                     st.entries.remove(&k);
                 }
             }
@@ -687,7 +719,11 @@ impl Core {
     /// State of a model version without loading it.
     pub fn state_of(&self, name: &str, version: &str) -> ModelState {
         let st = self.state.lock();
-        match st.entries.get(&(name.to_string(), version.to_string())).map(|e| &e.slot) {
+        match st
+            .entries
+            .get(&(name.to_string(), version.to_string()))
+            .map(|e| &e.slot)
+        {
             Some(Slot::Ready(_)) => ModelState::Ready,
             Some(Slot::Loading(_)) => ModelState::Loading,
             Some(Slot::Failed { error, .. }) => ModelState::Failed(error.to_string()),
@@ -698,7 +734,11 @@ impl Core {
     /// The loaded model if it is ready, without loading or counting a hit.
     pub fn peek(&self, name: &str, version: &str) -> Option<Arc<Served>> {
         let st = self.state.lock();
-        match st.entries.get(&(name.to_string(), version.to_string())).map(|e| &e.slot) {
+        match st
+            .entries
+            .get(&(name.to_string(), version.to_string()))
+            .map(|e| &e.slot)
+        {
             Some(Slot::Ready(m)) => Some(m.clone()),
             _ => None,
         }
@@ -785,7 +825,9 @@ impl Core {
         for m in models.into_iter().filter(|m| m.config.pinned) {
             match self.load_model(&m.name).await {
                 Ok(()) => n += 1,
-                Err(e) => tracing::warn!(model = %m.name, error = %e, "pinned model failed to load"),
+                Err(e) => {
+                    tracing::warn!(model = %m.name, error = %e, "pinned model failed to load")
+                }
             }
         }
         n
@@ -815,7 +857,10 @@ impl Core {
                         .collect()
                 };
                 for m in due {
-                    last.insert((m.model.name.clone(), m.model.version.clone()), Instant::now());
+                    last.insert(
+                        (m.model.name.clone(), m.model.version.clone()),
+                        Instant::now(),
+                    );
                     let inputs = warmup_inputs(&m.model.signature);
                     let rows = m.model.signature.inputs.first().map(|_| 1);
                     if let Ok(rx) = m.model.submit(inputs, rows) {
@@ -887,7 +932,11 @@ pub(crate) fn warmup_inputs(sig: &Signature) -> Vec<Tensor> {
     sig.inputs
         .iter()
         .map(|m| {
-            let shape: Vec<i64> = m.shape.iter().map(|d| if *d < 0 { 1 } else { *d }).collect();
+            let shape: Vec<i64> = m
+                .shape
+                .iter()
+                .map(|d| if *d < 0 { 1 } else { *d })
+                .collect();
             let n = Tensor::shape_elements(&shape).unwrap_or(0);
             let data = match m.datatype {
                 DataType::Bool => TensorData::Bool(vec![false; n]),
@@ -909,7 +958,9 @@ pub(crate) fn warmup_inputs(sig: &Signature) -> Vec<Tensor> {
 }
 
 fn label_names_output(cfg: &ModelConfig) -> Option<String> {
-    cfg.labels.as_ref().map(|_| format!("{}_name", cfg.label_output))
+    cfg.labels
+        .as_ref()
+        .map(|_| format!("{}_name", cfg.label_output))
 }
 
 /// With `labels` configured, adds a BYTES output `<label_output>_name` naming each class index.

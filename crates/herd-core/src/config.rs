@@ -97,7 +97,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_an_error_naming_the_model() {
-        let e = ModelConfig::parse("m1", "max_batch = 3").unwrap_err().to_string();
+        let e = ModelConfig::parse("m1", "max_batch = 3")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("m1") && e.contains("max_batch"), "{e}");
     }
 

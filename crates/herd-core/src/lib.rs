@@ -36,7 +36,9 @@ impl std::str::FromStr for EvictionPolicy {
         match s.to_ascii_lowercase().as_str() {
             "gdsf" => Ok(EvictionPolicy::Gdsf),
             "lru" => Ok(EvictionPolicy::Lru),
-            other => Err(format!("unknown eviction policy '{other}'; use gdsf or lru")),
+            other => Err(format!(
+                "unknown eviction policy '{other}'; use gdsf or lru"
+            )),
         }
     }
 }
@@ -104,7 +106,9 @@ pub enum CoreError {
         free: u64,
         reason: String,
     },
-    #[error("model '{model}' is overloaded: its queue of {capacity} requests is full; retry shortly")]
+    #[error(
+        "model '{model}' is overloaded: its queue of {capacity} requests is full; retry shortly"
+    )]
     Overloaded { model: String, capacity: usize },
     #[error("request to model '{model}' timed out after {after:?}")]
     Timeout { model: String, after: Duration },

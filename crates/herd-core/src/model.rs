@@ -90,7 +90,10 @@ impl LoadedModel {
         let queued = Arc::new(AtomicUsize::new(0));
         let pool = Arc::new(InstancePool::new(instances));
         let batchable = batch.max_batch_size > 1
-            && signature.outputs.iter().all(|o| o.shape.first() == Some(&-1));
+            && signature
+                .outputs
+                .iter()
+                .all(|o| o.shape.first() == Some(&-1));
         tokio::spawn(batch_loop(
             name.clone(),
             rx,
@@ -161,8 +164,7 @@ impl LoadedModel {
 
 fn compatible(a: &Job, b: &Job) -> bool {
     a.inputs.len() == b.inputs.len()
-        && a
-            .inputs
+        && a.inputs
             .iter()
             .zip(&b.inputs)
             .all(|(x, y)| x.shape.get(1..) == y.shape.get(1..))
@@ -192,7 +194,9 @@ async fn batch_loop(
             while rows < settings.max_batch_size {
                 let next = match rx.try_recv() {
                     Ok(j) => Some(j),
-                    Err(mpsc::error::TryRecvError::Empty) if !settings.max_queue_delay.is_zero() => {
+                    Err(mpsc::error::TryRecvError::Empty)
+                        if !settings.max_queue_delay.is_zero() =>
+                    {
                         tokio::time::timeout_at(deadline, rx.recv())
                             .await
                             .ok()
@@ -294,7 +298,7 @@ fn run_batch(model: &str, pool: &InstancePool, batch: Vec<Job>) {
                 ));
                 break;
             }
-            let per_row = if total == 0 { 0 } else { o.data.len() / total };
+            let per_row = o.data.len().checked_div(total).unwrap_or(0);
             let data: TensorData = o.data.slice(offset * per_row, (offset + rows) * per_row);
             let mut shape = o.shape.clone();
             shape[0] = rows as i64;

@@ -47,7 +47,7 @@ pub trait ModelSource: Send + Sync + 'static {
 pub struct DirectorySource {
     root: PathBuf,
     ttl: Duration,
-    cache: Mutex<HashMap<String, (Instant, Result<ModelEntry, CoreError>)>>,
+    cache: Mutex<HashMap<String, (Instant, ModelEntry)>>,
 }
 
 pub const MODEL_FILE: &str = "model.onnx";
@@ -118,7 +118,10 @@ impl DirectorySource {
                 w.sort_by_key(|v| v.parse::<u64>().unwrap_or(0));
                 w
             }
-            None => present.last().map(|(_, v)| vec![v.clone()]).unwrap_or_default(),
+            None => present
+                .last()
+                .map(|(_, v)| vec![v.clone()])
+                .unwrap_or_default(),
         };
         if versions.is_empty() {
             return Err(CoreError::BadRepository(format!(
@@ -171,17 +174,17 @@ impl ModelSource for DirectorySource {
         let now = Instant::now();
         if let Some((at, entry)) = self.cache.lock().get(name) {
             if now.duration_since(*at) < self.ttl {
-                return entry.clone();
+                return Ok(entry.clone());
             }
         }
         let entry = self.scan(name);
         // Only found models are cached: a model added after a miss is seen at once.
-        if entry.is_ok() {
+        if let Ok(found) = &entry {
             let mut cache = self.cache.lock();
             if cache.len() > 100_000 {
                 cache.clear();
             }
-            cache.insert(name.to_string(), (now, entry.clone()));
+            cache.insert(name.to_string(), (now, found.clone()));
         }
         entry
     }
@@ -254,7 +257,10 @@ mod tests {
         let s = DirectorySource::new(&r).unwrap();
         assert!(matches!(s.get("nope"), Err(CoreError::ModelNotFound(_))));
         assert!(matches!(s.get(".."), Err(CoreError::ModelNotFound(_))));
-        assert!(matches!(s.artifact("../x", "1"), Err(CoreError::ModelNotFound(_))));
+        assert!(matches!(
+            s.artifact("../x", "1"),
+            Err(CoreError::ModelNotFound(_))
+        ));
     }
 
     #[test]

@@ -8,7 +8,10 @@ use crate::CoreError;
 fn fmt_shape(s: &[i64]) -> String {
     format!(
         "[{}]",
-        s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+        s.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
@@ -32,15 +35,18 @@ pub fn check_inputs(
     let mut rows: Option<usize> = None;
     let mut batchable = true;
     for meta in &sig.inputs {
-        let pos = inputs.iter().position(|t| t.name == meta.name).ok_or_else(|| {
-            CoreError::InvalidInput(format!(
-                "model '{model}' needs input '{}' ({} {}); its inputs are: {}",
-                meta.name,
-                meta.datatype,
-                fmt_shape(&meta.shape),
-                describe(&sig.inputs)
-            ))
-        })?;
+        let pos = inputs
+            .iter()
+            .position(|t| t.name == meta.name)
+            .ok_or_else(|| {
+                CoreError::InvalidInput(format!(
+                    "model '{model}' needs input '{}' ({} {}); its inputs are: {}",
+                    meta.name,
+                    meta.datatype,
+                    fmt_shape(&meta.shape),
+                    describe(&sig.inputs)
+                ))
+            })?;
         let t = inputs.swap_remove(pos);
         let dt = t.data.datatype();
         if dt != meta.datatype {
@@ -50,8 +56,7 @@ pub fn check_inputs(
             )));
         }
         let shape_ok = t.shape.len() == meta.shape.len()
-            && t
-                .shape
+            && t.shape
                 .iter()
                 .zip(&meta.shape)
                 .all(|(got, want)| *got >= 0 && (*want < 0 || got == want));
@@ -129,7 +134,10 @@ mod tests {
     fn wrong_shape_says_what_was_expected() {
         let t = Tensor::new("input", vec![1, 4], TensorData::F32(vec![0.0; 4]));
         let e = check_inputs("m", &sig(), vec![t]).unwrap_err().to_string();
-        assert!(e.contains("expected shape [-1, 3]") && e.contains("got [1, 4]"), "{e}");
+        assert!(
+            e.contains("expected shape [-1, 3]") && e.contains("got [1, 4]"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -93,7 +93,10 @@ pub fn install(
 ) -> Result<PathBuf, RuntimeError> {
     let dest = installed_path();
     if dest.is_file() && !force {
-        log(&format!("ONNX Runtime {ORT_VERSION} already installed at {}", dest.display()));
+        log(&format!(
+            "ONNX Runtime {ORT_VERSION} already installed at {}",
+            dest.display()
+        ));
         return Ok(dest);
     }
     let dir = dest.parent().expect("installed path has a parent");
@@ -230,7 +233,11 @@ mod tests {
         }
         let err = r.unwrap_err().to_string();
         assert!(err.contains("SHA-256"), "{err}");
-        assert!(!home.join("runtime").join(format!("onnxruntime-{ORT_VERSION}")).join(LIB_FILE).exists());
+        assert!(!home
+            .join("runtime")
+            .join(format!("onnxruntime-{ORT_VERSION}"))
+            .join(LIB_FILE)
+            .exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

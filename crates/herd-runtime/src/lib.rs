@@ -27,16 +27,10 @@ pub struct Signature {
 }
 
 /// How to build an instance.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// Threads one inference may use inside an operator; 0 = the backend's shared default.
     pub intra_threads: usize,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        LoadOptions { intra_threads: 0 }
-    }
 }
 
 /// An inference engine. Implementations must be cheap to share across threads.

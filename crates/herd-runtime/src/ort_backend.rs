@@ -77,7 +77,8 @@ impl Backend for OrtBackend {
         if opts.intra_threads > 0 {
             builder = builder
                 .with_independent_thread_pool()
-                .and_then(|b| b.with_intra_threads(opts.intra_threads))
+                .map_err(|e| fail(e.to_string()))?
+                .with_intra_threads(opts.intra_threads)
                 .map_err(|e| fail(e.to_string()))?;
         }
         let session = builder
@@ -114,9 +115,8 @@ impl Instance for OrtInstance {
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
         let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
         for t in inputs {
-            let v = to_value(t.shape, t.data).map_err(|e| {
-                RuntimeError::InvalidInput(format!("input '{}': {e}", t.name))
-            })?;
+            let v = to_value(t.shape, t.data)
+                .map_err(|e| RuntimeError::InvalidInput(format!("input '{}': {e}", t.name)))?;
             values.push((t.name, v));
         }
         let outputs = self
@@ -138,8 +138,9 @@ fn outlet_meta(name: &str, ty: &ValueType) -> Result<TensorMetadata, String> {
     match ty {
         ValueType::Tensor { ty, shape, .. } => Ok(TensorMetadata {
             name: name.to_string(),
-            datatype: element_to_datatype(*ty)
-                .ok_or_else(|| format!("'{name}' has element type {ty:?}, which herd does not serve"))?,
+            datatype: element_to_datatype(*ty).ok_or_else(|| {
+                format!("'{name}' has element type {ty:?}, which herd does not serve")
+            })?,
             shape: shape.iter().copied().collect(),
         }),
         other => Err(format!(
@@ -193,7 +194,8 @@ fn to_value(shape: Vec<i64>, data: TensorData) -> Result<DynValue, String> {
                 .into_iter()
                 .enumerate()
                 .map(|(i, b)| {
-                    String::from_utf8(b).map_err(|_| format!("BYTES element {i} is not valid UTF-8"))
+                    String::from_utf8(b)
+                        .map_err(|_| format!("BYTES element {i} is not valid UTF-8"))
                 })
                 .collect::<Result<Vec<String>, String>>()?;
             ort::value::Tensor::from_string_array((shape, &strings[..]))
@@ -216,7 +218,10 @@ fn from_value(name: &str, value: &DynValue) -> Result<Tensor, RuntimeError> {
     macro_rules! prim {
         ($t:ty, $variant:ident) => {{
             let (shape, data) = value.try_extract_tensor::<$t>().map_err(err)?;
-            (shape.iter().copied().collect::<Vec<i64>>(), TensorData::$variant(data.to_vec()))
+            (
+                shape.iter().copied().collect::<Vec<i64>>(),
+                TensorData::$variant(data.to_vec()),
+            )
         }};
     }
     let (shape, data) = match ty {

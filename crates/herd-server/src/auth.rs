@@ -78,7 +78,10 @@ impl Auth {
         for (i, t) in f.token.into_iter().enumerate() {
             let h = t.sha256.to_ascii_lowercase();
             if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(format!("token #{}: sha256 must be 64 hex characters", i + 1));
+                return Err(format!(
+                    "token #{}: sha256 must be 64 hex characters",
+                    i + 1
+                ));
             }
             let p = match (t.admin, t.tenant) {
                 (true, _) => Principal::Admin,
@@ -109,7 +112,10 @@ impl Auth {
         let token = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .ok_or_else(|| {
                 HttpError::new(
@@ -175,12 +181,30 @@ mod tests {
         );
         let auth = Auth::from_toml(&text).unwrap();
         let code = |r: Result<(), HttpError>| r.err().map(|e| e.code());
-        assert_eq!(code(auth.check_model(&headers(None), "m", Some("acme"))), Some(ErrorCode::Unauthorized));
-        assert_eq!(code(auth.check_model(&headers(Some("nope")), "m", Some("acme"))), Some(ErrorCode::Unauthorized));
-        assert_eq!(code(auth.check_model(&headers(Some("a-secret")), "m", Some("acme"))), None);
-        assert_eq!(code(auth.check_model(&headers(Some("a-secret")), "m", Some("other"))), Some(ErrorCode::Forbidden));
-        assert_eq!(code(auth.check_model(&headers(Some("root")), "m", Some("other"))), None);
-        assert_eq!(code(auth.check_admin(&headers(Some("a-secret")))), Some(ErrorCode::Forbidden));
+        assert_eq!(
+            code(auth.check_model(&headers(None), "m", Some("acme"))),
+            Some(ErrorCode::Unauthorized)
+        );
+        assert_eq!(
+            code(auth.check_model(&headers(Some("nope")), "m", Some("acme"))),
+            Some(ErrorCode::Unauthorized)
+        );
+        assert_eq!(
+            code(auth.check_model(&headers(Some("a-secret")), "m", Some("acme"))),
+            None
+        );
+        assert_eq!(
+            code(auth.check_model(&headers(Some("a-secret")), "m", Some("other"))),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            code(auth.check_model(&headers(Some("root")), "m", Some("other"))),
+            None
+        );
+        assert_eq!(
+            code(auth.check_admin(&headers(Some("a-secret")))),
+            Some(ErrorCode::Forbidden)
+        );
         assert_eq!(code(auth.check_admin(&headers(Some("root")))), None);
     }
 
@@ -188,7 +212,8 @@ mod tests {
     fn bad_file_is_a_clear_error() {
         let e = Auth::from_toml("[[token]]\nsha256 = \"abc\"\ntenant = \"x\"").unwrap_err();
         assert!(e.contains("64 hex"), "{e}");
-        let e = Auth::from_toml(&format!("[[token]]\nsha256 = \"{}\"", hash_token("x"))).unwrap_err();
+        let e =
+            Auth::from_toml(&format!("[[token]]\nsha256 = \"{}\"", hash_token("x"))).unwrap_err();
         assert!(e.contains("tenant"), "{e}");
     }
 }

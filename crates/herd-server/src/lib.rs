@@ -19,6 +19,9 @@ use axum::Router;
 use herd_core::Core;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+/// The registry REST API; `herd serve --channel` mounts it with
+/// `app.nest("/v1/registry", registry_router(registry, auth))`.
+pub use routes::registry::router as registry_router;
 pub use settings::Settings;
 
 /// What every handler can reach.
@@ -61,7 +64,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

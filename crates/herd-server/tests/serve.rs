@@ -78,7 +78,11 @@ async fn start_with_limit(repo: &Path, cfg: CoreConfig, auth: Auth, max_body: us
 /// The charge of one more model, measured on a probe core (the first load also pays the
 /// runtime's one-time setup, so it is left out).
 async fn per_model_charge(repo: &Path, names: &[&str]) -> u64 {
-    let probe = Core::new(big_budget(), Arc::new(DirectorySource::new(repo).unwrap()), backend());
+    let probe = Core::new(
+        big_budget(),
+        Arc::new(DirectorySource::new(repo).unwrap()),
+        backend(),
+    );
     probe.load_model(names[0]).await.unwrap();
     let first = probe.stats().used_bytes;
     for n in &names[1..] {
@@ -95,7 +99,9 @@ fn big_budget() -> CoreConfig {
 }
 
 fn x_for(seed: u64) -> Vec<f32> {
-    (0..DIM).map(|i| ((seed as f32) * 0.37 + i as f32 * 0.11).sin()).collect()
+    (0..DIM)
+        .map(|i| ((seed as f32) * 0.37 + i as f32 * 0.11).sin())
+        .collect()
 }
 
 fn infer_body(x: &[f32]) -> Value {
@@ -138,7 +144,10 @@ impl Server {
         assert_eq!(label["data"][0].as_i64(), Some(labels[0]), "{model}");
         let p = out.iter().find(|o| o["name"] == "probabilities").unwrap();
         for (got, want) in p["data"].as_array().unwrap().iter().zip(&probs) {
-            assert!((got.as_f64().unwrap() as f32 - want).abs() < 1e-5, "{model}: {got} vs {want}");
+            assert!(
+                (got.as_f64().unwrap() as f32 - want).abs() < 1e-5,
+                "{model}: {got} vs {want}"
+            );
         }
     }
 }
@@ -162,7 +171,7 @@ async fn json_infer_matches_reference_and_metadata_describes_the_model() {
     assert_eq!(s.get("/v2/models/acme/ready").await.0, 200);
     assert_eq!(s.get("/v2/models/acme/versions/1/ready").await.0, 200);
     // A batch of three rows answers three rows.
-    let x: Vec<f32> = (0..3).flat_map(|i| x_for(i)).collect();
+    let x: Vec<f32> = (0..3).flat_map(x_for).collect();
     let (status, v, h) = s
         .post(
             "/v2/models/acme/versions/1/infer",
@@ -171,7 +180,11 @@ async fn json_infer_matches_reference_and_metadata_describes_the_model() {
         )
         .await;
     assert_eq!(status, 200, "{v}");
-    assert_eq!(v["outputs"].as_array().unwrap().len(), 1, "only the requested output");
+    assert_eq!(
+        v["outputs"].as_array().unwrap().len(),
+        1,
+        "only the requested output"
+    );
     assert_eq!(v["outputs"][0]["shape"], json!([3]));
     assert_eq!(v["model_version"], "1");
     for name in ["x-queue-time", "x-inference-time", "x-total-time"] {
@@ -203,18 +216,38 @@ async fn binary_tensor_extension_round_trips() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let n: usize = r.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+    let n: usize = r.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let bytes = r.bytes().await.unwrap();
     let head: Value = serde_json::from_slice(&bytes[..n]).unwrap();
-    let probs_out = head["outputs"].as_array().unwrap().iter().find(|o| o["name"] == "probabilities").unwrap();
-    assert_eq!(probs_out["parameters"]["binary_data_size"], json!(CLASSES * 4));
-    let got: Vec<f32> = bytes[n..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let probs_out = head["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "probabilities")
+        .unwrap();
+    assert_eq!(
+        probs_out["parameters"]["binary_data_size"],
+        json!(CLASSES * 4)
+    );
+    let got: Vec<f32> = bytes[n..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     let (labels, want) = LinearClassifier::random(DIM, CLASSES, 5).predict(&x);
     assert_eq!(got.len(), want.len());
     for (g, w) in got.iter().zip(&want) {
         assert!((g - w).abs() < 1e-5);
     }
-    let label_out = head["outputs"].as_array().unwrap().iter().find(|o| o["name"] == "label").unwrap();
+    let label_out = head["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "label")
+        .unwrap();
     assert_eq!(label_out["data"][0].as_i64(), Some(labels[0]));
 }
 
@@ -233,7 +266,10 @@ async fn concurrent_first_requests_share_one_load() {
         t.await.unwrap();
     }
     let st = s.core.stats();
-    assert_eq!(st.loads, 1, "32 concurrent first requests must cause exactly one load: {st:?}");
+    assert_eq!(
+        st.loads, 1,
+        "32 concurrent first requests must cause exactly one load: {st:?}"
+    );
     assert_eq!(st.hits + st.misses, 32);
     assert_eq!(st.misses, 1);
 }
@@ -245,7 +281,11 @@ async fn budget_holds_under_a_concurrent_workload_over_1000_models() {
         write_model(&repo, &format!("m{i:04}"), i);
     }
     // Measure one model's charge on a probe core, then give the server room for about 40.
-    let per = per_model_charge(&repo, &["m0000", "m0001", "m0002", "m0003", "m0004", "m0005"]).await;
+    let per = per_model_charge(
+        &repo,
+        &["m0000", "m0001", "m0002", "m0003", "m0004", "m0005"],
+    )
+    .await;
     let budget = per * 40;
     let s = Arc::new(
         start(
@@ -264,10 +304,17 @@ async fn budget_holds_under_a_concurrent_workload_over_1000_models() {
             tokio::spawn(async move {
                 // Every worker sweeps a different stride over all 1000 models, then repeats hot ones.
                 for k in 0..130u64 {
-                    let m = if k % 2 == 0 { (w * 61 + k * 7) % 1000 } else { k % 5 };
+                    let m = if k % 2 == 0 {
+                        (w * 61 + k * 7) % 1000
+                    } else {
+                        k % 5
+                    };
                     s.infer_ok(&format!("m{m:04}"), m, &x_for(k)).await;
                     let used = s.core.stats().used_bytes;
-                    assert!(used <= budget + budget / 20, "used {used} > budget {budget} + 5%");
+                    assert!(
+                        used <= budget + budget / 20,
+                        "used {used} > budget {budget} + 5%"
+                    );
                 }
             })
         })
@@ -277,8 +324,14 @@ async fn budget_holds_under_a_concurrent_workload_over_1000_models() {
     }
     let st = s.core.stats();
     assert!(st.peak_used_bytes <= budget + budget / 20, "{st:?}");
-    assert!(st.evictions > 100, "the workload must force evictions: {st:?}");
-    assert!(st.loaded_models < 200, "the cache must not hold all 1000 models: {st:?}");
+    assert!(
+        st.evictions > 100,
+        "the workload must force evictions: {st:?}"
+    );
+    assert!(
+        st.loaded_models < 200,
+        "the cache must not hold all 1000 models: {st:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -306,13 +359,25 @@ async fn models_in_use_and_pinned_models_are_never_evicted() {
     }
     let st = s.core.stats();
     assert!(st.evictions >= 5, "{st:?}");
-    assert_eq!(s.core.state_of("m0", "1"), ModelState::Ready, "in-flight model evicted");
-    assert_eq!(s.core.state_of("m11", "1"), ModelState::Ready, "pinned model evicted");
+    assert_eq!(
+        s.core.state_of("m0", "1"),
+        ModelState::Ready,
+        "in-flight model evicted"
+    );
+    assert_eq!(
+        s.core.state_of("m11", "1"),
+        ModelState::Ready,
+        "pinned model evicted"
+    );
     drop(guard);
     for i in 1..11 {
         s.infer_ok(&format!("m{i}"), i, &x_for(i)).await;
     }
-    assert_eq!(s.core.state_of("m11", "1"), ModelState::Ready, "pinned model evicted");
+    assert_eq!(
+        s.core.state_of("m11", "1"),
+        ModelState::Ready,
+        "pinned model evicted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -320,21 +385,43 @@ async fn corrupt_model_is_a_clear_error_and_the_server_stays_up() {
     let repo = temp_repo();
     write_model(&repo, "good", 2);
     std::fs::create_dir_all(repo.join("broken").join("1")).unwrap();
-    std::fs::write(repo.join("broken/1/model.onnx"), b"this is not an onnx file at all").unwrap();
+    std::fs::write(
+        repo.join("broken/1/model.onnx"),
+        b"this is not an onnx file at all",
+    )
+    .unwrap();
     let s = start(&repo, big_budget(), Auth::open()).await;
-    let (status, v, _) = s.post("/v2/models/broken/infer", &infer_body(&x_for(0))).await;
+    let (status, v, _) = s
+        .post("/v2/models/broken/infer", &infer_body(&x_for(0)))
+        .await;
     assert_eq!(status, 500, "{v}");
     let msg = v["error"].as_str().unwrap();
-    assert!(msg.contains("broken") && msg.contains("failed to load"), "{msg}");
+    assert!(
+        msg.contains("broken") && msg.contains("failed to load"),
+        "{msg}"
+    );
     assert_eq!(v["code"], "model_load_failed");
     // The server still serves other models, and the index shows the failure with its reason.
     s.infer_ok("good", 2, &x_for(0)).await;
     let (status, idx, _) = s.post("/v2/repository/index", &json!({})).await;
     assert_eq!(status, 200);
-    let broken = idx.as_array().unwrap().iter().find(|e| e["name"] == "broken").unwrap();
+    let broken = idx
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "broken")
+        .unwrap();
     assert_eq!(broken["state"], "UNAVAILABLE");
-    assert!(broken["reason"].as_str().unwrap().contains("failed to load"));
-    let good = idx.as_array().unwrap().iter().find(|e| e["name"] == "good").unwrap();
+    assert!(broken["reason"]
+        .as_str()
+        .unwrap()
+        .contains("failed to load"));
+    let good = idx
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "good")
+        .unwrap();
     assert_eq!(good["state"], "READY");
     // A model too large for the whole budget is refused with 507 and says so.
     let tiny = start(
@@ -346,9 +433,14 @@ async fn corrupt_model_is_a_clear_error_and_the_server_stays_up() {
         Auth::open(),
     )
     .await;
-    let (status, v, _) = tiny.post("/v2/models/good/infer", &infer_body(&x_for(0))).await;
+    let (status, v, _) = tiny
+        .post("/v2/models/good/infer", &infer_body(&x_for(0)))
+        .await;
     assert_eq!(status, 507, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("memory budget"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("memory budget"),
+        "{v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -359,18 +451,46 @@ async fn bad_requests_get_400_or_404_saying_what_was_expected() {
     let wrong_shape = json!({"inputs": [{"name": "input", "shape": [1, DIM + 1], "datatype": "FP32", "data": vec![0.0; DIM + 1]}]});
     let (status, v, _) = s.post("/v2/models/m/infer", &wrong_shape).await;
     assert_eq!(status, 400);
-    assert!(v["error"].as_str().unwrap().contains(&format!("expected shape [-1, {DIM}]")), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("expected shape [-1, {DIM}]")),
+        "{v}"
+    );
     let wrong_type = json!({"inputs": [{"name": "input", "shape": [1, DIM], "datatype": "INT64", "data": vec![0; DIM]}]});
     let (status, v, _) = s.post("/v2/models/m/infer", &wrong_type).await;
     assert_eq!(status, 400);
-    assert!(v["error"].as_str().unwrap().contains("expected datatype FP32, got INT64"), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("expected datatype FP32, got INT64"),
+        "{v}"
+    );
     let wrong_count = json!({"inputs": [{"name": "input", "shape": [2, DIM], "datatype": "FP32", "data": vec![0.0; DIM]}]});
     assert_eq!(s.post("/v2/models/m/infer", &wrong_count).await.0, 400);
-    let (status, v, _) = s.post("/v2/models/nope/infer", &infer_body(&x_for(0))).await;
+    let (status, v, _) = s
+        .post("/v2/models/nope/infer", &infer_body(&x_for(0)))
+        .await;
     assert_eq!(status, 404);
-    assert!(v["error"].as_str().unwrap().contains("'nope' not found"), "{v}");
-    assert_eq!(s.post("/v2/models/m/versions/9/infer", &infer_body(&x_for(0))).await.0, 404);
-    let r = s.client.post(format!("{}/v2/models/m/infer", s.url)).body("{not json").send().await.unwrap();
+    assert!(
+        v["error"].as_str().unwrap().contains("'nope' not found"),
+        "{v}"
+    );
+    assert_eq!(
+        s.post("/v2/models/m/versions/9/infer", &infer_body(&x_for(0)))
+            .await
+            .0,
+        404
+    );
+    let r = s
+        .client
+        .post(format!("{}/v2/models/m/infer", s.url))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let (status, v, _) = s.post("/v2/models/m/infer", &json!({"inputs": [{"name": "input", "shape": [1, DIM], "datatype": "FP32", "data": vec!["a"; DIM]}]})).await;
     assert_eq!(status, 400, "{v}");
@@ -378,7 +498,13 @@ async fn bad_requests_get_400_or_404_saying_what_was_expected() {
     assert_eq!(status, 400, "{v}");
     // Body over the limit: 413.
     let huge = vec![b' '; 2 << 20];
-    let r = s.client.post(format!("{}/v2/models/m/infer", s.url)).body(huge).send().await.unwrap();
+    let r = s
+        .client
+        .post(format!("{}/v2/models/m/infer", s.url))
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     // The server is still fine.
     s.infer_ok("m", 1, &x_for(2)).await;
@@ -459,15 +585,23 @@ async fn full_queue_answers_429_with_retry_after_and_nothing_hangs() {
         auth: Arc::new(Auth::open()),
         metrics: None,
     };
-    let (addr, _h) = herd_server::spawn(herd_server::app(state, 1 << 20), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let (addr, _h) = herd_server::spawn(
+        herd_server::app(state, 1 << 20),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
     let s = Arc::new(Server {
         url: format!("http://{addr}"),
         core: core.clone(),
         client: reqwest::Client::new(),
     });
-    let send = |s: Arc<Server>| tokio::spawn(async move { s.post("/v2/models/busy/infer", &infer_body(&x_for(0))).await });
+    let send = |s: Arc<Server>| {
+        tokio::spawn(async move {
+            s.post("/v2/models/busy/infer", &infer_body(&x_for(0)))
+                .await
+        })
+    };
     // One request runs (blocked at the gate), two wait: the queue is full.
     let running = send(s.clone());
     let mut waiting = vec![];
@@ -481,8 +615,14 @@ async fn full_queue_answers_429_with_retry_after_and_nothing_hangs() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(depth(), 2, "two requests should wait behind the running one");
-    let (status, v, h) = s.post("/v2/models/busy/infer", &infer_body(&x_for(0))).await;
+    assert_eq!(
+        depth(),
+        2,
+        "two requests should wait behind the running one"
+    );
+    let (status, v, h) = s
+        .post("/v2/models/busy/infer", &infer_body(&x_for(0)))
+        .await;
     assert_eq!(status, 429, "{v}");
     assert_eq!(v["code"], "overloaded");
     assert_eq!(h["retry-after"], "1");
@@ -490,7 +630,10 @@ async fn full_queue_answers_429_with_retry_after_and_nothing_hangs() {
     *gate.0.lock().unwrap() = true;
     gate.1.notify_all();
     for t in std::iter::once(running).chain(waiting) {
-        let (status, v, _) = tokio::time::timeout(Duration::from_secs(30), t).await.expect("hung").unwrap();
+        let (status, v, _) = tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("hung")
+            .unwrap();
         assert_eq!(status, 200, "{v}");
     }
 }
@@ -513,9 +656,12 @@ async fn request_timeout_answers_504() {
         auth: Arc::new(Auth::open()),
         metrics: None,
     };
-    let (addr, _h) = herd_server::spawn(herd_server::app(state, 1 << 20), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let (addr, _h) = herd_server::spawn(
+        herd_server::app(state, 1 << 20),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
     let r = reqwest::Client::new()
         .post(format!("http://{addr}/v2/models/slow/infer"))
         .json(&infer_body(&x_for(0)))
@@ -544,9 +690,19 @@ async fn dynamic_batching_merges_requests_and_keeps_answers_apart() {
                 let (status, v, h) = s.post("/v2/models/b/infer", &infer_body(&x)).await;
                 assert_eq!(status, 200);
                 let (labels, _) = LinearClassifier::random(DIM, CLASSES, 4).predict(&x);
-                let label = v["outputs"].as_array().unwrap().iter().find(|o| o["name"] == "label").unwrap().clone();
+                let label = v["outputs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|o| o["name"] == "label")
+                    .unwrap()
+                    .clone();
                 assert_eq!(label["data"][0].as_i64(), Some(labels[0]));
-                h["x-batch-rows"].to_str().unwrap().parse::<usize>().unwrap()
+                h["x-batch-rows"]
+                    .to_str()
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap()
             })
         })
         .collect();
@@ -554,7 +710,10 @@ async fn dynamic_batching_merges_requests_and_keeps_answers_apart() {
     for t in tasks {
         max_rows = max_rows.max(t.await.unwrap());
     }
-    assert!(max_rows > 1, "24 concurrent requests with a 30 ms window never shared a batch");
+    assert!(
+        max_rows > 1,
+        "24 concurrent requests with a 30 ms window never shared a batch"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -570,19 +729,64 @@ async fn tokens_gate_tenants_and_the_repository_api() {
     );
     let s = start(&repo, big_budget(), Auth::from_toml(&text).unwrap()).await;
     let send = |token: Option<&str>, path: &str| {
-        let mut r = s.client.post(format!("{}{path}", s.url)).json(&infer_body(&x_for(0)));
+        let mut r = s
+            .client
+            .post(format!("{}{path}", s.url))
+            .json(&infer_body(&x_for(0)));
         if let Some(t) = token {
             r = r.bearer_auth(t);
         }
         r.send()
     };
-    assert_eq!(send(None, "/v2/models/acme-model/infer").await.unwrap().status(), 401);
-    assert_eq!(send(Some("wrong"), "/v2/models/acme-model/infer").await.unwrap().status(), 401);
-    assert_eq!(send(Some("globex-token"), "/v2/models/acme-model/infer").await.unwrap().status(), 403);
-    assert_eq!(send(Some("acme-token"), "/v2/models/acme-model/infer").await.unwrap().status(), 200);
-    assert_eq!(send(Some("admin-token"), "/v2/models/acme-model/infer").await.unwrap().status(), 200);
-    assert_eq!(send(Some("acme-token"), "/v2/repository/index").await.unwrap().status(), 403);
-    assert_eq!(send(Some("admin-token"), "/v2/repository/index").await.unwrap().status(), 200);
+    assert_eq!(
+        send(None, "/v2/models/acme-model/infer")
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        send(Some("wrong"), "/v2/models/acme-model/infer")
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        send(Some("globex-token"), "/v2/models/acme-model/infer")
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        send(Some("acme-token"), "/v2/models/acme-model/infer")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        send(Some("admin-token"), "/v2/models/acme-model/infer")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        send(Some("acme-token"), "/v2/repository/index")
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        send(Some("admin-token"), "/v2/repository/index")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // Health and metrics stay open for probes and scrapers.
     assert_eq!(s.get("/v2/health/ready").await.0, 200);
 }
@@ -596,16 +800,34 @@ async fn repository_api_loads_unloads_and_sees_new_models() {
     assert_eq!(status, 200);
     assert_eq!(idx.as_array().unwrap().len(), 1);
     assert_eq!(idx[0]["state"], "UNLOADED");
-    assert_eq!(s.post("/v2/repository/models/a/load", &json!({})).await.0, 200);
+    assert_eq!(
+        s.post("/v2/repository/models/a/load", &json!({})).await.0,
+        200
+    );
     assert_eq!(s.get("/v2/models/a/ready").await.0, 200);
-    assert_eq!(s.post("/v2/repository/models/a/unload", &json!({})).await.0, 200);
+    assert_eq!(
+        s.post("/v2/repository/models/a/unload", &json!({})).await.0,
+        200
+    );
     assert_eq!(s.get("/v2/models/a/ready").await.0, 400);
-    assert_eq!(s.post("/v2/repository/models/nope/load", &json!({})).await.0, 404);
+    assert_eq!(
+        s.post("/v2/repository/models/nope/load", &json!({}))
+            .await
+            .0,
+        404
+    );
     // Added while running.
     write_model(&repo, "late", 9);
     s.infer_ok("late", 9, &x_for(1)).await;
-    let (_, idx, _) = s.post("/v2/repository/index", &json!({"ready": true})).await;
-    let names: Vec<&str> = idx.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    let (_, idx, _) = s
+        .post("/v2/repository/index", &json!({"ready": true}))
+        .await;
+    let names: Vec<&str> = idx
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["late"]);
     // Metrics carry the cache and request series.
     let (status, text) = s.get("/metrics").await;

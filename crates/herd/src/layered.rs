@@ -20,8 +20,10 @@ pub fn apply_config_file() -> anyhow::Result<()> {
     let Some(path) = from_args.or_else(|| std::env::var("HERD_CONFIG").ok()) else {
         return Ok(());
     };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading config file {path}"))?;
-    let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing config file {path}"))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading config file {path}"))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing config file {path}"))?;
     let mut pairs = Vec::new();
     collect(&table, &mut pairs, &path)?;
     for (k, v) in pairs {
@@ -44,7 +46,10 @@ fn collect(t: &toml::Table, out: &mut Vec<(String, String)>, path: &str) -> anyh
                 collect(inner, out, path)?;
                 continue;
             }
-            other => bail!("config file {path}: key '{k}' has a {} value; use a string, number or boolean", other.type_str()),
+            other => bail!(
+                "config file {path}: key '{k}' has a {} value; use a string, number or boolean",
+                other.type_str()
+            ),
         };
         out.push((k.clone(), s));
     }

@@ -144,7 +144,10 @@ async fn handle(
     let mut resp = if binary_out.is_empty() {
         (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             header_json,
         )
             .into_response()
@@ -185,12 +188,16 @@ fn split_body<'a>(headers: &HeaderMap, body: &'a Bytes) -> Result<(&'a [u8], &'a
     match headers.get(HEADER_LEN) {
         None => Ok((&body[..], &[])),
         Some(v) => {
-            let n: usize = v.to_str().ok().and_then(|s| s.trim().parse().ok()).ok_or_else(|| {
-                HttpError::new(
-                    ErrorCode::InvalidInput,
-                    "Inference-Header-Content-Length must be a number of bytes",
-                )
-            })?;
+            let n: usize = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or_else(|| {
+                    HttpError::new(
+                        ErrorCode::InvalidInput,
+                        "Inference-Header-Content-Length must be a number of bytes",
+                    )
+                })?;
             if n > body.len() {
                 return Err(HttpError::new(
                     ErrorCode::InvalidInput,
@@ -206,7 +213,9 @@ fn split_body<'a>(headers: &HeaderMap, body: &'a Bytes) -> Result<(&'a [u8], &'a
 }
 
 fn param_bool(p: Option<&herd_api::v2::Parameters>, key: &str) -> bool {
-    p.and_then(|p| p.get(key)).and_then(Value::as_bool).unwrap_or(false)
+    p.and_then(|p| p.get(key))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
 }
 
 fn decode_input(input: &RequestInput, binary: &mut &[u8]) -> Result<Tensor, HttpError> {
@@ -218,7 +227,10 @@ fn decode_input(input: &RequestInput, binary: &mut &[u8]) -> Result<Tensor, Http
             v.as_u64().ok_or_else(|| {
                 HttpError::new(
                     ErrorCode::InvalidInput,
-                    format!("input '{}': binary_data_size must be a non-negative integer", input.name),
+                    format!(
+                        "input '{}': binary_data_size must be a non-negative integer",
+                        input.name
+                    ),
                 )
             })
         })
@@ -254,7 +266,10 @@ fn decode_input(input: &RequestInput, binary: &mut &[u8]) -> Result<Tensor, Http
     if data.datatype() != input.datatype {
         return Err(HttpError::new(
             ErrorCode::InvalidInput,
-            format!("input '{}': datatype {} is not supported; send FP32", input.name, input.datatype),
+            format!(
+                "input '{}': datatype {} is not supported; send FP32",
+                input.name, input.datatype
+            ),
         ));
     }
     Ok(Tensor::new(input.name.clone(), input.shape.clone(), data))

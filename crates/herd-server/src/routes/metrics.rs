@@ -19,8 +19,5 @@ pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
         metrics::gauge!("herd_process_resident_memory_bytes").set(rss as f64);
     }
     let body = s.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        body,
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

@@ -19,8 +19,9 @@ pub async fn index(
     let req: RepositoryIndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RepositoryIndexRequest::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| HttpError::new(ErrorCode::InvalidInput, format!("invalid JSON body: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| {
+            HttpError::new(ErrorCode::InvalidInput, format!("invalid JSON body: {e}"))
+        })?
     };
     let core = s.core.clone();
     let entries = tokio::task::spawn_blocking(move || core.index())

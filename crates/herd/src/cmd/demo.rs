@@ -76,7 +76,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 async fn demo(args: DemoArgs, lib: PathBuf) -> anyhow::Result<()> {
-    let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(".herd/demo-models"));
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(".herd/demo-models"));
     generate(&dir, &args)?;
     let backend = Arc::new(OrtBackend::new(Some(&lib), 1)?);
     let source: Arc<dyn ModelSource> = Arc::new(DirectorySource::new(&dir)?);
@@ -128,15 +131,33 @@ async fn demo(args: DemoArgs, lib: PathBuf) -> anyhow::Result<()> {
         };
         let app = herd_server::app(state, 16 << 20);
         let (addr, server) = herd_server::spawn(app, "127.0.0.1:0".parse()?).await?;
-        println!("\nserving {} models on http://{addr} with policy {policy:?}", args.models);
+        println!(
+            "\nserving {} models on http://{addr} with policy {policy:?}",
+            args.models
+        );
         let report = drive(&args, addr).await?;
         server.abort();
         let s = core.stats();
         let hit_ratio = s.hits as f64 / (s.hits + s.misses).max(1) as f64;
-        println!("requests        {} ok, {} failed, {} wrong answers", report.ok, report.failed, report.wrong);
-        println!("throughput      {:.0} req/s over {:.1} s", report.ok as f64 / report.wall.as_secs_f64(), report.wall.as_secs_f64());
-        println!("latency         p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms", report.p(0.50), report.p(0.99), report.p(1.0));
-        println!("cache           hit ratio {:.3}, {} loads ({:.2} s loading in all), {} evictions", hit_ratio, s.loads, s.load_seconds_total, s.evictions);
+        println!(
+            "requests        {} ok, {} failed, {} wrong answers",
+            report.ok, report.failed, report.wrong
+        );
+        println!(
+            "throughput      {:.0} req/s over {:.1} s",
+            report.ok as f64 / report.wall.as_secs_f64(),
+            report.wall.as_secs_f64()
+        );
+        println!(
+            "latency         p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            report.p(0.50),
+            report.p(0.99),
+            report.p(1.0)
+        );
+        println!(
+            "cache           hit ratio {:.3}, {} loads ({:.2} s loading in all), {} evictions",
+            hit_ratio, s.loads, s.load_seconds_total, s.evictions
+        );
         println!(
             "memory          peak charged {} of budget {} ({:.1}%), loaded now {}",
             human_bytes(s.peak_used_bytes),
@@ -186,7 +207,8 @@ fn generate(dir: &std::path::Path, args: &DemoArgs) -> anyhow::Result<()> {
     for i in 0..args.models {
         let d = dir.join(model_name(i)).join("1");
         let f = d.join("model.onnx");
-        let bytes = LinearClassifier::random(args.dim, args.classes, i as u64).to_onnx(&model_name(i));
+        let bytes =
+            LinearClassifier::random(args.dim, args.classes, i as u64).to_onnx(&model_name(i));
         if std::fs::read(&f).map(|b| b == bytes).unwrap_or(false) {
             pb.inc(1);
             continue;
@@ -284,7 +306,9 @@ async fn drive(args: &DemoArgs, addr: SocketAddr) -> anyhow::Result<Report> {
                     .send()
                     .await;
                 let answer = match r {
-                    Ok(resp) if resp.status().is_success() => resp.json::<serde_json::Value>().await.ok(),
+                    Ok(resp) if resp.status().is_success() => {
+                        resp.json::<serde_json::Value>().await.ok()
+                    }
                     Ok(resp) => {
                         let status = resp.status();
                         let text = resp.text().await.unwrap_or_default();
@@ -305,7 +329,8 @@ async fn drive(args: &DemoArgs, addr: SocketAddr) -> anyhow::Result<Report> {
                     None => failed += 1,
                     Some(v) => {
                         let got = v["outputs"][0]["data"][0].as_i64();
-                        let (want, _) = LinearClassifier::random(dim, classes, m as u64).predict(&x);
+                        let (want, _) =
+                            LinearClassifier::random(dim, classes, m as u64).predict(&x);
                         if got == want.first().copied() {
                             ok += 1;
                         } else {

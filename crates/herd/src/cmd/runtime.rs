@@ -52,8 +52,9 @@ pub fn ensure(explicit: Option<&std::path::Path>, auto: bool) -> anyhow::Result<
                 "ONNX Runtime {} is not installed yet; installing it now (disable with --no-auto-install)",
                 install::ORT_VERSION
             );
-            install::install(WheelSource::Pip, false, &mut |line| eprintln!("  {line}"))
-                .context("installing ONNX Runtime automatically; run `herd runtime install` to retry")
+            install::install(WheelSource::Pip, false, &mut |line| eprintln!("  {line}")).context(
+                "installing ONNX Runtime automatically; run `herd runtime install` to retry",
+            )
         }
     }
 }

@@ -82,7 +82,16 @@ async fn serve(
         }
     });
     core.spawn_warmup_loop();
-    let app = herd_server::app(state, settings.max_body_bytes());
+    let auth = state.auth.clone();
+    let mut app = herd_server::app(state, settings.max_body_bytes());
+    if let Some(src) = &channel {
+        app = app.nest(
+            "/v1/registry",
+            herd_server::registry_router(src.registry(), auth).layer(
+                axum::extract::DefaultBodyLimit::max(settings.max_body_bytes()),
+            ),
+        );
+    }
     herd_server::serve(app, settings.addr)
         .await
         .with_context(|| format!("serving on {}", settings.addr))
