@@ -76,6 +76,11 @@ impl RegistrySource {
         }))
     }
 
+    /// The registry this source reads (the server also mounts its REST API on it).
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
     /// The release being served now.
     pub fn release(&self) -> Release {
         self.served.read().release.clone()
