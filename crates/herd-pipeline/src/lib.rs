@@ -18,7 +18,7 @@ use herd_api::{ErrorCode, HasErrorCode};
 pub use config::{
     Binding, ClassifierConfig, InputNames, Padding, PipelineConfig, PipelineKind, Pooling,
 };
-pub use post::{classify, embeddings, l2_normalize, pool, softmax, top_k};
+pub use post::{classify, embeddings, f32_output, l2_normalize, pool, softmax, top_k};
 pub use pre::{texts_from_tensor, Encoded, Preprocessor};
 
 /// Errors of the pipeline steps. Config, tokenizer and signature problems surface when the model

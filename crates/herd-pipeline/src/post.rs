@@ -115,6 +115,26 @@ pub fn top_k(scores: &[f32], k: usize, labels: &[String]) -> Vec<(String, f32)> 
         .collect()
 }
 
+/// The FP32 values and the shape of a model output, for [`embeddings`] and [`classify`].
+pub fn f32_output(t: &herd_api::v2::Tensor) -> Result<(&[f32], Vec<usize>), PipelineError> {
+    let herd_api::v2::TensorData::F32(values) = &t.data else {
+        return Err(PipelineError::Shape(format!(
+            "output '{}' is {}, post-processing needs FP32",
+            t.name,
+            t.data.datatype()
+        )));
+    };
+    let shape = t
+        .shape
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| {
+            PipelineError::Shape(format!("output '{}' has shape {:?}", t.name, t.shape))
+        })?;
+    Ok((values, shape))
+}
+
 /// An embedding model's whole post-processing: `output` is `[batch, seq, hidden]` (pooled with
 /// `mask`) or already pooled `[batch, hidden]`; then optional L2 normalisation.
 pub fn embeddings(
@@ -243,6 +263,18 @@ mod tests {
         assert!(pool(&H, usize::MAX, 3, 2, &M, Pooling::Mean).is_err());
         assert!(embeddings(&H, &[2, 5], &M, Pooling::Mean, false).is_err());
         assert!(embeddings(&H, &[12], &M, Pooling::Mean, false).is_err());
+    }
+
+    #[test]
+    fn f32_output_reads_values_and_shape() {
+        use herd_api::v2::{Tensor, TensorData};
+        let t = Tensor::new("h", vec![1, 2], TensorData::F32(vec![1.0, 2.0]));
+        let (v, shape) = f32_output(&t).unwrap();
+        assert_eq!((v, shape), (&[1.0f32, 2.0][..], vec![1, 2]));
+        let ints = Tensor::new("h", vec![1], TensorData::I64(vec![1]));
+        assert!(f32_output(&ints).unwrap_err().to_string().contains("INT64"));
+        let neg = Tensor::new("h", vec![-1], TensorData::F32(vec![]));
+        assert!(f32_output(&neg).is_err());
     }
 
     #[test]

@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use herd_api::v2::TensorData;
+use herd_api::v2::{DataType, Tensor, TensorData};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
-use crate::{PipelineConfig, PipelineError};
+use crate::{Binding, PipelineConfig, PipelineError};
 
 /// A batch of encoded texts, row-major `[batch, seq_len]`, right-padded to the longest text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +30,28 @@ impl Encoded {
     /// Total real tokens in the batch (for usage counts).
     pub fn total_tokens(&self) -> usize {
         self.attention_mask.iter().filter(|&&m| m != 0).count()
+    }
+
+    /// The model inputs for this batch, named and typed as `binding` says: `input_ids`, then
+    /// `attention_mask` and `token_type_ids` when the model declares them; each `[batch, seq_len]`,
+    /// INT64 or INT32 as the model input is. Token ids are below 2^31 in every real vocabulary.
+    pub fn to_tensors(&self, binding: &Binding) -> Vec<Tensor> {
+        let shape = vec![self.batch as i64, self.seq_len as i64];
+        let tensor = |meta: &herd_api::v2::TensorMetadata, values: &[i64]| {
+            let data = match meta.datatype {
+                DataType::I32 => TensorData::I32(values.iter().map(|&v| v as i32).collect()),
+                _ => TensorData::I64(values.to_vec()),
+            };
+            Tensor::new(meta.name.clone(), shape.clone(), data)
+        };
+        let mut out = vec![tensor(&binding.input_ids, &self.input_ids)];
+        if let Some(m) = &binding.attention_mask {
+            out.push(tensor(m, &self.attention_mask));
+        }
+        if let Some(t) = &binding.token_type_ids {
+            out.push(tensor(t, &self.token_type_ids));
+        }
+        out
     }
 }
 
@@ -254,6 +276,41 @@ pub(crate) mod tests {
         assert_eq!(e.token_type_ids, vec![0; 15]);
         assert_eq!(e.lengths(), vec![4, 5, 2]);
         assert_eq!(e.total_tokens(), 11);
+    }
+
+    #[test]
+    fn to_tensors_follows_the_binding() {
+        use herd_api::v2::TensorMetadata;
+        let dir = model_dir("tensors", Some(TINY_TOKENIZER));
+        let p = Preprocessor::load(&dir, &cfg(16, true)).unwrap();
+        let e = p.encode(&["hello", "the cats"]).unwrap();
+        let meta = |name: &str, datatype| TensorMetadata {
+            name: name.into(),
+            datatype,
+            shape: vec![-1, -1],
+        };
+        let binding = Binding {
+            input_ids: meta("ids", DataType::I32),
+            attention_mask: Some(meta("mask", DataType::I64)),
+            token_type_ids: None,
+            output: meta("logits", DataType::F32),
+        };
+        let t = e.to_tensors(&binding);
+        assert_eq!(t.len(), 2, "no token_type_ids for a model without it");
+        assert_eq!(t[0].name, "ids");
+        assert_eq!(t[0].shape, vec![2, 5]);
+        assert_eq!(
+            t[0].data,
+            TensorData::I32(vec![2, 4, 3, 0, 0, 2, 6, 7, 8, 3])
+        );
+        assert_eq!(t[1].name, "mask");
+        assert_eq!(t[1].data, TensorData::I64(e.attention_mask.clone()));
+    }
+
+    #[test]
+    fn preprocessor_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Preprocessor>();
     }
 
     #[test]
