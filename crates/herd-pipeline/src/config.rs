@@ -173,14 +173,23 @@ impl PipelineConfig {
     pub fn from_config_toml(text: &str) -> Result<Option<PipelineConfig>, PipelineError> {
         let file: ConfigFile = toml::from_str(text)
             .map_err(|e| PipelineError::Config(format!("config.toml is not valid TOML: {e}")))?;
-        let Some(table) = file.pipeline else {
-            return Ok(None);
-        };
-        let cfg: PipelineConfig = table
+        match file.pipeline {
+            None => Ok(None),
+            Some(toml::Value::Table(table)) => Self::from_table(table).map(Some),
+            Some(other) => Err(PipelineError::Config(format!(
+                "pipeline must be a table ([pipeline]), not a {}",
+                other.type_str()
+            ))),
+        }
+    }
+
+    /// The already-parsed `[pipeline]` table (e.g. herd-core's `ModelConfig::pipeline`), validated.
+    pub fn from_table(table: toml::Table) -> Result<PipelineConfig, PipelineError> {
+        let cfg: PipelineConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e| PipelineError::Config(format!("[pipeline]: {e}")))?;
         cfg.validate()?;
-        Ok(Some(cfg))
+        Ok(cfg)
     }
 
     /// Checks the values that serde cannot; every message says what to change.
@@ -433,6 +442,21 @@ mod tests {
             c.tokenizer_path(Path::new("/m")).unwrap(),
             PathBuf::from("/m/tok/tokenizer.json")
         );
+    }
+
+    #[test]
+    fn from_table_takes_the_parsed_section() {
+        let file: toml::Table =
+            toml::from_str("max_batch_size = 8\n[pipeline]\npooling = \"max\"\nmax_length = 32\n")
+                .unwrap();
+        let Some(toml::Value::Table(t)) = file.get("pipeline").cloned() else {
+            panic!("no table")
+        };
+        let c = PipelineConfig::from_table(t).unwrap();
+        assert_eq!((c.pooling, c.max_length), (Some(Pooling::Max), 32));
+        assert!(err("pipeline = 3\n").contains("must be a table"));
+        let bad: toml::Table = toml::from_str("pooling = \"mean\"\nmax_length = 0\n").unwrap();
+        assert!(PipelineConfig::from_table(bad).is_err());
     }
 
     #[test]
