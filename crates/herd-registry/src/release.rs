@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::db::{dispatch, now, RowExt};
 use crate::error::{RegistryError, Result};
 use crate::refs::{validate_name, NameKind};
-use crate::registry::{entries_from_versions, Registry};
+use crate::registry::{entries_from_versions, version_from_row, Registry};
 use crate::types::*;
 
 /// Release refs shorter than this are refused (too ambiguous to type safely).
@@ -24,8 +24,25 @@ impl Registry {
         }
         let mut versions = Vec::with_capacity(spec.entries.len());
         let mut problems = Vec::new();
+        // Numeric selectors are looked up in batches; the rest (aliases, `latest`) and misses
+        // go through `resolve`, which also words the error.
+        let numeric: Vec<(String, i64)> = spec
+            .entries
+            .iter()
+            .filter_map(|(m, s)| s.trim().parse::<i64>().ok().map(|v| (m.clone(), v)))
+            .collect();
+        let found = self.versions_batch(&numeric).await?;
         for (model, selector) in &spec.entries {
-            match self.resolve(model, selector).await {
+            let hit = selector
+                .trim()
+                .parse::<i64>()
+                .ok()
+                .and_then(|v| found.get(&(model.clone(), v)).cloned());
+            let resolved = match hit {
+                Some(v) => Ok(v),
+                None => self.resolve(model, selector).await,
+            };
+            match resolved {
                 Ok(v) if v.artifact_deleted_at.is_some() => problems.push(format!(
                     "{model}@{}: its artifact was garbage-collected",
                     v.version
@@ -44,6 +61,38 @@ impl Registry {
         }
         self.insert_release(entries_from_versions(&versions), spec)
             .await
+    }
+
+    /// Looks up many (model, version) pairs with a few queries.
+    async fn versions_batch(
+        &self,
+        pairs: &[(String, i64)],
+    ) -> Result<std::collections::HashMap<(String, i64), ModelVersion>> {
+        let mut out = std::collections::HashMap::with_capacity(pairs.len());
+        for chunk in pairs.chunks(400) {
+            let mut sql = String::from("SELECT * FROM versions WHERE (model, version) IN (VALUES ");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("(${}, ${})", 2 * i + 1, 2 * i + 2));
+            }
+            sql.push(')');
+            let rows: Vec<ModelVersion> = dispatch!(&self.db, |pool, _b| {
+                let mut q = sqlx::query(&sql);
+                for (m, v) in chunk {
+                    q = q.bind(m).bind(*v);
+                }
+                let rows = q.fetch_all(pool).await?;
+                rows.iter()
+                    .map(version_from_row)
+                    .collect::<Result<Vec<_>>>()?
+            });
+            for v in rows {
+                out.insert((v.model.clone(), v.version), v);
+            }
+        }
+        Ok(out)
     }
 
     /// Entries for "every model's alias `alias`" (e.g. all `production` aliases).
@@ -91,17 +140,29 @@ impl Registry {
             .rows_affected()
                 == 1;
             if inserted {
-                for (model, e) in &entries {
-                    sqlx::query(
-                        "INSERT INTO release_entries (release_id, model, version, digest) \
-                         VALUES ($1, $2, $3, $4)",
-                    )
-                    .bind(&id)
-                    .bind(model)
-                    .bind(e.version)
-                    .bind(&e.digest)
-                    .execute(&mut *tx)
-                    .await?;
+                // Multi-row inserts: one statement per 200 entries.
+                let all: Vec<(&String, &ReleaseEntry)> = entries.iter().collect();
+                for chunk in all.chunks(200) {
+                    let mut sql = String::from(
+                        "INSERT INTO release_entries (release_id, model, version, digest) VALUES ",
+                    );
+                    for i in 0..chunk.len() {
+                        if i > 0 {
+                            sql.push(',');
+                        }
+                        sql.push_str(&format!(
+                            "(${}, ${}, ${}, ${})",
+                            4 * i + 1,
+                            4 * i + 2,
+                            4 * i + 3,
+                            4 * i + 4
+                        ));
+                    }
+                    let mut q = sqlx::query(&sql);
+                    for (model, e) in chunk {
+                        q = q.bind(&id).bind(*model).bind(e.version).bind(&e.digest);
+                    }
+                    q.execute(&mut *tx).await?;
                 }
             }
             tx.commit().await?;
