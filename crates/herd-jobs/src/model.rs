@@ -458,10 +458,26 @@ impl Default for ListFilter {
     }
 }
 
-/// A new job id (see [`JobId`]).
+/// A new job id (see [`JobId`]). Within one process, ids are strictly increasing even inside
+/// one millisecond (a counter); across processes, ties inside a millisecond break at random.
 pub fn new_job_id(now_ms: i64) -> JobId {
-    let r: u32 = rand::random();
-    format!("j{:012x}{:08x}", now_ms.max(0) & 0xffff_ffff_ffff, r)
+    static LAST: parking_lot::Mutex<(i64, u32)> = parking_lot::Mutex::new((0, 0));
+    let (ms, seq) = {
+        let mut last = LAST.lock();
+        if now_ms > last.0 {
+            *last = (now_ms, 0);
+        } else {
+            last.1 = last.1.wrapping_add(1);
+        }
+        *last
+    };
+    let r: u16 = rand::random();
+    format!(
+        "j{:012x}{:04x}{:04x}",
+        ms.max(0) & 0xffff_ffff_ffff,
+        seq & 0xffff,
+        r
+    )
 }
 
 /// A new lease token.
@@ -527,10 +543,12 @@ mod tests {
     }
 
     #[test]
-    fn ids_sort_by_time() {
+    fn ids_sort_by_time_even_within_a_millisecond() {
         let a = new_job_id(1_000);
         let b = new_job_id(2_000);
-        assert!(a < b);
+        let c = new_job_id(2_000);
+        let d = new_job_id(1_500); // a clock step back still sorts after
+        assert!(a < b && b < c && c < d, "{a} {b} {c} {d}");
         assert_eq!(a.len(), 21);
     }
 }

@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS jobs (
   progress TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_claim ON jobs(queue, state, priority DESC, id);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs(queue, state, run_at_ms);
+CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(queue, state, lease_expires_ms);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(state, finished_ms);
 "#;
 
@@ -200,74 +202,91 @@ impl Queue for SqliteQueue {
             return Ok(None);
         }
         let now = self.clock.now_ms();
-        let placeholders = vec!["?"; queues.len()].join(", ");
-        let select = format!(
-            "SELECT id, state, attempts, max_attempts FROM jobs
-             WHERE queue IN ({placeholders})
-               AND (state = 'waiting'
-                    OR (state = 'delayed' AND run_at_ms <= ?)
-                    OR (state = 'running' AND lease_expires_ms <= ?))
-             ORDER BY priority DESC, id ASC LIMIT 1"
-        );
         let mut tx = self.begin().await?;
-        loop {
-            let mut q = sqlx::query(&select);
-            for name in queues {
-                q = q.bind(name);
-            }
-            let row = q
-                .bind(now)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| self.err(e))?;
-            let Some(row) = row else {
-                tx.commit().await.map_err(|e| self.err(e))?;
-                return Ok(None);
-            };
-            let id: String = row.try_get("id").map_err(|e| self.err(e))?;
-            let state: String = row.try_get("state").map_err(|e| self.err(e))?;
-            let attempts: i64 = row.try_get("attempts").map_err(|e| self.err(e))?;
-            let max_attempts: i64 = row.try_get("max_attempts").map_err(|e| self.err(e))?;
-            if state == "running" && attempts >= max_attempts {
-                // The last attempt's worker died holding the lease: nothing left to try.
-                sqlx::query(
-                    "UPDATE jobs SET state = 'dead', finished_ms = ?, updated_ms = ?, lease_token = NULL,
-                     lease_expires_ms = NULL,
-                     last_error = 'lease expired on the last attempt (the worker died or hung); ' || COALESCE(last_error, '')
-                     WHERE id = ?",
-                )
-                .bind(now)
-                .bind(now)
-                .bind(&id)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.err(e))?;
-                continue;
-            }
-            let token = new_token();
-            let expires = now.saturating_add(duration_ms(lease));
-            let row = sqlx::query(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_id = ?, lease_token = ?,
-                 lease_expires_ms = ?, updated_ms = ? WHERE id = ? RETURNING *",
+        // 1. Per queue, settle what time has changed (each step one indexed range): expired leases
+        //    on the last attempt go to dead, other expired leases and due retries to waiting.
+        //    2. Take the best waiting job across the queues.
+        let mut best: Option<(i64, String)> = None;
+        for name in queues {
+            sqlx::query(
+                "UPDATE jobs SET state = 'dead', finished_ms = ?, updated_ms = ?, lease_token = NULL,
+                 lease_expires_ms = NULL,
+                 last_error = 'lease expired on the last attempt (the worker died or hung); ' || COALESCE(last_error, '')
+                 WHERE queue = ? AND state = 'running' AND lease_expires_ms <= ? AND attempts >= max_attempts",
             )
-            .bind(worker_id)
-            .bind(&token)
-            .bind(expires)
             .bind(now)
-            .bind(&id)
-            .fetch_one(&mut *tx)
+            .bind(now)
+            .bind(name)
+            .bind(now)
+            .execute(&mut *tx)
             .await
             .map_err(|e| self.err(e))?;
-            let job = row_to_job(&row)?;
-            tx.commit().await.map_err(|e| self.err(e))?;
-            return Ok(Some(Lease {
-                job,
-                token,
-                worker_id: worker_id.to_string(),
-                expires_ms: expires,
-            }));
+            sqlx::query(
+                "UPDATE jobs SET state = 'waiting', lease_token = NULL, lease_expires_ms = NULL, updated_ms = ?
+                 WHERE queue = ? AND state = 'running' AND lease_expires_ms <= ?",
+            )
+            .bind(now)
+            .bind(name)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+            sqlx::query(
+                "UPDATE jobs SET state = 'waiting', updated_ms = ?
+                 WHERE queue = ? AND state = 'delayed' AND run_at_ms <= ?",
+            )
+            .bind(now)
+            .bind(name)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+            let top = sqlx::query(
+                "SELECT id, priority FROM jobs WHERE queue = ? AND state = 'waiting'
+                 ORDER BY priority DESC, id ASC LIMIT 1",
+            )
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+            if let Some(row) = top {
+                let id: String = row.try_get("id").map_err(|e| self.err(e))?;
+                let prio: i64 = row.try_get("priority").map_err(|e| self.err(e))?;
+                let better = match &best {
+                    None => true,
+                    Some((bp, bid)) => prio > *bp || (prio == *bp && id < *bid),
+                };
+                if better {
+                    best = Some((prio, id));
+                }
+            }
         }
+        let Some((_, id)) = best else {
+            tx.commit().await.map_err(|e| self.err(e))?;
+            return Ok(None);
+        };
+        let token = new_token();
+        let expires = now.saturating_add(duration_ms(lease));
+        let row = sqlx::query(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_id = ?, lease_token = ?,
+             lease_expires_ms = ?, updated_ms = ? WHERE id = ? RETURNING *",
+        )
+        .bind(worker_id)
+        .bind(&token)
+        .bind(expires)
+        .bind(now)
+        .bind(&id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        let job = row_to_job(&row)?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(Some(Lease {
+            job,
+            token,
+            worker_id: worker_id.to_string(),
+            expires_ms: expires,
+        }))
     }
 
     async fn renew(

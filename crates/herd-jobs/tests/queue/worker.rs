@@ -146,10 +146,9 @@ async fn sigterm_finishes_the_current_job_within_the_grace_period() {
         ))
         .await
         .unwrap();
-    queue
-        .enqueue(sh("t", &dir, "echo never claimed"))
-        .await
-        .unwrap();
+    let mut later = sh("t", &dir, "echo never claimed");
+    later.priority = -1; // claimed only after the first job, whatever the ids say
+    queue.enqueue(later).await.unwrap();
     let child = Command::new(WORKER)
         .args([url.as_str(), "t", "term-1", "5000", "60000", "30000"])
         .stdout(Stdio::piped())
