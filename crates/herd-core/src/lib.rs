@@ -9,6 +9,7 @@
 mod cache;
 pub mod config;
 mod model;
+pub mod pipeline;
 pub mod source;
 mod validate;
 

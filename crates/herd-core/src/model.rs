@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herd_api::v2::{Tensor, TensorData};
-use herd_runtime::{Instance, Signature};
+use herd_runtime::{Instance, RuntimeError, Signature};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -64,13 +64,12 @@ impl InstancePool {
     }
 
     /// Runs `inputs` on a free instance (blocking; call on the blocking pool with a permit held).
-    fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
-        let mut inst = self
-            .instances
-            .lock()
-            .pop()
-            .ok_or_else(|| "no free instance (internal error)".to_string())?;
-        let r = inst.run(inputs).map_err(|e| e.to_string());
+    fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
+        let mut inst =
+            self.instances.lock().pop().ok_or_else(|| {
+                RuntimeError::Run("no free instance (internal error)".to_string())
+            })?;
+        let r = inst.run(inputs);
         self.instances.lock().push(inst);
         r
     }
@@ -235,6 +234,20 @@ async fn batch_loop(
     }
 }
 
+/// Bad request content found while running (e.g. a text that is not UTF-8) is the client's
+/// error (400); anything else failed inside the model (500).
+fn run_error(model: &str, e: RuntimeError) -> CoreError {
+    match e {
+        RuntimeError::InvalidInput(reason) => {
+            CoreError::InvalidInput(format!("model '{model}': {reason}"))
+        }
+        other => CoreError::Inference {
+            model: model.to_string(),
+            reason: other.to_string(),
+        },
+    }
+}
+
 fn run_batch(model: &str, pool: &InstancePool, batch: Vec<Job>) {
     let started = Instant::now();
     if batch.len() == 1 {
@@ -250,10 +263,7 @@ fn run_batch(model: &str, pool: &InstancePool, batch: Vec<Job>) {
                 inference,
                 batch_rows: rows,
             })
-            .map_err(|reason| CoreError::Inference {
-                model: model.to_string(),
-                reason,
-            }),
+            .map_err(|e| run_error(model, e)),
         );
         return;
     }
@@ -273,12 +283,10 @@ fn run_batch(model: &str, pool: &InstancePool, batch: Vec<Job>) {
     let inference = started.elapsed();
     let outputs = match result {
         Ok(o) => o,
-        Err(reason) => {
+        Err(e) => {
+            let err = run_error(model, e);
             for j in batch {
-                let _ = j.reply.send(Err(CoreError::Inference {
-                    model: model.to_string(),
-                    reason: reason.clone(),
-                }));
+                let _ = j.reply.send(Err(err.clone()));
             }
             return;
         }

@@ -4,6 +4,7 @@ mod health;
 mod infer;
 mod metrics;
 mod models;
+mod openai;
 pub mod registry;
 mod repository;
 
@@ -38,6 +39,7 @@ pub fn router(state: AppState) -> Router {
             "/v2/repository/models/{model}/unload",
             post(repository::unload),
         )
+        .route("/v1/embeddings", post(openai::embeddings))
         .route("/metrics", get(metrics::render))
         .fallback(health::not_found)
         .with_state(state)

@@ -1,0 +1,204 @@
+//! Text pipelines: a model whose `config.toml` declares a `[pipeline]` table takes text and
+//! answers embeddings or labels. The tokenizer, the model and the post-processing are one unit
+//! to the cache (loaded, charged and evicted together): each instance of the ONNX model is
+//! wrapped in a [`PipelineInstance`] that shares one tokenizer.
+//!
+//! Served signature:
+//! - input `text`: BYTES `[-1]` (one UTF-8 text per row);
+//! - embedding models: output `embedding` FP32 `[-1, hidden]`;
+//! - classifiers: outputs `label` BYTES `[-1, k]` and `score` FP32 `[-1, k]`, best first;
+//! - both: `token_count` INT64 `[-1]` (tokens after truncation, for usage accounting).
+//!
+//! Texts batched together are padded to the longest of the batch; the attention mask keeps the
+//! padding out, so answers are the same as for each text alone.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use herd_api::v2::{DataType, Tensor, TensorData, TensorMetadata};
+use herd_api::{ErrorCode, HasErrorCode};
+use herd_pipeline::{Binding, PipelineConfig, PipelineError, PipelineKind, Preprocessor};
+use herd_runtime::{Instance, RuntimeError, Signature};
+
+pub const TEXT_INPUT: &str = "text";
+
+pub(crate) struct PipelineShared {
+    cfg: PipelineConfig,
+    pre: Preprocessor,
+    binding: Binding,
+    signature: Signature,
+}
+
+/// Reads the `[pipeline]` table, loads the tokenizer (from the version directory, else the
+/// model directory) and binds the config to the model's own signature.
+pub(crate) fn prepare(
+    table: &toml::Table,
+    model_file: &Path,
+    inner: &Signature,
+) -> Result<Arc<PipelineShared>, String> {
+    let cfg: PipelineConfig = toml::Value::Table(table.clone())
+        .try_into()
+        .map_err(|e| format!("invalid [pipeline] table: {e}"))?;
+    cfg.validate().map_err(|e| e.to_string())?;
+    let version_dir = model_file.parent().unwrap_or(Path::new("."));
+    let model_dir = version_dir.parent().unwrap_or(version_dir);
+    let dir = match cfg.tokenizer_path(version_dir) {
+        Ok(p) if p.is_file() => version_dir,
+        _ => model_dir,
+    };
+    let pre = Preprocessor::load(dir, &cfg).map_err(|e| e.to_string())?;
+    let binding = cfg
+        .bind(&inner.inputs, &inner.outputs)
+        .map_err(|e| e.to_string())?;
+    let rows = |name: &str, datatype, shape| TensorMetadata {
+        name: name.to_string(),
+        datatype,
+        shape,
+    };
+    let mut outputs = match cfg.kind() {
+        PipelineKind::Embedding(_) => {
+            let hidden = binding.output.shape.last().copied().unwrap_or(-1);
+            vec![rows("embedding", DataType::F32, vec![-1, hidden])]
+        }
+        PipelineKind::Classifier => {
+            let k = cfg.classifier.as_ref().map(|c| c.top_k as i64).unwrap_or(1);
+            let classes = binding.output.shape.last().copied().unwrap_or(-1);
+            let k = if classes > 0 { k.min(classes) } else { -1 };
+            vec![
+                rows("label", DataType::Bytes, vec![-1, k]),
+                rows("score", DataType::F32, vec![-1, k]),
+            ]
+        }
+    };
+    outputs.push(rows("token_count", DataType::I64, vec![-1]));
+    let signature = Signature {
+        inputs: vec![rows(TEXT_INPUT, DataType::Bytes, vec![-1])],
+        outputs,
+    };
+    Ok(Arc::new(PipelineShared {
+        cfg,
+        pre,
+        binding,
+        signature,
+    }))
+}
+
+pub(crate) struct PipelineInstance {
+    inner: Box<dyn Instance>,
+    shared: Arc<PipelineShared>,
+}
+
+impl PipelineInstance {
+    pub(crate) fn new(inner: Box<dyn Instance>, shared: Arc<PipelineShared>) -> Self {
+        PipelineInstance { inner, shared }
+    }
+}
+
+fn request_error(e: PipelineError) -> RuntimeError {
+    if e.code() == ErrorCode::InvalidInput {
+        RuntimeError::InvalidInput(e.to_string())
+    } else {
+        RuntimeError::Run(e.to_string())
+    }
+}
+
+impl Instance for PipelineInstance {
+    fn signature(&self) -> &Signature {
+        &self.shared.signature
+    }
+
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
+        let s = &self.shared;
+        let text = inputs
+            .into_iter()
+            .find(|t| t.name == TEXT_INPUT)
+            .ok_or_else(|| {
+                RuntimeError::InvalidInput(format!("send the texts as input '{TEXT_INPUT}'"))
+            })?;
+        let texts =
+            herd_pipeline::texts_from_tensor(TEXT_INPUT, &text.data).map_err(request_error)?;
+        let n = texts.len();
+        if n == 0 {
+            return Ok(s
+                .signature
+                .outputs
+                .iter()
+                .map(|o| {
+                    let mut shape = o.shape.clone();
+                    shape[0] = 0;
+                    for d in shape.iter_mut().skip(1) {
+                        *d = (*d).max(0);
+                    }
+                    Tensor::new(
+                        o.name.clone(),
+                        shape,
+                        TensorData::empty(o.datatype).unwrap_or(TensorData::F32(vec![])),
+                    )
+                })
+                .collect());
+        }
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let enc = s.pre.encode(&refs).map_err(request_error)?;
+        let outputs = self.inner.run(enc.to_tensors(&s.binding))?;
+        let out = outputs
+            .iter()
+            .find(|o| o.name == s.binding.output.name)
+            .ok_or_else(|| {
+                RuntimeError::Run(format!(
+                    "the model did not produce '{}'",
+                    s.binding.output.name
+                ))
+            })?;
+        let (values, shape) = herd_pipeline::f32_output(out).map_err(request_error)?;
+        let tokens = Tensor::new(
+            "token_count",
+            vec![n as i64],
+            TensorData::I64(enc.lengths().into_iter().map(|l| l as i64).collect()),
+        );
+        match s.cfg.kind() {
+            PipelineKind::Embedding(pooling) => {
+                let vecs = herd_pipeline::embeddings(
+                    values,
+                    &shape,
+                    &enc.attention_mask,
+                    pooling,
+                    s.cfg.normalize,
+                )
+                .map_err(request_error)?;
+                let dim = vecs.first().map(Vec::len).unwrap_or(0);
+                let flat: Vec<f32> = vecs.into_iter().flatten().collect();
+                Ok(vec![
+                    Tensor::new(
+                        "embedding",
+                        vec![n as i64, dim as i64],
+                        TensorData::F32(flat),
+                    ),
+                    tokens,
+                ])
+            }
+            PipelineKind::Classifier => {
+                let cc = s
+                    .cfg
+                    .classifier
+                    .as_ref()
+                    .ok_or_else(|| RuntimeError::Run("classifier settings missing".into()))?;
+                let rows = herd_pipeline::classify(values, &shape, cc).map_err(request_error)?;
+                let k = rows.first().map(Vec::len).unwrap_or(0);
+                let mut labels = Vec::with_capacity(n * k);
+                let mut scores = Vec::with_capacity(n * k);
+                for row in rows {
+                    for (l, sc) in row {
+                        labels.push(l.into_bytes());
+                        scores.push(sc);
+                    }
+                }
+                let shape = vec![n as i64, k as i64];
+                Ok(vec![
+                    Tensor::new("label", shape.clone(), TensorData::Bytes(labels)),
+                    Tensor::new("score", shape, TensorData::F32(scores)),
+                    tokens,
+                ])
+            }
+        }
+    }
+}
