@@ -17,6 +17,14 @@ use serde::Serialize;
 
 pub mod source;
 
+/// `println!` that never panics: output to a closed pipe (`herd ... | head`) is dropped.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// Where the registry lives and how to print; accepted by every registry command.
 #[derive(Args, Debug, Clone)]
 pub struct RegistryOpts {
@@ -234,6 +242,25 @@ enum ModelCmd {
         #[arg(long, default_value_t = 0)]
         offset: u64,
     },
+    /// Push many files at once: every `DIR/<model>.onnx`, and every `DIR/<model>/<n>/model.onnx`
+    /// (a herd/Triton directory repository, versions in ascending order). Models are created
+    /// as needed. Files that fail are reported and the rest still go in.
+    Import {
+        /// Directory to import.
+        dir: PathBuf,
+        /// Data lineage applied to every version (see `push`).
+        #[arg(long)]
+        data_ref: Option<String>,
+        /// Code lineage applied to every version.
+        #[arg(long)]
+        code_ref: Option<String>,
+        /// Tenant of the models created.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Pushes in flight at once.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+    },
     /// Show a model (versions and aliases), or one version in full with --version.
     Show {
         name: String,
@@ -418,7 +445,7 @@ pub async fn run_async(cmd: RegistryCommand) -> anyhow::Result<()> {
 // ----- output helpers -------------------------------------------------------------------------
 
 fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    out!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
@@ -441,7 +468,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
                 s.push_str(&format!("{:w$}  ", c, w = widths[i]));
             }
         }
-        println!("{}", s.trim_end());
+        out!("{}", s.trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
     for r in rows {
@@ -520,7 +547,7 @@ async fn model(a: ModelArgs) -> anyhow::Result<()> {
             if o.json {
                 print_json(&m)?;
             } else {
-                println!("created model {}", m.name);
+                out!("created model {}", m.name);
             }
         }
         ModelCmd::Push {
@@ -578,7 +605,7 @@ async fn model(a: ModelArgs) -> anyhow::Result<()> {
             if o.json {
                 print_json(&out)?;
             } else if out.created {
-                println!(
+                out!(
                     "pushed {}@{} {} ({}{})",
                     out.version.model,
                     out.version.version,
@@ -591,9 +618,10 @@ async fn model(a: ModelArgs) -> anyhow::Result<()> {
                     }
                 );
             } else {
-                println!(
+                out!(
                     "{}@{} already has these bytes and lineage; nothing pushed",
-                    out.version.model, out.version.version
+                    out.version.model,
+                    out.version.version
                 );
             }
         }
@@ -644,7 +672,7 @@ async fn model(a: ModelArgs) -> anyhow::Result<()> {
                     &rows,
                 );
                 if let Some(n) = page.next_offset {
-                    println!("(more: --offset {n})");
+                    out!("(more: --offset {n})");
                 }
             }
         }
@@ -671,9 +699,18 @@ async fn model(a: ModelArgs) -> anyhow::Result<()> {
             } else {
                 print_versions(&page.items);
                 if let Some(n) = page.next_offset {
-                    println!("(more: --offset {n})");
+                    out!("(more: --offset {n})");
                 }
             }
+        }
+        ModelCmd::Import {
+            dir,
+            data_ref,
+            code_ref,
+            tenant,
+            jobs,
+        } => {
+            import(&reg, o, &dir, data_ref, code_ref, tenant, jobs).await?;
         }
         ModelCmd::Show { name, version } => {
             if let Some(sel) = version {
@@ -681,23 +718,23 @@ async fn model(a: ModelArgs) -> anyhow::Result<()> {
                 if o.json {
                     print_json(&v)?;
                 } else {
-                    println!("model:      {}", v.model);
-                    println!("version:    {}", v.version);
-                    println!("digest:     {}", v.digest);
-                    println!("size:       {}", human_bytes(v.size));
-                    println!("framework:  {}", v.framework);
-                    println!("data ref:   {}", opt(&v.data_ref));
-                    println!("code ref:   {}", opt(&v.code_ref));
-                    println!("created:    {} by {}", v.created_at, v.created_by);
+                    out!("model:      {}", v.model);
+                    out!("version:    {}", v.version);
+                    out!("digest:     {}", v.digest);
+                    out!("size:       {}", human_bytes(v.size));
+                    out!("framework:  {}", v.framework);
+                    out!("data ref:   {}", opt(&v.data_ref));
+                    out!("code ref:   {}", opt(&v.code_ref));
+                    out!("created:    {} by {}", v.created_at, v.created_by);
                     if let Some(at) = &v.artifact_deleted_at {
-                        println!("artifact:   garbage-collected at {at}");
+                        out!("artifact:   garbage-collected at {at}");
                     }
                     if !v.metrics.is_empty() {
                         let m: Vec<String> =
                             v.metrics.iter().map(|(k, x)| format!("{k}={x}")).collect();
-                        println!("metrics:    {}", m.join(" "));
+                        out!("metrics:    {}", m.join(" "));
                     }
-                    println!(
+                    out!(
                         "signature:\n{}",
                         serde_json::to_string_pretty(&v.signature)?
                     );
@@ -718,7 +755,7 @@ async fn model(a: ModelArgs) -> anyhow::Result<()> {
                     "model": m, "versions": versions.items, "aliases": aliases
                 }))?;
             } else {
-                println!(
+                out!(
                     "{}  tenant={}  tags={}  created {}",
                     m.name,
                     opt(&m.tenant),
@@ -726,12 +763,12 @@ async fn model(a: ModelArgs) -> anyhow::Result<()> {
                     m.created_at
                 );
                 if !m.description.is_empty() {
-                    println!("{}", m.description);
+                    out!("{}", m.description);
                 }
-                println!();
+                out!();
                 print_versions(&versions.items);
                 if !aliases.is_empty() {
-                    println!();
+                    out!();
                     let rows: Vec<Vec<String>> = aliases
                         .iter()
                         .map(|a| {
@@ -749,6 +786,159 @@ async fn model(a: ModelArgs) -> anyhow::Result<()> {
         }
     }
     reg.close().await;
+    Ok(())
+}
+
+/// The files `herd model import DIR` pushes, in push order: (model, file).
+fn import_plan(dir: &std::path::Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut plan = Vec::new();
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read directory {}", dir.display()))?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for p in paths {
+        let Some(stem) = p.file_stem().and_then(|s| s.to_str()).map(str::to_string) else {
+            continue;
+        };
+        if p.is_file() && p.extension().is_some_and(|e| e == "onnx") {
+            plan.push((stem, p));
+        } else if p.is_dir() {
+            let mut versions: Vec<(u64, PathBuf)> = std::fs::read_dir(&p)
+                .with_context(|| format!("cannot read directory {}", p.display()))?
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let n: u64 = e.file_name().to_str()?.parse().ok()?;
+                    let f = e.path().join("model.onnx");
+                    f.is_file().then_some((n, f))
+                })
+                .collect();
+            versions.sort();
+            let model = p
+                .file_name()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
+            plan.extend(versions.into_iter().map(|(_, f)| (model.clone(), f)));
+        }
+    }
+    Ok(plan)
+}
+
+async fn import(
+    reg: &Registry,
+    o: &RegistryOpts,
+    dir: &std::path::Path,
+    data_ref: Option<String>,
+    code_ref: Option<String>,
+    tenant: Option<String>,
+    jobs: usize,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let plan = import_plan(dir)?;
+    if plan.is_empty() {
+        bail!(
+            "nothing to import in {}: expected <model>.onnx files or <model>/<version>/model.onnx",
+            dir.display()
+        );
+    }
+    let bar = if o.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(plan.len() as u64)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("importing [{bar:30}] {pos}/{len} {per_sec} {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let started = std::time::Instant::now();
+    // Versions of one model must go in order: one task per model, models in parallel.
+    let mut by_model: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for (m, f) in plan {
+        by_model.entry(m).or_default().push(f);
+    }
+    let user = o.user();
+    let results: Vec<Vec<(String, PathBuf, anyhow::Result<bool>)>> =
+        futures::stream::iter(by_model.into_iter().map(|(model, files)| {
+            let (bar, data_ref, code_ref, tenant, user) = (
+                bar.clone(),
+                data_ref.clone(),
+                code_ref.clone(),
+                tenant.clone(),
+                user.clone(),
+            );
+            async move {
+                let mut out = Vec::new();
+                for f in files {
+                    let r = async {
+                        let bytes = Registry::read_model_file(&f)?;
+                        let o = reg
+                            .push(PushRequest {
+                                model: model.clone(),
+                                bytes,
+                                metrics: BTreeMap::new(),
+                                data_ref: data_ref.clone(),
+                                code_ref: code_ref.clone(),
+                                created_by: user.clone(),
+                                create: Some(NewModel {
+                                    name: model.clone(),
+                                    tenant: tenant.clone(),
+                                    description: String::new(),
+                                    tags: Vec::new(),
+                                }),
+                            })
+                            .await?;
+                        Ok::<bool, anyhow::Error>(o.created)
+                    }
+                    .await;
+                    bar.inc(1);
+                    out.push((model.clone(), f, r));
+                }
+                out
+            }
+        }))
+        .buffer_unordered(jobs.max(1))
+        .collect()
+        .await;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let (mut pushed, mut unchanged, mut failed) = (0usize, 0usize, Vec::new());
+    for (model, file, r) in results.into_iter().flatten() {
+        match r {
+            Ok(true) => pushed += 1,
+            Ok(false) => unchanged += 1,
+            Err(e) => failed.push(serde_json::json!({
+                "model": model, "file": file.display().to_string(), "error": format!("{e:#}")
+            })),
+        }
+    }
+    if o.json {
+        print_json(&serde_json::json!({
+            "pushed": pushed, "unchanged": unchanged, "failed": failed, "seconds": secs
+        }))?;
+    } else {
+        for f in &failed {
+            out!(
+                "FAILED {} ({}): {}",
+                f["model"].as_str().unwrap_or(""),
+                f["file"].as_str().unwrap_or(""),
+                f["error"].as_str().unwrap_or("")
+            );
+        }
+        let total = pushed + unchanged + failed.len();
+        out!(
+            "imported {} files in {secs:.2}s ({:.1} ms each): {pushed} new versions, {unchanged} unchanged, {} failed",
+            total,
+            secs * 1000.0 / total.max(1) as f64,
+            failed.len()
+        );
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} file(s) could not be imported (listed above)",
+            failed.len()
+        );
+    }
     Ok(())
 }
 
@@ -795,7 +985,7 @@ async fn alias(a: AliasArgs) -> anyhow::Result<()> {
             if o.json {
                 print_json(&e)?;
             } else {
-                println!(
+                out!(
                     "{}:{} -> {} (was {})",
                     e.model,
                     e.alias,
@@ -895,7 +1085,7 @@ fn read_release_file(path: &PathBuf) -> anyhow::Result<BTreeMap<String, String>>
 }
 
 fn print_diff(d: &ReleaseDiff) {
-    println!("{} -> {}", short_id(&d.from), short_id(&d.to));
+    out!("{} -> {}", short_id(&d.from), short_id(&d.to));
     let mut rows = Vec::new();
     for (m, e) in &d.added {
         rows.push(vec![
@@ -925,7 +1115,7 @@ fn print_diff(d: &ReleaseDiff) {
         ]);
     }
     table(&["", "MODEL", "FROM", "TO", "DIGEST"], &rows);
-    println!(
+    out!(
         "{} added, {} removed, {} changed, {} unchanged",
         d.added.len(),
         d.removed.len(),
@@ -990,7 +1180,7 @@ async fn release(a: ReleaseArgs) -> anyhow::Result<()> {
                     "release": r, "created": created, "promoted": promoted
                 }))?;
             } else {
-                println!(
+                out!(
                     "{} release {} ({} models){}",
                     if created { "created" } else { "existing" },
                     r.short_id,
@@ -1000,7 +1190,7 @@ async fn release(a: ReleaseArgs) -> anyhow::Result<()> {
                         .map(|e| format!(", promoted to {}", e.channel))
                         .unwrap_or_default()
                 );
-                println!("id: {}", r.id);
+                out!("id: {}", r.id);
                 if let Some(b) = base {
                     if let Ok(d) = reg.diff_releases(&b, &r.id).await {
                         print_diff(&d);
@@ -1013,10 +1203,10 @@ async fn release(a: ReleaseArgs) -> anyhow::Result<()> {
             if o.json {
                 print_json(&r)?;
             } else {
-                println!("release {}  ({})", r.short_id, r.id);
-                println!("created {} by {}", r.created_at, r.created_by);
+                out!("release {}  ({})", r.short_id, r.id);
+                out!("created {} by {}", r.created_at, r.created_by);
                 if let Some(n) = &r.note {
-                    println!("note: {n}");
+                    out!("note: {n}");
                 }
                 let rows: Vec<Vec<String>> = r
                     .entries
@@ -1050,7 +1240,7 @@ async fn release(a: ReleaseArgs) -> anyhow::Result<()> {
                     &rows,
                 );
                 if let Some(n) = page.next_offset {
-                    println!("(more: --offset {n})");
+                    out!("(more: --offset {n})");
                 }
             }
         }
@@ -1067,9 +1257,9 @@ async fn release(a: ReleaseArgs) -> anyhow::Result<()> {
             if o.json {
                 print_json(&e)?;
             } else if e.action == "unchanged" {
-                println!("{channel} already serves {}", short_id(&e.to_release));
+                out!("{channel} already serves {}", short_id(&e.to_release));
             } else {
-                println!(
+                out!(
                     "{channel}: {} -> {}",
                     e.from_release.as_deref().map(short_id).unwrap_or("none"),
                     short_id(&e.to_release)
@@ -1088,7 +1278,7 @@ async fn release(a: ReleaseArgs) -> anyhow::Result<()> {
                 if o.json {
                     print_json(&serde_json::json!({"release": r, "event": e}))?;
                 } else {
-                    println!(
+                    out!(
                         "{channel}: {} -> {} ({m} now at version {})",
                         e.from_release.as_deref().map(short_id).unwrap_or("none"),
                         short_id(&e.to_release),
@@ -1101,7 +1291,7 @@ async fn release(a: ReleaseArgs) -> anyhow::Result<()> {
                 if o.json {
                     print_json(&e)?;
                 } else {
-                    println!(
+                    out!(
                         "{channel} rolled back: {} -> {}",
                         e.from_release.as_deref().map(short_id).unwrap_or("none"),
                         short_id(&e.to_release)
@@ -1115,9 +1305,9 @@ async fn release(a: ReleaseArgs) -> anyhow::Result<()> {
                 print_json(&serde_json::json!({"releases": n, "problems": problems}))?;
             } else {
                 for p in &problems {
-                    println!("{}: {}: {}", p.kind, p.subject, p.detail);
+                    out!("{}: {}: {}", p.kind, p.subject, p.detail);
                 }
-                println!("{n} release(s) checked, {} problem(s)", problems.len());
+                out!("{n} release(s) checked, {} problem(s)", problems.len());
             }
             if !problems.is_empty() {
                 bail!("{} release(s) failed verification", problems.len());
@@ -1130,7 +1320,7 @@ async fn release(a: ReleaseArgs) -> anyhow::Result<()> {
                 print_json(&serde_json::json!({"channel": c, "history": h}))?;
             } else {
                 match &c {
-                    Some(c) => println!(
+                    Some(c) => out!(
                         "{}: release {} (revision {}, {} by {})",
                         c.name,
                         short_id(&c.release_id),
@@ -1138,7 +1328,7 @@ async fn release(a: ReleaseArgs) -> anyhow::Result<()> {
                         c.updated_at,
                         c.updated_by
                     ),
-                    None => println!("{channel}: no release yet"),
+                    None => out!("{channel}: no release yet"),
                 }
                 let rows: Vec<Vec<String>> = h
                     .iter()
@@ -1176,7 +1366,7 @@ async fn backup(a: BackupArgs) -> anyhow::Result<()> {
             if o.json {
                 print_json(&m)?;
             } else {
-                println!(
+                out!(
                     "backup written to {}: {} models, {} versions, {} aliases, {} releases, {} channels, {} referenced artifacts",
                     dir.display(),
                     m.models,
@@ -1195,15 +1385,15 @@ async fn backup(a: BackupArgs) -> anyhow::Result<()> {
                 print_json(&report)?;
             } else {
                 let c = &report.check;
-                println!(
+                out!(
                     "restored into a scratch database: {} models, {} versions, {} aliases, {} releases, {} channels; {} artifacts checked in {}",
                     c.models, c.versions, c.aliases, c.releases, c.channels, c.artifacts_checked, store.url()
                 );
                 for p in &c.problems {
-                    println!("PROBLEM {}: {}: {}", p.kind, p.subject, p.detail);
+                    out!("PROBLEM {}: {}: {}", p.kind, p.subject, p.detail);
                 }
                 if report.ok() {
-                    println!("backup OK");
+                    out!("backup OK");
                 }
             }
             if !report.ok() {
@@ -1221,7 +1411,7 @@ async fn backup(a: BackupArgs) -> anyhow::Result<()> {
             if o.json {
                 print_json(&m)?;
             } else {
-                println!(
+                out!(
                     "restored {}: {} models, {} versions, {} releases into {}",
                     dir.display(),
                     m.models,
@@ -1269,7 +1459,7 @@ async fn gc(a: GcArgs) -> anyhow::Result<()> {
     }
     let total: u64 = report.candidates.iter().map(|c| c.size).sum();
     if report.dry_run {
-        println!(
+        out!(
             "dry run: would delete {} of {} artifacts ({}); {} referenced, {} unreferenced but younger than --min-age",
             report.candidates.len(),
             report.stored,
@@ -1278,7 +1468,7 @@ async fn gc(a: GcArgs) -> anyhow::Result<()> {
             report.too_young
         );
     } else {
-        println!(
+        out!(
             "deleted {} of {} artifacts ({}); {} referenced, {} unreferenced but younger than --min-age",
             report.deleted,
             report.stored,
@@ -1302,6 +1492,38 @@ mod tests {
         assert_eq!(secs("2d"), 172_800);
         assert!(parse_age("1y").is_err());
         assert!(parse_age("h").is_err());
+    }
+
+    #[test]
+    fn import_plan_orders_versions() {
+        let dir = std::env::temp_dir().join(format!("herd-import-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for v in ["10", "2", "x"] {
+            std::fs::create_dir_all(dir.join("b").join(v)).unwrap();
+            std::fs::write(dir.join("b").join(v).join("model.onnx"), b"m").unwrap();
+        }
+        std::fs::write(dir.join("a.onnx"), b"m").unwrap();
+        std::fs::write(dir.join("notes.txt"), b"m").unwrap();
+        let plan = import_plan(&dir).unwrap();
+        let got: Vec<(String, String)> = plan
+            .iter()
+            .map(|(m, f)| {
+                (
+                    m.clone(),
+                    f.strip_prefix(&dir).unwrap().display().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a".to_string(), "a.onnx".to_string()),
+                ("b".to_string(), "b/2/model.onnx".to_string()),
+                ("b".to_string(), "b/10/model.onnx".to_string()),
+            ]
+        );
+        assert!(import_plan(&dir.join("missing")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
