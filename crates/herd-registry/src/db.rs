@@ -139,6 +139,31 @@ impl Db {
             let opts = PgConnectOptions::from_str(url).map_err(|e| {
                 RegistryError::Config(format!("bad PostgreSQL URL '{}': {e}", redact_url(url)))
             })?;
+            // One direct attempt first: a refused connection or bad password is reported at
+            // once instead of after the pool's acquire timeout.
+            {
+                use sqlx::Connection;
+                let conn = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    sqlx::PgConnection::connect_with(&opts),
+                )
+                .await
+                .map_err(|_| {
+                    RegistryError::Config(format!(
+                        "cannot connect to PostgreSQL at {}: no answer within 10 s; check the URL \
+                         and that the server is running",
+                        redact_url(url)
+                    ))
+                })?
+                .map_err(|e| {
+                    RegistryError::Config(format!(
+                        "cannot connect to PostgreSQL at {}: {e}; check the URL and that the \
+                         server is running",
+                        redact_url(url)
+                    ))
+                })?;
+                let _ = conn.close().await;
+            }
             let pool = PgPoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(Duration::from_secs(30))
