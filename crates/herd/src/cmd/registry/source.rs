@@ -165,13 +165,26 @@ impl RegistrySource {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The same failure is logged once (at warn) until it changes or clears.
+            let mut last_error: Option<String> = None;
             loop {
                 tick.tick().await;
                 match me.refresh().await {
-                    Ok(true) => on_swap(),
-                    Ok(false) => {}
+                    Ok(swapped) => {
+                        if last_error.take().is_some() {
+                            tracing::info!(channel = %me.channel, "channel refresh works again");
+                        }
+                        if swapped {
+                            on_swap();
+                        }
+                    }
                     Err(e) => {
-                        tracing::warn!(channel = %me.channel, error = %format!("{e:#}"), "cannot refresh the channel; still serving the previous release")
+                        metrics::counter!("herd_registry_refresh_errors_total").increment(1);
+                        let msg = format!("{e:#}");
+                        if last_error.as_deref() != Some(msg.as_str()) {
+                            tracing::warn!(channel = %me.channel, error = %msg, "cannot switch to the channel's new release; still serving the previous one");
+                            last_error = Some(msg);
+                        }
                     }
                 }
             }
