@@ -29,6 +29,15 @@ fn classifier(model: u64, version: i64) -> LinearClassifier {
     LinearClassifier::random(DIM, CLASSES, model * 10 + version as u64)
 }
 
+/// The version model `i` has in release 2.
+fn served_in_r2(i: u64) -> i64 {
+    if i % 2 == 0 {
+        2
+    } else {
+        1
+    }
+}
+
 fn name(i: u64) -> String {
     format!("tenant-{i:04}")
 }
@@ -106,13 +115,22 @@ async fn release_swap_of_1000_models_under_load_drops_nothing() {
         }
     }
     let push_s = t.elapsed().as_secs_f64();
-    let spec = |v: &str| ReleaseSpec {
-        entries: (0..MODELS).map(|i| (name(i), v.to_string())).collect(),
+    // Release 1: every model at version 1. Release 2: even models move to version 2, odd ones
+    // stay at 1 (they must stay loaded through the switch).
+    let spec = |changed: bool| ReleaseSpec {
+        entries: (0..MODELS)
+            .map(|i| {
+                (
+                    name(i),
+                    if changed { served_in_r2(i) } else { 1 }.to_string(),
+                )
+            })
+            .collect(),
         note: None,
         created_by: "e2e".into(),
     };
-    let (r1, _) = reg.create_release(&spec("1")).await.unwrap();
-    let (r2, _) = reg.create_release(&spec("2")).await.unwrap();
+    let (r1, _) = reg.create_release(&spec(false)).await.unwrap();
+    let (r2, _) = reg.create_release(&spec(true)).await.unwrap();
     reg.promote("production", &r1.id, "e2e").await.unwrap();
 
     let port = free_port();
@@ -235,6 +253,7 @@ async fn release_swap_of_1000_models_under_load_drops_nothing() {
 
     // Let traffic run on release 1, then promote release 2 and wait until a probe sees it.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ready_before = ready_models(&http, &base).await;
     let t = Instant::now();
     reg.promote("production", &r2.id, "e2e").await.unwrap();
     let switch_by = Instant::now() + Duration::from_secs(60);
@@ -248,6 +267,7 @@ async fn release_swap_of_1000_models_under_load_drops_nothing() {
             .await
             .unwrap();
         if m["versions"] == serde_json::json!(["2"]) {
+            // tenant-0000 is even: it moves to version 2
             break;
         }
         assert!(
@@ -319,11 +339,19 @@ async fn release_swap_of_1000_models_under_load_drops_nothing() {
         for (a, b) in o.probs.iter().zip(&want) {
             assert!((a - b).abs() < 1e-4, "{}@{v}: {a} vs {b}", name(o.model));
         }
+        if o.model % 2 == 1 {
+            assert_eq!(
+                v,
+                1,
+                "{}: unchanged model answered with version {v}",
+                name(o.model)
+            );
+        }
         if o.started_after_swap {
             assert_eq!(
                 v,
-                2,
-                "{}: a request sent after the switch got version 1",
+                served_in_r2(o.model),
+                "{}: a request sent after the switch got the old version",
                 name(o.model)
             );
         }
@@ -336,4 +364,82 @@ async fn release_swap_of_1000_models_under_load_drops_nothing() {
         by_version.get("2").copied().unwrap_or(0) > 0,
         "no traffic after the switch"
     );
+
+    // Models whose version did not change were not reloaded: every odd model that was loaded
+    // before the switch is still loaded, at version 1.
+    let ready_after = ready_models(&http, &base).await;
+    let kept: Vec<&String> = ready_before
+        .iter()
+        .filter(|(m, v)| {
+            m.trim_start_matches("tenant-").parse::<u64>().unwrap_or(0) % 2 == 1
+                && v.as_str() == "1"
+        })
+        .map(|(m, _)| m)
+        .collect();
+    assert!(
+        !kept.is_empty(),
+        "no unchanged model was loaded before the switch"
+    );
+    for m in &kept {
+        assert!(
+            ready_after.contains(&(m.to_string(), "1".to_string())),
+            "{m} was unloaded by the switch although its version did not change"
+        );
+    }
+
+    // Once no request can wait for them, the versions that left the release are unloaded: the
+    // loaded count falls to the loaded entries of release 2 (the index lists only those).
+    let retire_by = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let loaded = text
+            .lines()
+            .find(|l| l.starts_with("herd_cache_loaded_models"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v as usize);
+        let in_release = ready_models(&http, &base).await.len();
+        if loaded == Some(in_release) {
+            break;
+        }
+        assert!(
+            Instant::now() < retire_by,
+            "old versions were not retired: {loaded:?} loaded, {in_release} of them in release 2"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// (model, version) pairs the repository index shows as READY (only the served release's).
+async fn ready_models(
+    http: &reqwest::Client,
+    base: &str,
+) -> std::collections::BTreeSet<(String, String)> {
+    let index: Value = http
+        .post(format!("{base}/v2/repository/index"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    index
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["state"] == "READY")
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["version"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
 }
