@@ -31,7 +31,7 @@ fn classifier(model: u64, version: i64) -> LinearClassifier {
 
 /// The version model `i` has in release 2.
 fn served_in_r2(i: u64) -> i64 {
-    if i % 2 == 0 {
+    if i & 1 == 0 {
         2
     } else {
         1
