@@ -4,6 +4,11 @@
 //! versions of each model, and every object younger than `min_age` (a push uploads the artifact
 //! before it records the version; the grace period keeps gc from deleting it in between). The
 //! versions whose artifacts are deleted keep their metadata and get `artifact_deleted_at`.
+//!
+//! Known race: a release created *while* gc runs, naming an old version that gc has already
+//! chosen (not in a release, not aliased, not among the last N), can end up pointing at a deleted
+//! artifact; `herd backup verify` / `Registry::check` report it as `missing_artifact`. Run gc when
+//! nobody is creating releases from old versions, or keep `--keep-last` generous.
 
 use std::collections::{BTreeMap, BTreeSet};
 
