@@ -229,6 +229,11 @@ macro_rules! impl_row_ext {
 impl_row_ext!(SqliteRow);
 impl_row_ext!(PgRow);
 
+/// Serializes the writers that must not interleave with gc (push, alias set, release create, gc
+/// itself) on Postgres: `SELECT pg_advisory_xact_lock(..)` as the first statement of their
+/// transactions. On SQLite `BEGIN IMMEDIATE` already serializes writers.
+pub(crate) const PG_GC_LOCK: &str = "SELECT pg_advisory_xact_lock(7812763513451)";
+
 /// Now, as stored: RFC 3339 UTC with milliseconds (sorts as text).
 pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

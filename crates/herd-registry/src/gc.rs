@@ -5,16 +5,17 @@
 //! before it records the version; the grace period keeps gc from deleting it in between). The
 //! versions whose artifacts are deleted keep their metadata and get `artifact_deleted_at`.
 //!
-//! Known race: a release created *while* gc runs, naming an old version that gc has already
-//! chosen (not in a release, not aliased, not among the last N), can end up pointing at a deleted
-//! artifact; `herd backup verify` / `Registry::check` report it as `missing_artifact`. Run gc when
-//! nobody is creating releases from old versions, or keep `--keep-last` generous.
+//! Races: each candidate is collected in a transaction that excludes pushes, alias changes and
+//! release creation (`BEGIN IMMEDIATE` on SQLite, an advisory transaction lock on Postgres). It
+//! re-checks that no release, alias or last-N version uses the digest, marks the versions, deletes
+//! the object, then commits. Release creation and alias changes refuse a version marked meanwhile;
+//! a push that finds its bytes collected meanwhile uploads them again.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::db::{dispatch, now, RowExt};
+use crate::db::{dispatch, now, RowExt, PG_GC_LOCK};
 use crate::error::Result;
 use crate::registry::Registry;
 
@@ -58,12 +59,24 @@ pub struct GcReport {
     pub too_young: usize,
     pub candidates: Vec<GcCandidate>,
     pub deleted: usize,
+    /// Candidates that became referenced between planning and collection (kept).
+    pub skipped: usize,
     pub freed_bytes: u64,
 }
 
 impl Registry {
-    /// Collects unreferenced artifacts (see the module docs).
+    /// Collects unreferenced artifacts (see the module docs): [`Registry::gc_plan`], then (unless
+    /// `dry_run`) [`Registry::gc_apply`].
     pub async fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        let plan = self.gc_plan(opts).await?;
+        if opts.dry_run {
+            return Ok(plan);
+        }
+        self.gc_apply(plan, opts.keep_last).await
+    }
+
+    /// What gc would delete now (nothing is changed).
+    pub async fn gc_plan(&self, opts: &GcOptions) -> Result<GcReport> {
         // Versions newest first per model.
         let rows: Vec<(String, i64, String)> = dispatch!(&self.db, |pool, _b| {
             let rows = sqlx::query(
@@ -107,6 +120,7 @@ impl Registry {
             too_young: 0,
             candidates: Vec::new(),
             deleted: 0,
+            skipped: 0,
             freed_bytes: 0,
         };
         for a in stored {
@@ -123,27 +137,70 @@ impl Registry {
                 size: a.size,
             });
         }
-        if opts.dry_run {
-            return Ok(report);
-        }
+        Ok(report)
+    }
+
+    /// Deletes the candidates of `plan`, each re-checked under the gc lock: one that became
+    /// referenced since the plan (a release, an alias, a new push of the same bytes) is kept and
+    /// counted in `skipped`.
+    pub async fn gc_apply(&self, mut plan: GcReport, keep_last: u64) -> Result<GcReport> {
+        let mut report = {
+            plan.dry_run = false;
+            plan
+        };
         for c in &report.candidates {
-            // Record first: a version marked deleted whose bytes survive is harmless; the reverse
-            // would leave versions that look usable but are not.
-            let at = now();
-            dispatch!(&self.db, |pool, _b| {
-                sqlx::query("UPDATE versions SET artifact_deleted_at = $1 WHERE digest = $2 AND artifact_deleted_at IS NULL")
-                    .bind(&at)
-                    .bind(&c.digest)
-                    .execute(pool)
-                    .await?;
-            });
-            self.store.delete(&c.digest).await?;
-            report.deleted += 1;
-            report.freed_bytes += c.size;
-            metrics::counter!("herd_registry_gc_deleted_total").increment(1);
-            metrics::counter!("herd_registry_gc_freed_bytes").increment(c.size);
-            tracing::info!(digest = %c.digest, size = c.size, "artifact collected");
+            if self.collect(c, keep_last).await? {
+                report.deleted += 1;
+                report.freed_bytes += c.size;
+                metrics::counter!("herd_registry_gc_deleted_total").increment(1);
+                metrics::counter!("herd_registry_gc_freed_bytes").increment(c.size);
+                tracing::info!(digest = %c.digest, size = c.size, "artifact collected");
+            } else {
+                report.skipped += 1;
+                tracing::info!(digest = %c.digest, "artifact became referenced meanwhile; kept");
+            }
         }
         Ok(report)
+    }
+
+    /// Collects one candidate in a transaction that excludes concurrent pushes, alias changes and
+    /// release creation: re-checks that nothing references the digest now, marks its versions,
+    /// deletes the object, commits. Returns false (and changes nothing) when it became referenced.
+    pub(crate) async fn collect(&self, c: &GcCandidate, keep_last: u64) -> Result<bool> {
+        let at = now();
+        let store = self.store.clone();
+        dispatch!(&self.db, |pool, begin| {
+            let mut tx = pool.begin_with(begin).await?;
+            if begin == "BEGIN" {
+                sqlx::query(PG_GC_LOCK).execute(&mut *tx).await?;
+            }
+            let pinned: i64 = sqlx::query_scalar(
+                "SELECT (SELECT COUNT(*) FROM release_entries WHERE digest = $1) + \
+                 (SELECT COUNT(*) FROM aliases a JOIN versions v ON v.model = a.model \
+                  AND v.version = a.version WHERE v.digest = $1) + \
+                 (SELECT COUNT(*) FROM versions v WHERE v.digest = $1 AND \
+                  (SELECT COUNT(*) FROM versions w WHERE w.model = v.model AND w.version > v.version) < $2)",
+            )
+            .bind(&c.digest)
+            .bind(keep_last as i64)
+            .fetch_one(&mut *tx)
+            .await?;
+            if pinned > 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            sqlx::query(
+                "UPDATE versions SET artifact_deleted_at = $1 WHERE digest = $2 AND artifact_deleted_at IS NULL",
+            )
+            .bind(&at)
+            .bind(&c.digest)
+            .execute(&mut *tx)
+            .await?;
+            // Deleted while the lock is held: a push that commits after us sees the mark and
+            // uploads the bytes again; one that committed before us made the digest pinned.
+            store.delete(&c.digest).await?;
+            tx.commit().await?;
+        });
+        Ok(true)
     }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::db::{dispatch, is_unique_violation, now, Db, RowExt};
+use crate::db::{dispatch, is_unique_violation, now, Db, RowExt, PG_GC_LOCK};
 use crate::error::{RegistryError, Result};
 use crate::refs::{validate_lineage_ref, validate_name, NameKind, RefKind};
 use crate::store::{digest_of, ArtifactStore};
@@ -248,9 +248,14 @@ impl Registry {
         let mut attempt = 0;
         let version = loop {
             attempt += 1;
-            let res: std::result::Result<i64, sqlx::Error> = dispatch!(&self.db, |pool, begin| {
-                async {
+            let res: std::result::Result<(i64, bool), sqlx::Error> = dispatch!(
+                &self.db,
+                |pool, begin| {
+                    async {
                     let mut tx = pool.begin_with(begin).await?;
+                    if begin == "BEGIN" {
+                        sqlx::query(PG_GC_LOCK).execute(&mut *tx).await?;
+                    }
                     if let Some(new) = &create {
                         let tags = serde_json::to_string(&new.tags).unwrap_or_else(|_| "[]".into());
                         sqlx::query(
@@ -288,13 +293,26 @@ impl Registry {
                     .bind(&by)
                     .execute(&mut *tx)
                     .await?;
+                    // gc may have collected these bytes after our upload check.
+                    let collected: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM versions WHERE digest = $1 AND artifact_deleted_at IS NOT NULL",
+                    )
+                    .bind(&digest)
+                    .fetch_one(&mut *tx)
+                    .await?;
                     tx.commit().await?;
-                    Ok(next)
+                    Ok((next, collected > 0))
                 }
                 .await
-            });
+                }
+            );
             match res {
-                Ok(v) => break v,
+                Ok((v, collected)) => {
+                    if collected {
+                        self.store.put(req.bytes.clone(), &|_| {}).await?;
+                    }
+                    break v;
+                }
                 Err(e) if is_unique_violation(&e) && attempt < 10 => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -437,6 +455,21 @@ impl Registry {
         let by = if by.is_empty() { "unknown" } else { by };
         let from: Option<i64> = dispatch!(&self.db, |pool, begin| {
             let mut tx = pool.begin_with(begin).await?;
+            if begin == "BEGIN" {
+                sqlx::query(PG_GC_LOCK).execute(&mut *tx).await?;
+            }
+            let usable: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM versions WHERE model = $1 AND version = $2 AND artifact_deleted_at IS NULL",
+            )
+            .bind(model)
+            .bind(version)
+            .fetch_one(&mut *tx)
+            .await?;
+            if usable == 0 {
+                return Err(RegistryError::Conflict(format!(
+                    "version {version} of '{model}' was garbage-collected meanwhile; push it again to use it"
+                )));
+            }
             let from: Option<i64> =
                 sqlx::query_scalar("SELECT version FROM aliases WHERE model = $1 AND name = $2")
                     .bind(model)

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::db::{dispatch, now, RowExt};
+use crate::db::{dispatch, now, RowExt, PG_GC_LOCK};
 use crate::error::{RegistryError, Result};
 use crate::refs::{validate_name, NameKind};
 use crate::registry::{entries_from_versions, version_from_row, Registry};
@@ -123,8 +123,35 @@ impl Registry {
         } else {
             &spec.created_by
         };
+        let digests: Vec<&String> = entries.values().map(|e| &e.digest).collect();
         let created: bool = dispatch!(&self.db, |pool, begin| {
             let mut tx = pool.begin_with(begin).await?;
+            if begin == "BEGIN" {
+                sqlx::query(PG_GC_LOCK).execute(&mut *tx).await?;
+            }
+            // gc may have collected an entry's artifact since the versions were resolved.
+            for chunk in digests.chunks(500) {
+                let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                // Gone = every version with the digest is marked (gc marks them all; a later push
+                // of the same bytes adds an unmarked one and uploads them again).
+                let sql = format!(
+                    "SELECT digest FROM versions WHERE digest IN ({}) GROUP BY digest \
+                     HAVING COUNT(*) = COUNT(artifact_deleted_at)",
+                    marks.join(",")
+                );
+                let mut q = sqlx::query_scalar::<_, String>(&sql);
+                for d in chunk {
+                    q = q.bind(*d);
+                }
+                let gone = q.fetch_all(&mut *tx).await?;
+                if !gone.is_empty() {
+                    return Err(RegistryError::Conflict(format!(
+                        "cannot create the release, nothing was written: artifacts {} were \
+                         garbage-collected meanwhile; push those versions again",
+                        gone.join(", ")
+                    )));
+                }
+            }
             let inserted = sqlx::query(
                 "INSERT INTO releases (id, manifest, model_count, note, created_at, created_by) \
                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",

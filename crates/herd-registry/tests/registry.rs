@@ -815,6 +815,54 @@ async fn gc_keeps_what_is_referenced(fx: Fx) {
 }
 on_both!(gc_keeps_what_is_referenced);
 
+/// gc re-checks each candidate under its lock: what became referenced after the plan stays, and a
+/// push of bytes gc already collected uploads them again.
+async fn gc_rechecks_before_deleting(fx: Fx) {
+    let reg = &fx.reg;
+    for seed in 1..=3 {
+        push(reg, "g", seed).await;
+    }
+    let opts = GcOptions {
+        keep_last: 1,
+        min_age: std::time::Duration::ZERO,
+        dry_run: true,
+    };
+    let plan = reg.gc_plan(&opts).await.unwrap();
+    assert_eq!(plan.candidates.len(), 2);
+    // After planning: a release pins v1, and another model is pushed with v2's bytes.
+    reg.create_release(&spec(&[("g", "1")])).await.unwrap();
+    push(reg, "h", 2).await;
+    let applied = reg.gc_apply(plan, 1).await.unwrap();
+    assert_eq!((applied.deleted, applied.skipped), (0, 2));
+    assert_eq!(reg.artifacts().list().await.unwrap().len(), 3);
+    assert!(reg.check(true).await.unwrap().ok());
+
+    // Now collect v2's bytes for real (h moves on, nothing pins them), then push them again.
+    push(reg, "h", 4).await;
+    let done = reg
+        .gc(&GcOptions {
+            dry_run: false,
+            ..opts.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.deleted, 1);
+    let d2 = digest_of(&onnx(2));
+    assert!(!reg.artifacts().exists(&d2).await.unwrap());
+    let again = reg.push(push_req("k", 2)).await.unwrap();
+    assert!(
+        reg.artifacts().exists(&d2).await.unwrap(),
+        "bytes uploaded again"
+    );
+    let (r, _) = reg
+        .create_release(&spec(&[("k", &again.version.version.to_string())]))
+        .await
+        .unwrap();
+    assert_eq!(r.entries["k"].digest, d2);
+    assert!(reg.check(true).await.unwrap().ok());
+}
+on_both!(gc_rechecks_before_deleting);
+
 async fn concurrent_pushes_get_distinct_versions(fx: Fx) {
     let reg = fx.reg.clone();
     push(&reg, "c", 100).await;
