@@ -680,7 +680,9 @@ impl Core {
         Ok(any)
     }
 
-    /// Drops loaded versions that the source no longer serves (after a release switch).
+    /// Drops loaded versions that the source no longer serves (after a release switch). Loads
+    /// still in progress are left alone (their waiters get an answer); requests running on a
+    /// retired version finish on it. Returns how many were retired.
     pub fn retire_unserved(&self) -> usize {
         let keys: Vec<Key> = self.state.lock().entries.keys().cloned().collect();
         let stale: Vec<Key> = keys
@@ -691,13 +693,19 @@ impl Core {
             })
             .collect();
         let mut st = self.state.lock();
+        let mut retired = 0;
         for k in &stale {
+            // A load in progress has waiters: let it finish; the next call retires it.
+            if matches!(st.entries.get(k).map(|e| &e.slot), Some(Slot::Loading(_))) {
+                continue;
+            }
             if let Some(e) = st.entries.remove(k) {
                 st.used = st.used.saturating_sub(e.charge);
+                retired += 1;
             }
         }
         self.publish(&st);
-        stale.len()
+        retired
     }
 
     /// The signature of a model version: from the loaded model, else read from its file

@@ -14,6 +14,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use herd_api::v2::{DataType, Tensor, TensorData, TensorMetadata};
 use herd_api::{ErrorCode, HasErrorCode};
@@ -83,6 +84,16 @@ pub(crate) fn prepare(
     }))
 }
 
+/// Records the post-processing time when dropped (every return path of `run`).
+struct PostTimer(Instant);
+
+impl Drop for PostTimer {
+    fn drop(&mut self) {
+        metrics::histogram!("herd_pipeline_stage_seconds", "stage" => "post")
+            .record(self.0.elapsed().as_secs_f64());
+    }
+}
+
 pub(crate) struct PipelineInstance {
     inner: Box<dyn Instance>,
     shared: Arc<PipelineShared>,
@@ -138,8 +149,16 @@ impl Instance for PipelineInstance {
                 .collect());
         }
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let t0 = Instant::now();
         let enc = s.pre.encode(&refs).map_err(request_error)?;
+        let t1 = Instant::now();
         let outputs = self.inner.run(enc.to_tensors(&s.binding))?;
+        let t2 = Instant::now();
+        metrics::histogram!("herd_pipeline_stage_seconds", "stage" => "tokenize")
+            .record(t1.duration_since(t0).as_secs_f64());
+        metrics::histogram!("herd_pipeline_stage_seconds", "stage" => "model")
+            .record(t2.duration_since(t1).as_secs_f64());
+        let _post = PostTimer(Instant::now());
         let out = outputs
             .iter()
             .find(|o| o.name == s.binding.output.name)
