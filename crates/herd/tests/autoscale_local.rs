@@ -56,23 +56,6 @@ fn local_backend_scales_workers_from_zero_up_and_back_to_zero() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let queue = rt.block_on(herd_jobs::connect(&url)).unwrap();
-    let enqueued_at = Instant::now();
-    let enqueued_wall = herd_scale::jiff::Timestamp::now();
-    rt.block_on(async {
-        for i in 0..jobs {
-            let mut spec = JobSpec::new(
-                "e2e",
-                JobKind::Command(CommandParams {
-                    program: "sh".into(),
-                    args: vec!["-c".into(), format!("sleep 0.2; echo job {i}")],
-                    ..Default::default()
-                }),
-            );
-            spec.result_dir = results.display().to_string();
-            queue.enqueue(spec).await.unwrap();
-        }
-    });
-
     let policy = dir.join("policy.toml");
     std::fs::write(
         &policy,
@@ -110,9 +93,30 @@ fn local_backend_scales_workers_from_zero_up_and_back_to_zero() {
 
     let stdout = child.stdout.take().unwrap();
     let mut ticks: Vec<(Instant, Value)> = Vec::new();
+    let mut enqueued_at = None;
+    let mut enqueued_wall = None;
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap();
         if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            if ticks.is_empty() {
+                // The autoscaler is running and has seen an empty queue: now the work arrives.
+                enqueued_at = Some(Instant::now());
+                enqueued_wall = Some(herd_scale::jiff::Timestamp::now());
+                rt.block_on(async {
+                    for i in 0..jobs {
+                        let mut spec = JobSpec::new(
+                            "e2e",
+                            JobKind::Command(CommandParams {
+                                program: "sh".into(),
+                                args: vec!["-c".into(), format!("sleep 0.2; echo job {i}")],
+                                ..Default::default()
+                            }),
+                        );
+                        spec.result_dir = results.display().to_string();
+                        queue.enqueue(spec).await.unwrap();
+                    }
+                });
+            }
             ticks.push((Instant::now(), v));
         }
     }
@@ -135,6 +139,7 @@ fn local_backend_scales_workers_from_zero_up_and_back_to_zero() {
     // Decisions: up from 0 to ceil(40/10)=4 capped at max 3, later down to 0, never below the
     // busy workers, and to zero only with nothing waiting or running.
     let mut first_start = None;
+    let mut reached_max = false;
     let mut first_busy = None;
     let mut zero_at = None;
     let mut last_running = None;
@@ -165,8 +170,10 @@ fn local_backend_scales_workers_from_zero_up_and_back_to_zero() {
                 "start_workers" => {
                     if first_start.is_none() {
                         assert_eq!(a["from"], 0, "tick {i}: {a}");
-                        assert_eq!(a["to"], 3, "tick {i}: ceil(40/10)=4 capped at max 3: {a}");
                         first_start = Some(i);
+                    }
+                    if a["to"] == 3 {
+                        reached_max = true;
                     }
                 }
                 "stop_workers" => {
@@ -193,7 +200,11 @@ fn local_backend_scales_workers_from_zero_up_and_back_to_zero() {
         }
     }
     let first_start = first_start.expect("the autoscaler never started a worker");
-    assert_eq!(first_start, 0, "workers start on the first tick");
+    assert!(first_start >= 1, "nothing to do before the jobs arrived");
+    assert!(
+        reached_max,
+        "ceil(40/10)=4 capped at max 3 was never reached"
+    );
     assert!(max_workers <= 3, "max is 3, saw {max_workers}");
     let zero_at = zero_at.expect("the autoscaler never scaled to zero");
     let last_running = last_running.unwrap();
@@ -247,7 +258,7 @@ fn local_backend_scales_workers_from_zero_up_and_back_to_zero() {
     let last_done = herd_scale::jiff::Timestamp::from_millisecond(last_done_ms).unwrap();
     println!(
         "BENCH enqueue -> autoscaler sees a worker holding a job: {:.2}s (interval 250ms)",
-        (first_busy - enqueued_at).as_secs_f64()
+        (first_busy - enqueued_at.unwrap()).as_secs_f64()
     );
     println!(
         "BENCH last job running -> scale-to-zero decision: {:.2}s (cooldown 2s, interval 250ms)",
@@ -255,8 +266,8 @@ fn local_backend_scales_workers_from_zero_up_and_back_to_zero() {
     );
     if let (Some(first), Some(last)) = (first_worker_started, last_worker_line) {
         println!(
-            "BENCH enqueue -> first worker process running: {:.2}s",
-            first.duration_since(enqueued_wall).as_secs_f64()
+            "BENCH enqueue -> first worker process running: {:.2}s (interval 250ms)",
+            first.duration_since(enqueued_wall.unwrap()).as_secs_f64()
         );
         println!(
             "BENCH last job done -> last worker process exited: {:.2}s (cooldown 2s)",
