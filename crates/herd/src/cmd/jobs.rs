@@ -88,7 +88,7 @@ Examples:
 #[derive(Subcommand)]
 pub enum JobCommand {
     /// Add jobs to a queue: a command, a batch inference, or JSON specs from a file.
-    Enqueue(EnqueueArgs),
+    Enqueue(Box<EnqueueArgs>),
     /// List jobs, newest first.
     List(ListArgs),
     /// Show one job: spec, state, attempts, error, result.
@@ -308,7 +308,7 @@ pub fn run_job(args: JobArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let url = args.queue_url.queue_url;
         match args.command {
-            JobCommand::Enqueue(a) => enqueue(&url, a).await,
+            JobCommand::Enqueue(a) => enqueue(&url, *a).await,
             JobCommand::List(a) => list(&url, a).await,
             JobCommand::Show(a) => show(&url, a).await,
             JobCommand::Requeue(a) => requeue(&url, a).await,
