@@ -49,8 +49,43 @@ fn local_backend_scales_workers_from_zero_up_and_back_to_zero() {
     let dir = std::env::temp_dir().join(format!("herd-autoscale-e2e-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("jobs.db");
-    let url = format!("sqlite://{}", db.display());
+    let url = format!("sqlite://{}", dir.join("jobs.db").display());
+    walkthrough(&dir, &url, "sqlite");
+}
+
+/// The same walk-through on a real Redis queue (HERD_TEST_REDIS_URL, from scripts/test-services.sh).
+#[test]
+fn local_backend_scales_workers_on_a_redis_queue() {
+    if !worker_command_exists() {
+        let msg = "`herd worker` is not available in this build";
+        if std::env::var_os("CI").is_some() {
+            panic!("{msg}: the autoscaler walk-through needs it");
+        }
+        eprintln!("SKIPPED: {msg}");
+        return;
+    }
+    let Ok(redis) = std::env::var("HERD_TEST_REDIS_URL") else {
+        if std::env::var_os("CI").is_some() {
+            panic!("HERD_TEST_REDIS_URL is not set; CI must run scripts/test-services.sh first");
+        }
+        eprintln!("SKIPPED: HERD_TEST_REDIS_URL is not set; run scripts/test-services.sh && source .herd/test-env");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("herd-autoscale-e2e-redis-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // A key prefix of its own, so nothing else in that Redis is touched or counted.
+    let sep = if redis.contains('?') { '&' } else { '?' };
+    let url = format!(
+        "{redis}{sep}prefix=herd-autoscale-e2e-{}",
+        std::process::id()
+    );
+    walkthrough(&dir, &url, "redis");
+}
+
+fn walkthrough(dir: &Path, url: &str, label: &str) {
+    let dir = dir.to_path_buf();
+    let url = url.to_string();
     let results = dir.join("results");
     let jobs = 40u64;
 
@@ -257,20 +292,20 @@ fn local_backend_scales_workers_from_zero_up_and_back_to_zero() {
         .unwrap();
     let last_done = herd_scale::jiff::Timestamp::from_millisecond(last_done_ms).unwrap();
     println!(
-        "BENCH enqueue -> autoscaler sees a worker holding a job: {:.2}s (interval 250ms)",
+        "BENCH [{label}] enqueue -> autoscaler sees a worker holding a job: {:.2}s (interval 250ms)",
         (first_busy - enqueued_at.unwrap()).as_secs_f64()
     );
     println!(
-        "BENCH last job running -> scale-to-zero decision: {:.2}s (cooldown 2s, interval 250ms)",
+        "BENCH [{label}] last job running -> scale-to-zero decision: {:.2}s (cooldown 2s, interval 250ms)",
         (zero_at - last_running).as_secs_f64()
     );
     if let (Some(first), Some(last)) = (first_worker_started, last_worker_line) {
         println!(
-            "BENCH enqueue -> first worker process running: {:.2}s (interval 250ms)",
+            "BENCH [{label}] enqueue -> first worker process running: {:.2}s (interval 250ms)",
             first.duration_since(enqueued_wall.unwrap()).as_secs_f64()
         );
         println!(
-            "BENCH last job done -> last worker process exited: {:.2}s (cooldown 2s)",
+            "BENCH [{label}] last job done -> last worker process exited: {:.2}s (cooldown 2s)",
             last.duration_since(last_done).as_secs_f64()
         );
     } else {
