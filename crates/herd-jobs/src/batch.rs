@@ -834,6 +834,123 @@ mod tests {
     }
 
     #[test]
+    fn parquet_list_column_is_the_feature_vector() {
+        use parquet::data_type::{ByteArray, ByteArrayType, FloatType};
+        use parquet::file::properties::WriterProperties;
+        use parquet::file::writer::SerializedFileWriter;
+        use parquet::schema::parser::parse_message_type;
+        use std::sync::Arc;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.parquet");
+        let schema = Arc::new(
+            parse_message_type(
+                "message s { REQUIRED BINARY id (UTF8); OPTIONAL GROUP input (LIST) { REPEATED GROUP list { OPTIONAL FLOAT element; } } }",
+            )
+            .unwrap(),
+        );
+        let file = std::fs::File::create(&path).unwrap();
+        let mut w =
+            SerializedFileWriter::new(file, schema, Arc::new(WriterProperties::builder().build()))
+                .unwrap();
+        let mut rg = w.next_row_group().unwrap();
+        let mut col = 0;
+        while let Some(mut c) = rg.next_column().unwrap() {
+            if col == 0 {
+                let ids: Vec<ByteArray> = ["a", "b", "c"]
+                    .iter()
+                    .map(|s| ByteArray::from(*s))
+                    .collect();
+                c.typed::<ByteArrayType>()
+                    .write_batch(&ids, None, None)
+                    .unwrap();
+            } else {
+                // Rows: [1, 2], [3, null], [5, 6]. def 3 = value, 2 = null element; rep 0 starts a row.
+                c.typed::<FloatType>()
+                    .write_batch(
+                        &[1.0, 2.0, 3.0, 5.0, 6.0],
+                        Some(&[3, 3, 3, 2, 3, 3]),
+                        Some(&[0, 1, 0, 1, 0, 1]),
+                    )
+                    .unwrap();
+            }
+            c.close().unwrap();
+            col += 1;
+        }
+        rg.close().unwrap();
+        w.close().unwrap();
+
+        let parsed = parse_parquet(&path, &params(path.to_str().unwrap())).unwrap();
+        let good: Vec<_> = parsed
+            .rows
+            .iter()
+            .map(|r| (r.line, r.id.clone(), r.features.clone()))
+            .collect();
+        assert_eq!(
+            good,
+            vec![
+                (1, Some(json!("a")), vec![1.0, 2.0]),
+                (3, Some(json!("c")), vec![5.0, 6.0])
+            ]
+        );
+        assert_eq!(parsed.bad.len(), 1);
+        assert_eq!(parsed.bad[0].line, 2);
+        assert!(
+            parsed.bad[0].error.contains("element 1 of 'input'"),
+            "{}",
+            parsed.bad[0].error
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_a_retryable_failure_and_writes_nothing() {
+        // A loopback port that was just free: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.jsonl");
+        std::fs::write(&input, "[1, 2]\n").unwrap();
+        let p = BatchInferParams::new(
+            format!("http://127.0.0.1:{port}"),
+            "m",
+            input.to_str().unwrap(),
+        );
+        let mut spec = crate::JobSpec::new("q", crate::JobKind::BatchInfer(p.clone()));
+        spec.result_dir = dir.path().join("out").display().to_string();
+        let job = Job {
+            id: "jx".into(),
+            spec,
+            state: crate::JobState::Running,
+            attempts: 1,
+            created_ms: 0,
+            updated_ms: 0,
+            run_at_ms: 0,
+            finished_ms: None,
+            worker_id: None,
+            lease_expires_ms: None,
+            last_error: None,
+            result: None,
+            progress: None,
+        };
+        let (tx, _rx) = tokio::sync::watch::channel(None);
+        let err = run(
+            &reqwest::Client::new(),
+            &job,
+            &p,
+            &dir.path().join("out"),
+            &tx,
+        )
+        .await
+        .unwrap_err();
+        assert!(err.retryable, "{}", err.message);
+        assert!(err.message.contains("unreachable"), "{}", err.message);
+        assert!(!dir.path().join("out").exists());
+    }
+
+    #[test]
     fn not_parquet_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.parquet");
