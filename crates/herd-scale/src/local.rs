@@ -29,6 +29,9 @@ pub struct LocalSettings {
     pub log_dir: PathBuf,
     /// Queue URL for pools that name none (neither the pool nor `[defaults]`).
     pub queue_url: Option<String>,
+    /// Logs of exited children kept in `log_dir` (the newest); older ones are deleted when new
+    /// children start, so an autoscaler that runs for months does not fill the disk.
+    pub keep_logs: usize,
 }
 
 struct Proc {
@@ -146,7 +149,40 @@ impl LocalBackend {
         n
     }
 
+    /// Deletes the oldest `*.log` files of exited children beyond `keep_logs`.
+    fn prune_logs(&self) {
+        let live: std::collections::HashSet<String> = self
+            .workers
+            .values()
+            .chain(self.serving.values())
+            .flatten()
+            .chain(self.stopping.iter())
+            .map(|p| format!("{}.log", p.id))
+            .collect();
+        let Ok(entries) = std::fs::read_dir(&self.settings.log_dir) else {
+            return;
+        };
+        let mut old: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.ends_with(".log") && !live.contains(&name)
+            })
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        if old.len() <= self.settings.keep_logs {
+            return;
+        }
+        old.sort_by_key(|e| std::cmp::Reverse(e.0));
+        for (_, path) in old.into_iter().skip(self.settings.keep_logs) {
+            if let Err(e) = std::fs::remove_file(&path) {
+                warn!(target: "herd_scale", path = %path.display(), error = %e, "cannot delete an old child log");
+            }
+        }
+    }
+
     fn spawn(&mut self, id: &str, args: &[String]) -> Result<Child> {
+        self.prune_logs();
         let log_path = self.settings.log_dir.join(format!("{id}.log"));
         let log = std::fs::File::create(&log_path).map_err(|e| {
             ScaleError::Process(format!("cannot create {}: {e}", log_path.display()))

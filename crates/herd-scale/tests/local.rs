@@ -26,6 +26,7 @@ fn setup(name: &str) -> (PathBuf, LocalBackend, Policy) {
         exe,
         log_dir: dir.join("logs"),
         queue_url: Some("sqlite://fallback.db".into()),
+        keep_logs: 500,
     })
     .unwrap();
     let policy = Policy::parse(
@@ -129,6 +130,7 @@ async fn a_pool_without_queue_url_or_repo_is_a_clear_error() {
         exe: dir.join("fake-herd"),
         log_dir: dir.join("logs"),
         queue_url: None,
+        keep_logs: 500,
     })
     .unwrap();
     let policy = Policy::parse(
@@ -174,6 +176,7 @@ async fn a_missing_binary_is_a_clear_error() {
         exe: dir.join("no-such-herd"),
         log_dir: dir.join("logs"),
         queue_url: Some("sqlite://x.db".into()),
+        keep_logs: 500,
     })
     .unwrap();
     let e = b
@@ -191,5 +194,54 @@ async fn a_missing_binary_is_a_clear_error() {
         e.contains("cannot start") && e.contains("no-such-herd"),
         "{e}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn old_child_logs_are_pruned_to_keep_logs() {
+    let (dir, _, policy) = setup("prune");
+    let logs = dir.join("logs");
+    let mut b = LocalBackend::new(LocalSettings {
+        exe: dir.join("fake-herd"),
+        log_dir: logs.clone(),
+        queue_url: Some("sqlite://x.db".into()),
+        keep_logs: 2,
+    })
+    .unwrap();
+    // Five logs of long-gone children, oldest first (mtimes set explicitly, no sleeping).
+    let base = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for i in 0..5u64 {
+        let path = logs.join(format!("old-{i}.log"));
+        std::fs::write(&path, "x").unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(base + std::time::Duration::from_secs(i * 60))
+            .unwrap();
+    }
+    std::fs::write(logs.join("notes.txt"), "not a log").unwrap();
+    b.apply(
+        &Action::StartWorkers {
+            queue: "q".into(),
+            from: 0,
+            to: 1,
+        },
+        &policy,
+    )
+    .unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let live = format!("{}.log", b.workers(&policy.workers[0])[0]);
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert!(
+        names.contains(&"old-3.log".to_string()) && names.contains(&"old-4.log".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&live) && names.contains(&"notes.txt".to_string()),
+        "{names:?}"
+    );
+    b.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -69,6 +69,10 @@ pub struct AutoscaleArgs {
     #[arg(long, default_value = ".herd/autoscale-logs")]
     pub log_dir: PathBuf,
 
+    /// Local backend: how many logs of exited children to keep in --log-dir (oldest deleted).
+    #[arg(long, default_value_t = 500)]
+    pub keep_logs: usize,
+
     /// Stop after this many ticks (0: run until Ctrl-C or SIGTERM).
     #[arg(long, default_value_t = 0)]
     pub ticks: u64,
@@ -342,6 +346,7 @@ async fn autoscale(args: AutoscaleArgs) -> anyhow::Result<()> {
                 exe,
                 log_dir: args.log_dir.clone(),
                 queue_url: args.queue_url.clone(),
+                keep_logs: args.keep_logs,
             })?)
         }
         BackendKind::Kubernetes => Backend::Kubernetes(
