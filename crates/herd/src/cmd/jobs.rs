@@ -69,6 +69,11 @@ pub struct WorkerArgs {
     #[arg(long, default_value = "500ms", value_parser = duration)]
     pub poll: Duration,
 
+    /// Serve Prometheus metrics (herd_jobs_*) at http://ADDR/metrics, e.g. 127.0.0.1:9101.
+    /// Off by default.
+    #[arg(long, env = "HERD_WORKER_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// Log as JSON lines instead of text.
     #[arg(long, env = "HERD_LOG_JSON")]
     pub log_json: bool,
@@ -278,6 +283,9 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     }
     let rt = runtime()?;
     rt.block_on(async move {
+        if let Some(addr) = args.metrics_addr {
+            serve_metrics(addr).await?;
+        }
         let queue = open(&args.queue_url.queue_url).await?;
         let mut cfg = WorkerConfig::new(
             args.worker_id.unwrap_or_else(default_worker_id),
@@ -300,6 +308,30 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             lost = summary.lost, reason = summary.exit_reason, "worker exiting");
         Ok(())
     })
+}
+
+/// Serves `/metrics` for this worker process in the background.
+async fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let Some(handle) = herd_server::telemetry::init_metrics() else {
+        bail!("a metrics recorder is already installed");
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding --metrics-addr {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "worker metrics at /metrics");
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let h = handle.clone();
+            async move { h.render() }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "worker metrics server stopped");
+        }
+    });
+    Ok(())
 }
 
 /// `herd job ...`.
