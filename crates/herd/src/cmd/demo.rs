@@ -99,7 +99,8 @@ async fn demo(args: DemoArgs, lib: PathBuf) -> anyhow::Result<()> {
     probe.load_model(&model_name(1 % args.models)).await?;
     let per_model = probe.stats().used_bytes.saturating_sub(first).max(1);
     drop(probe);
-    let budget = ((args.models as f64 * args.budget_share).ceil() as u64).max(1) * per_model;
+    // Room for the share, plus one model of headroom for the reservation a load makes first.
+    let budget = (((args.models as f64 * args.budget_share).ceil() as u64).max(1) + 1) * per_model;
     println!(
         "one model is charged {} (measured); budget {} holds about {} of {} models",
         human_bytes(per_model),
@@ -140,8 +141,8 @@ async fn demo(args: DemoArgs, lib: PathBuf) -> anyhow::Result<()> {
         let s = core.stats();
         let hit_ratio = s.hits as f64 / (s.hits + s.misses).max(1) as f64;
         println!(
-            "requests        {} ok, {} failed, {} wrong answers",
-            report.ok, report.failed, report.wrong
+            "requests        {} ok, {} failed, {} wrong answers ({} retries after 429/503)",
+            report.ok, report.failed, report.wrong, report.retries
         );
         println!(
             "throughput      {:.0} req/s over {:.1} s",
@@ -225,6 +226,7 @@ struct Report {
     ok: usize,
     failed: usize,
     wrong: usize,
+    retries: usize,
     wall: Duration,
     latencies_ms: Vec<f64>,
 }
@@ -291,7 +293,7 @@ async fn drive(args: &DemoArgs, addr: SocketAddr) -> anyhow::Result<Report> {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(1000) + w as u64);
             let mut lat = Vec::new();
             let mut errors: Vec<String> = Vec::new();
-            let (mut ok, mut failed, mut wrong) = (0usize, 0usize, 0usize);
+            let (mut ok, mut failed, mut wrong, mut retries) = (0usize, 0usize, 0usize, 0usize);
             while next.fetch_add(1, Ordering::Relaxed) < total {
                 let m = zipf.sample(&mut rng);
                 let x: Vec<f32> = (0..dim).map(|_| rng.gen_range(-2.0..2.0)).collect();
@@ -300,11 +302,32 @@ async fn drive(args: &DemoArgs, addr: SocketAddr) -> anyhow::Result<Report> {
                     "outputs": [{"name": "label"}]
                 });
                 let t = Instant::now();
-                let r = client
-                    .post(format!("http://{addr}/v2/models/{}/infer", model_name(m)))
-                    .json(&body)
-                    .send()
-                    .await;
+                // Like a well-behaved client: on 429/503, wait Retry-After and try again (3 times).
+                let mut attempt = 0;
+                let r = loop {
+                    let r = client
+                        .post(format!("http://{addr}/v2/models/{}/infer", model_name(m)))
+                        .json(&body)
+                        .send()
+                        .await;
+                    let retry_after = match &r {
+                        Ok(resp) if attempt < 3 && matches!(resp.status().as_u16(), 429 | 503) => {
+                            resp.headers()
+                                .get("retry-after")
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| v.parse::<u64>().ok())
+                        }
+                        _ => None,
+                    };
+                    match retry_after {
+                        Some(secs) => {
+                            attempt += 1;
+                            retries += 1;
+                            tokio::time::sleep(Duration::from_secs(secs.min(5))).await;
+                        }
+                        None => break r,
+                    }
+                };
                 let answer = match r {
                     Ok(resp) if resp.status().is_success() => {
                         resp.json::<serde_json::Value>().await.ok()
@@ -340,18 +363,20 @@ async fn drive(args: &DemoArgs, addr: SocketAddr) -> anyhow::Result<Report> {
                 }
                 pb.inc(1);
             }
-            (ok, failed, wrong, lat, errors)
+            (ok, failed, wrong, retries, lat, errors)
         }));
     }
     let mut report = Report {
         ok: 0,
         failed: 0,
         wrong: 0,
+        retries: 0,
         wall: Duration::ZERO,
         latencies_ms: Vec::new(),
     };
     for t in futures::future::join_all(tasks).await {
-        let (ok, failed, wrong, lat, errors) = t?;
+        let (ok, failed, wrong, retries, lat, errors) = t?;
+        report.retries += retries;
         for e in errors.iter().take(3) {
             eprintln!("failed request: {e}");
         }
