@@ -16,6 +16,10 @@ use crate::validate::check_inputs;
 use crate::{CoreConfig, CoreError, EvictionPolicy, ModelConfig};
 
 type Key = (String, String);
+
+/// Instance creation is serialised process-wide (allocation counters are process-wide) so the
+/// allocation growth can be charged to one model.
+static MEASURE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 type LoadResult = Option<Result<Arc<Served>, CoreError>>;
 /// Instances, their signature, and their charge in bytes.
 type Loaded = (Vec<Box<dyn Instance>>, Signature, u64);
@@ -142,8 +146,6 @@ pub struct Core {
     backend: Arc<dyn Backend>,
     state: Mutex<CacheState>,
     loaders: Arc<Semaphore>,
-    /// Instance creation is serialised so the allocation growth can be charged to one model.
-    measure: Arc<std::sync::Mutex<()>>,
     counters: Counters,
 }
 
@@ -166,7 +168,6 @@ impl Core {
                 tick: 0,
                 overheads: Overheads::default(),
             }),
-            measure: Arc::new(std::sync::Mutex::new(())),
             counters: Counters::default(),
         })
     }
@@ -490,7 +491,7 @@ impl Core {
             self.publish(&st);
             break;
         }
-        let guard = self.measure.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = MEASURE.lock().unwrap_or_else(|p| p.into_inner());
         let before = memory::allocated_bytes();
         let mut instances: Vec<Box<dyn Instance>> = Vec::with_capacity(instances_n as usize);
         for _ in 0..instances_n {
