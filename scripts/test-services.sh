@@ -40,16 +40,19 @@ fi
 PG_PORT=${HERD_TEST_PG_PORT:-55432}
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
 if [ -n "$pg_bin" ]; then
-  pg_data="$state/pgdata"
+  # Outside the checkout: the postgres user must be able to reach it (a clone under /root is not).
+  pg_state="${TMPDIR:-/tmp}/herd-test-pg-$PG_PORT"
+  mkdir -p "$pg_state"
+  pg_data="$pg_state/pgdata"
   run_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
   if ! "$pg_bin/pg_isready" -h 127.0.0.1 -p "$PG_PORT" >/dev/null 2>&1; then
     if [ ! -f "$pg_data/PG_VERSION" ]; then
       mkdir -p "$pg_data"
-      [ "$(id -u)" = 0 ] && chown -R postgres "$state"
+      [ "$(id -u)" = 0 ] && chown -R postgres "$pg_state"
       run_pg "$pg_bin/initdb" -D "$pg_data" -U postgres --auth=trust >/dev/null
     fi
-    [ "$(id -u)" = 0 ] && chown -R postgres "$state"
-    run_pg "$pg_bin/pg_ctl" -D "$pg_data" -l "$state/postgres.log" \
+    [ "$(id -u)" = 0 ] && chown -R postgres "$pg_state"
+    run_pg "$pg_bin/pg_ctl" -D "$pg_data" -l "$pg_state/postgres.log" \
       -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k /tmp -c fsync=off -c max_connections=200" -w start >/dev/null
   fi
   echo "export HERD_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres" >>"$env_file"
