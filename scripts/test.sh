@@ -20,11 +20,13 @@ source .herd/test-env
 step "build"
 cargo build --workspace --all-targets
 
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
+
 step "ONNX Runtime library"
-./target/debug/herd runtime install
+"$target_dir/debug/herd" runtime install
 
 step "cargo test"
 cargo test --workspace
 
 step "python tests against herd serve"
-HERD_BIN="$root/target/debug/herd" .venv/bin/python -m pytest -q tests/python
+HERD_BIN="$target_dir/debug/herd" .venv/bin/python -m pytest -q tests/python
