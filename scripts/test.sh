@@ -25,6 +25,11 @@ target_dir="${CARGO_TARGET_DIR:-$root/target}"
 step "ONNX Runtime library"
 "$target_dir/debug/herd" runtime install
 
+step "README's first command resolves (cargo run at the workspace root)"
+# The quick start says `cargo run --release -- demo`; a second binary in the workspace once made
+# that fail with "could not determine which binary to run". Same resolution, debug profile, small demo.
+cargo run -q -- demo --models 40 --requests 400 --concurrency 4 --dir "$root/.herd/ci-demo-models"
+
 step "cargo test"
 cargo test --workspace
 
