@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::{watch, Semaphore};
 
 use crate::model::{BatchSettings, LoadedModel};
+use crate::policy;
 use crate::source::{ModelEntry, ModelSource};
 use crate::validate::check_inputs;
 use crate::{CoreConfig, CoreError, EvictionPolicy, ModelConfig};
@@ -604,22 +605,21 @@ impl Core {
 
     /// Evicts the least valuable evictable model. Never one in use, loading or pinned.
     fn evict_one(&self, st: &mut CacheState, exclude: Option<&Key>) -> bool {
-        let victim = st
-            .entries
-            .iter()
-            .filter(|(k, e)| {
-                Some(*k) != exclude
-                    && !e.pinned
-                    && matches!(&e.slot, Slot::Ready(m) if Arc::strong_count(m) == 1)
-            })
-            .min_by(|a, b| a.1.priority.total_cmp(&b.1.priority))
-            .map(|(k, _)| k.clone());
+        let victim = policy::victim(
+            st.entries
+                .iter()
+                .filter(|(k, e)| {
+                    Some(*k) != exclude
+                        && !e.pinned
+                        && matches!(&e.slot, Slot::Ready(m) if Arc::strong_count(m) == 1)
+                })
+                .map(|(k, e)| (k, e.priority)),
+        )
+        .map(|(k, _)| k.clone());
         let Some(k) = victim else { return false };
         let e = st.entries.remove(&k).expect("victim exists");
         st.used = st.used.saturating_sub(e.charge);
-        if self.cfg.policy == EvictionPolicy::Gdsf {
-            st.clock = st.clock.max(e.priority);
-        }
+        st.clock = policy::clock_after_eviction(self.cfg.policy, st.clock, e.priority);
         self.counters.evictions.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("herd_cache_evictions_total").increment(1);
         tracing::debug!(model = %k.0, version = %k.1, charge = e.charge, "evicted");
@@ -939,14 +939,18 @@ impl Overheads {
     }
 }
 
+/// Scored by the pure [`policy`] module, which the simulation (`herd plan`) drives too.
 fn priority(policy: EvictionPolicy, clock: f64, e: &Entry) -> f64 {
-    match policy {
-        EvictionPolicy::Lru => e.last_used as f64,
-        EvictionPolicy::Gdsf => {
-            let size_mib = (e.charge.max(1) as f64) / (1024.0 * 1024.0);
-            clock + (e.freq.max(1) as f64) * e.load_secs.max(0.001) / size_mib.max(1e-3)
-        }
-    }
+    policy::priority(
+        policy,
+        clock,
+        &policy::Usage {
+            charge: e.charge,
+            freq: e.freq,
+            last_used: e.last_used,
+            load_secs: e.load_secs,
+        },
+    )
 }
 
 /// Zero inputs with every dynamic dimension set to 1 (empty strings for BYTES).

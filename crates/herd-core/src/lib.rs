@@ -10,6 +10,7 @@ mod cache;
 pub mod config;
 mod model;
 pub mod pipeline;
+pub mod policy;
 pub mod source;
 mod validate;
 
