@@ -43,7 +43,10 @@ def test_list_load_infer_unload(server, references):
         assert got.tolist() == np.array(r["outputs"][0]["data"], dtype=dt).reshape(r["outputs"][0]["shape"]).tolist()
 
     c.unload_model("dtype_fp32")
-    assert not c.is_model_ready("dtype_fp32")
+    # Unloaded but loadable on demand: still ready; the index shows it is not loaded.
+    assert c.is_model_ready("dtype_fp32")
+    state = {m["name"]: m.get("state") for m in c.get_model_repository_index()}
+    assert state["dtype_fp32"] == "UNLOADED"
 
 
 def test_errors_surface_as_exceptions(server):

@@ -488,6 +488,10 @@ pub struct ModelMetadata {
     pub platform: String,
     pub inputs: Vec<TensorMetadata>,
     pub outputs: Vec<TensorMetadata>,
+    /// herd's extension: `READY` (loaded), `LOADING`, `UNLOADED` (loaded on first request) or
+    /// `UNAVAILABLE` (last load failed), as in the repository index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -8,11 +8,13 @@
 pub mod auth;
 pub mod error;
 mod routes;
+pub mod service;
 pub mod settings;
 pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
@@ -30,6 +32,37 @@ pub struct AppState {
     pub core: Arc<Core>,
     pub auth: Arc<auth::Auth>,
     pub metrics: Option<PrometheusHandle>,
+    /// Readiness: set by the preload task and the shutdown signal.
+    pub health: Arc<service::Health>,
+}
+
+impl AppState {
+    /// A state that is not ready until [`AppState::start`] has preloaded the pinned models.
+    pub fn new(
+        core: Arc<Core>,
+        auth: Arc<auth::Auth>,
+        metrics: Option<PrometheusHandle>,
+    ) -> AppState {
+        AppState {
+            core,
+            auth,
+            metrics,
+            health: Arc::new(service::Health::starting()),
+        }
+    }
+
+    /// Preloads the pinned models in the background; the server turns ready when they are
+    /// loaded (a pinned model that fails to load is logged and shown in the index).
+    pub fn start(&self) -> tokio::task::JoinHandle<()> {
+        let (core, health) = (self.core.clone(), self.health.clone());
+        tokio::spawn(async move {
+            let pinned = core.preload_pinned().await;
+            if pinned > 0 {
+                tracing::info!(pinned, "pinned models preloaded");
+            }
+            health.mark_started();
+        })
+    }
 }
 
 /// The whole HTTP application (tests call it without a socket or bind it to port 0).
@@ -37,12 +70,32 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
     routes::router(state).layer(DefaultBodyLimit::max(max_body_bytes))
 }
 
-/// Binds `addr` and serves until ctrl-c / SIGTERM, draining requests in flight.
-pub async fn serve(app: Router, addr: SocketAddr) -> std::io::Result<()> {
+/// Binds `addr` and serves until ctrl-c / SIGTERM, draining requests in flight. On the signal
+/// readiness turns false at once; the listener keeps accepting for `drain_delay` (so load
+/// balancers see the 503 and move away; a second signal cuts the wait short), then closes.
+pub async fn serve(
+    app: Router,
+    addr: SocketAddr,
+    health: Arc<service::Health>,
+    drain_delay: Duration,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "herd is serving");
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            health.begin_drain();
+            if !drain_delay.is_zero() {
+                tracing::info!(
+                    ?drain_delay,
+                    "not ready; closing the listener after the drain delay"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(drain_delay) => {},
+                    _ = shutdown_signal() => {},
+                }
+            }
+        })
         .await
 }
 

@@ -43,6 +43,12 @@ pub struct Settings {
     #[arg(long, env = "HERD_REQUEST_TIMEOUT", default_value_t = 30.0)]
     pub request_timeout: f64,
 
+    /// Seconds to keep accepting requests after SIGTERM / ctrl-c while /v2/health/ready answers
+    /// 503, so load balancers and Kubernetes stop routing here before the listener closes
+    /// (a second signal cuts it short). 0 closes at once.
+    #[arg(long, env = "HERD_DRAIN_DELAY", default_value_t = 0.0)]
+    pub drain_delay: f64,
+
     /// Largest request body accepted (413 beyond it).
     #[arg(long, env = "HERD_MAX_BODY", default_value = "64MiB", value_parser = parse_size)]
     #[serde(serialize_with = "ser_debug")]
@@ -96,6 +102,10 @@ impl Settings {
             request_timeout: Duration::from_secs_f64(self.request_timeout.max(0.001)),
             ..CoreConfig::default()
         }
+    }
+
+    pub fn drain_delay(&self) -> Duration {
+        Duration::from_secs_f64(self.drain_delay.max(0.0))
     }
 
     pub fn max_body_bytes(&self) -> usize {

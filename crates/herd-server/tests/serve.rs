@@ -59,11 +59,12 @@ async fn start(repo: &Path, cfg: CoreConfig, auth: Auth) -> Server {
 async fn start_with_limit(repo: &Path, cfg: CoreConfig, auth: Auth, max_body: usize) -> Server {
     let source = Arc::new(DirectorySource::new(repo).unwrap());
     let core = Core::new(cfg, source, backend());
-    let state = AppState {
-        core: core.clone(),
-        auth: Arc::new(auth),
-        metrics: herd_server::telemetry::init_metrics(),
-    };
+    let state = AppState::new(
+        core.clone(),
+        Arc::new(auth),
+        herd_server::telemetry::init_metrics(),
+    );
+    state.health.mark_started();
     let app = herd_server::app(state, max_body);
     let (addr, _h) = herd_server::spawn(app, "127.0.0.1:0".parse().unwrap())
         .await
@@ -161,18 +162,31 @@ async fn json_infer_matches_reference_and_metadata_describes_the_model() {
     let repo = temp_repo();
     write_model(&repo, "acme", 11);
     let s = start(&repo, big_budget(), Auth::open()).await;
-    assert_eq!(s.get("/v2/health/live").await.0, 200);
-    assert_eq!(s.get("/v2/health/ready").await.0, 200);
+    let (status, live) = s.get("/v2/health/live").await;
+    assert_eq!((status, live.as_str()), (200, r#"{"live":true}"#));
+    let (status, ready) = s.get("/v2/health/ready").await;
+    assert_eq!((status, ready.as_str()), (200, r#"{"ready":true}"#));
     let (status, meta) = s.get("/v2/models/acme").await;
     assert_eq!(status, 200);
     let meta: Value = serde_json::from_str(&meta).unwrap();
     assert_eq!(meta["inputs"][0]["name"], "input");
     assert_eq!(meta["inputs"][0]["shape"], json!([-1, DIM]));
     assert_eq!(meta["platform"], "onnxruntime_onnx");
-    // Not loaded yet: not ready. First inference loads it.
-    assert_eq!(s.get("/v2/models/acme/ready").await.0, 400);
+    assert_eq!(meta["state"], "UNLOADED");
+    // Not loaded yet but loadable: ready (the first inference loads it), the state says so.
+    let (status, r) = s.get("/v2/models/acme/ready").await;
+    assert_eq!(status, 200);
+    let r: Value = serde_json::from_str(&r).unwrap();
+    assert_eq!(
+        r,
+        json!({"name": "acme", "version": "1", "ready": true, "state": "UNLOADED"})
+    );
     s.infer_ok("acme", 11, &x_for(1)).await;
-    assert_eq!(s.get("/v2/models/acme/ready").await.0, 200);
+    let (status, r) = s.get("/v2/models/acme/ready").await;
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<Value>(&r).unwrap()["state"], "READY");
+    let meta: Value = serde_json::from_str(&s.get("/v2/models/acme").await.1).unwrap();
+    assert_eq!(meta["state"], "READY");
     assert_eq!(s.get("/v2/models/acme/versions/1/ready").await.0, 200);
     // A batch of three rows answers three rows.
     let x: Vec<f32> = (0..3).flat_map(x_for).collect();
@@ -432,6 +446,15 @@ async fn corrupt_model_is_a_clear_error_and_the_server_stays_up() {
         .find(|e| e["name"] == "broken")
         .unwrap();
     assert_eq!(broken["state"], "UNAVAILABLE");
+    // A model whose last load failed is not ready, and says why.
+    let (status, r) = s.get("/v2/models/broken/ready").await;
+    assert_eq!(status, 503, "{r}");
+    let r: Value = serde_json::from_str(&r).unwrap();
+    assert_eq!(r["ready"], false);
+    assert!(
+        r["error"].as_str().unwrap().contains("failed to load"),
+        "{r}"
+    );
     assert!(broken["reason"]
         .as_str()
         .unwrap()
@@ -601,11 +624,8 @@ async fn full_queue_answers_429_with_retry_after_and_nothing_hangs() {
         source,
         Arc::new(GateBackend { gate: gate.clone() }),
     );
-    let state = AppState {
-        core: core.clone(),
-        auth: Arc::new(Auth::open()),
-        metrics: None,
-    };
+    let state = AppState::new(core.clone(), Arc::new(Auth::open()), None);
+    state.health.mark_started();
     let (addr, _h) = herd_server::spawn(
         herd_server::app(state, 1 << 20),
         "127.0.0.1:0".parse().unwrap(),
@@ -672,11 +692,8 @@ async fn request_timeout_answers_504() {
         Arc::new(DirectorySource::new(&repo).unwrap()),
         Arc::new(GateBackend { gate: gate.clone() }),
     );
-    let state = AppState {
-        core: core.clone(),
-        auth: Arc::new(Auth::open()),
-        metrics: None,
-    };
+    let state = AppState::new(core.clone(), Arc::new(Auth::open()), None);
+    state.health.mark_started();
     let (addr, _h) = herd_server::spawn(
         herd_server::app(state, 1 << 20),
         "127.0.0.1:0".parse().unwrap(),
@@ -830,7 +847,10 @@ async fn repository_api_loads_unloads_and_sees_new_models() {
         s.post("/v2/repository/models/a/unload", &json!({})).await.0,
         200
     );
-    assert_eq!(s.get("/v2/models/a/ready").await.0, 400);
+    // Unloaded but loadable on demand: still ready; the index shows it is not loaded.
+    assert_eq!(s.get("/v2/models/a/ready").await.0, 200);
+    let (_, idx, _) = s.post("/v2/repository/index", &json!({})).await;
+    assert_eq!(idx[0]["state"], "UNLOADED");
     assert_eq!(
         s.post("/v2/repository/models/nope/load", &json!({}))
             .await
@@ -863,4 +883,45 @@ async fn repository_api_loads_unloads_and_sees_new_models() {
     ] {
         assert!(text.contains(name), "metric {name} missing");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_is_ready_only_after_pinned_preloads_and_not_while_draining() {
+    let repo = temp_repo();
+    write_model(&repo, "pinned", 3);
+    write_config(&repo, "pinned", "pinned = true\n");
+    let source = Arc::new(DirectorySource::new(&repo).unwrap());
+    let core = Core::new(big_budget(), source, backend());
+    let state = AppState::new(core.clone(), Arc::new(Auth::open()), None);
+    let health = state.health.clone();
+    let app = herd_server::app(state.clone(), 1 << 20);
+    let (addr, _h) = herd_server::spawn(app, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let url = format!("http://{addr}");
+    let get = |p: &'static str| {
+        let url = format!("{url}{p}");
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    // Live at once; not ready before the preload ran.
+    assert_eq!(get("/v2/health/live").await, (200, json!({"live": true})));
+    assert_eq!(
+        get("/v2/health/ready").await,
+        (503, json!({"ready": false}))
+    );
+    state.start().await.unwrap();
+    assert_eq!(core.state_of("pinned", "1"), ModelState::Ready);
+    assert_eq!(get("/v2/health/ready").await, (200, json!({"ready": true})));
+    // Shutdown began (what the signal handler of `serve` does first): not ready, still live,
+    // and requests on the still-open listener are served.
+    health.begin_drain();
+    assert_eq!(
+        get("/v2/health/ready").await,
+        (503, json!({"ready": false}))
+    );
+    assert_eq!(get("/v2/health/live").await, (200, json!({"live": true})));
+    assert_eq!(get("/v2/models/pinned/ready").await.0, 200);
 }

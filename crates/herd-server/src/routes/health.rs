@@ -3,17 +3,30 @@ use axum::http::StatusCode;
 use axum::Json;
 use herd_api::v2::ServerMetadata;
 use herd_api::ErrorCode;
+use serde_json::{json, Value};
 
 use crate::error::HttpError;
 use crate::AppState;
 
-pub async fn live() -> StatusCode {
-    StatusCode::OK
+/// `{"live": true}` while the process answers.
+pub async fn live(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
+    let live = s.health.is_live();
+    (status(live), Json(json!({ "live": live })))
 }
 
-/// Ready once the server accepts requests (models load on demand).
-pub async fn ready(State(_s): State<AppState>) -> StatusCode {
-    StatusCode::OK
+/// `{"ready": true}` once the pinned models are preloaded and until shutdown begins; else 503
+/// with `{"ready": false}` (other models load on demand and do not hold readiness back).
+pub async fn ready(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
+    let ready = s.health.is_ready();
+    (status(ready), Json(json!({ "ready": ready })))
+}
+
+fn status(ok: bool) -> StatusCode {
+    if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
 }
 
 pub async fn server_metadata() -> Json<ServerMetadata> {

@@ -125,11 +125,12 @@ async fn demo(args: DemoArgs, lib: PathBuf) -> anyhow::Result<()> {
             source.clone(),
             backend.clone(),
         );
-        let state = AppState {
-            core: core.clone(),
-            auth: Arc::new(Auth::open()),
-            metrics: herd_server::telemetry::init_metrics(),
-        };
+        let state = AppState::new(
+            core.clone(),
+            Arc::new(Auth::open()),
+            herd_server::telemetry::init_metrics(),
+        );
+        state.start();
         let app = herd_server::app(state, 16 << 20);
         let (addr, server) = herd_server::spawn(app, "127.0.0.1:0".parse()?).await?;
         println!(

@@ -47,11 +47,7 @@ pub async fn build(
         Some(p) => Auth::from_file(p).map_err(anyhow::Error::msg)?,
         None => Auth::open(),
     };
-    let state = AppState {
-        core: core.clone(),
-        auth: Arc::new(auth),
-        metrics: telemetry::init_metrics(),
-    };
+    let state = AppState::new(core.clone(), Arc::new(auth), telemetry::init_metrics());
     Ok((state, core))
 }
 
@@ -74,15 +70,11 @@ async fn serve(
         library = %herd_runtime::install::locate(settings.ort_lib.as_deref()).map(|p| p.display().to_string()).unwrap_or_default(),
         "memory budget"
     );
-    let preload = core.clone();
-    tokio::spawn(async move {
-        let pinned = preload.preload_pinned().await;
-        if pinned > 0 {
-            tracing::info!(pinned, "pinned models preloaded");
-        }
-    });
+    // Ready (GET /v2/health/ready) once the pinned models are loaded.
+    state.start();
     core.spawn_warmup_loop();
     let auth = state.auth.clone();
+    let health = state.health.clone();
     let mut app = herd_server::app(state, settings.max_body_bytes());
     if let Some(src) = &channel {
         app = app.nest(
@@ -92,7 +84,7 @@ async fn serve(
             ),
         );
     }
-    herd_server::serve(app, settings.addr)
+    herd_server::serve(app, settings.addr, health, settings.drain_delay())
         .await
         .with_context(|| format!("serving on {}", settings.addr))
 }
