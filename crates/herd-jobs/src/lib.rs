@@ -34,23 +34,24 @@ use std::sync::Arc;
 pub const DEFAULT_QUEUE_URL: &str = "sqlite://.herd/jobs.db";
 
 /// Options for [`connect_with`].
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct ConnectOptions {
-    /// Source of "now" for leases, delays and retention. Tests pass a [`ManualClock`].
-    pub clock: Arc<dyn Clock>,
+    /// A test clock for leases, delays and retention. `None` (the default): the store's clock
+    /// (Redis `TIME`, the database's `now()`; for the embedded SQLite file, this host's clock),
+    /// so workers whose wall clocks disagree still agree on who holds a lease.
+    pub clock: Option<Arc<dyn Clock>>,
 }
 
-impl Default for ConnectOptions {
-    fn default() -> Self {
-        ConnectOptions {
-            clock: Arc::new(SystemClock),
-        }
+impl ConnectOptions {
+    /// Options with a test clock.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        ConnectOptions { clock: Some(clock) }
     }
 }
 
 /// Opens the queue named by `url`: `sqlite://PATH` (created if missing; the default is
-/// [`DEFAULT_QUEUE_URL`]) or `redis://HOST:PORT[/DB]`. Any other scheme is an error that names
-/// the supported ones.
+/// [`DEFAULT_QUEUE_URL`]), `redis://` / `rediss://` (see [`redis_queue`]), or
+/// `redis+cluster://`. Any other scheme is an error that names the supported ones.
 pub async fn connect(url: &str) -> Result<Arc<dyn Queue>, JobsError> {
     connect_with(url, ConnectOptions::default()).await
 }
@@ -62,21 +63,100 @@ pub async fn connect_with(url: &str, opts: ConnectOptions) -> Result<Arc<dyn Que
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
     {
-        let q = sqlite::SqliteQueue::open(path, opts.clock).await?;
+        let clock = opts.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let q = sqlite::SqliteQueue::open(path, clock).await?;
         return Ok(Arc::new(q));
     }
-    if url.starts_with("redis://") || url.starts_with("rediss://") {
+    if [
+        "redis://",
+        "rediss://",
+        "redis+cluster://",
+        "rediss+cluster://",
+    ]
+    .iter()
+    .any(|p| url.starts_with(p))
+    {
         let q = redis_queue::RedisQueue::open(url, opts.clock).await?;
         return Ok(Arc::new(q));
     }
     Err(JobsError::UnsupportedUrl {
-        url: url.to_string(),
+        url: redact_url(url),
     })
+}
+
+/// `url` with any password replaced by `***` (userinfo `user:pass@`, a lone `pass@` for
+/// schemes that take one, and `password=` / `token=` query parameters), for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let (head, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    // Userinfo: everything before the last '@' of the authority (which ends at '/', '?', '#').
+    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(auth_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((user, host)) => match user.split_once(':') {
+            Some((name, _pw)) => format!("{name}:***@{host}"),
+            None if head.starts_with("redis") => format!("***@{host}"),
+            None => format!("{user}@{host}"),
+        },
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let q: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _))
+                        if ["password", "pass", "token", "secret"]
+                            .contains(&k.to_ascii_lowercase().as_str()) =>
+                    {
+                        format!("{k}=***")
+                    }
+                    _ => kv.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", q.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{head}{authority}{tail}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        for (url, want) in [
+            (
+                "redis://:hunter2@127.0.0.1:6379/0",
+                "redis://:***@127.0.0.1:6379/0",
+            ),
+            ("redis://hunter2@h:1", "redis://***@h:1"),
+            (
+                "rediss://default:hunter2@h:1?prefix=x",
+                "rediss://default:***@h:1?prefix=x",
+            ),
+            (
+                "redis+cluster://u:hunter2@a:1,b:2",
+                "redis+cluster://u:***@a:1,b:2",
+            ),
+            (
+                "postgres://herd:hunter2@db/q?sslmode=require",
+                "postgres://herd:***@db/q?sslmode=require",
+            ),
+            (
+                "postgres://db/q?password=hunter2",
+                "postgres://db/q?password=***",
+            ),
+            ("sqlite://.herd/jobs.db", "sqlite://.herd/jobs.db"),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+        ] {
+            assert_eq!(redact_url(url), want);
+        }
+    }
 
     #[tokio::test]
     async fn unknown_scheme_names_the_supported_ones() {
@@ -88,6 +168,11 @@ mod tests {
         assert!(msg.contains("amqp://localhost"), "{msg}");
         assert!(msg.contains("sqlite://"), "{msg}");
         assert!(msg.contains("redis://"), "{msg}");
+        let err = match connect("amqp://u:hunter2@localhost").await {
+            Ok(_) => panic!("amqp must be rejected"),
+            Err(e) => e,
+        };
+        assert!(!err.to_string().contains("hunter2"), "{err}");
         assert_eq!(
             herd_api::HasErrorCode::code(&err),
             herd_api::ErrorCode::InvalidInput

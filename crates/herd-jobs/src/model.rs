@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::JobsError;
 
-/// A job id: `j` + 12 hex digits of the enqueue time in ms + 8 random hex digits, so ids sort in
-/// enqueue order (jobs of equal priority are claimed oldest first).
+/// A job id: `j` + 12 hex digits of the enqueue time in ms + 20 random hex digits (80 bits), so
+/// ids sort in enqueue order (jobs of equal priority are claimed oldest first) and never collide
+/// in practice (see [`new_job_id`]).
 pub type JobId = String;
 
 /// What a job does, with its parameters. Serialised as `{"kind": "...", "params": {...}}`.
@@ -458,26 +459,32 @@ impl Default for ListFilter {
     }
 }
 
-/// A new job id (see [`JobId`]). Within one process, ids are strictly increasing even inside
-/// one millisecond (a counter); across processes, ties inside a millisecond break at random.
+/// A new job id (see [`JobId`]): `j`, 12 hex digits of the enqueue time in ms, then 20 hex
+/// digits (80 bits) of randomness, like a ULID. Two enqueuers anywhere, even in the same
+/// millisecond, collide with odds of 2^-80 per pair; the queues still refuse to overwrite an
+/// existing id and draw a new one. Within one process ids are strictly increasing even inside
+/// one millisecond or across a clock step back (the random part of a repeated millisecond is the
+/// previous one plus a random step, as monotonic ULIDs do).
 pub fn new_job_id(now_ms: i64) -> JobId {
-    static LAST: parking_lot::Mutex<(i64, u32)> = parking_lot::Mutex::new((0, 0));
-    let (ms, seq) = {
+    static LAST: parking_lot::Mutex<(i64, u128)> = parking_lot::Mutex::new((0, 0));
+    const RAND_BITS: u32 = 80;
+    const MASK: u128 = (1u128 << RAND_BITS) - 1;
+    let (ms, r) = {
         let mut last = LAST.lock();
+        let fresh: u128 = rand::random::<u128>() & MASK;
         if now_ms > last.0 {
-            *last = (now_ms, 0);
+            *last = (now_ms, fresh);
         } else {
-            last.1 = last.1.wrapping_add(1);
+            // Same millisecond (or the clock went back): keep the order, add 1..2^32 of entropy.
+            let step = u128::from(rand::random::<u32>()) + 1;
+            match last.1.checked_add(step).filter(|v| *v <= MASK) {
+                Some(v) => last.1 = v,
+                None => *last = (last.0 + 1, fresh),
+            }
         }
         *last
     };
-    let r: u16 = rand::random();
-    format!(
-        "j{:012x}{:04x}{:04x}",
-        ms.max(0) & 0xffff_ffff_ffff,
-        seq & 0xffff,
-        r
-    )
+    format!("j{:012x}{:020x}", ms.max(0) & 0xffff_ffff_ffff, r)
 }
 
 /// A new lease token.
@@ -549,6 +556,21 @@ mod tests {
         let c = new_job_id(2_000);
         let d = new_job_id(1_500); // a clock step back still sorts after
         assert!(a < b && b < c && c < d, "{a} {b} {c} {d}");
-        assert_eq!(a.len(), 21);
+        assert_eq!(a.len(), 33);
+    }
+
+    #[test]
+    fn ids_carry_at_least_64_random_bits() {
+        // Two ids of the same millisecond from "different processes" share only the time part:
+        // the rest is random. Simulate other processes by drawing fresh state each time (a new
+        // millisecond resets the monotonic part to fresh randomness).
+        let mut seen = std::collections::HashSet::new();
+        for ms in 0..20_000i64 {
+            let id = new_job_id(10_000_000 + ms);
+            assert!(
+                seen.insert(id[13..].to_string()),
+                "random part repeated: {id}"
+            );
+        }
     }
 }

@@ -125,82 +125,13 @@ impl SqliteQueue {
         }
         row_to_job(&row)
     }
-}
-
-fn row_to_job(row: &sqlx::sqlite::SqliteRow) -> Result<Job, JobsError> {
-    let c = |e: sqlx::Error| JobsError::Corrupt(e.to_string());
-    let spec: String = row.try_get("spec").map_err(c)?;
-    let spec: JobSpec =
-        serde_json::from_str(&spec).map_err(|e| JobsError::Corrupt(format!("spec: {e}")))?;
-    let state: String = row.try_get("state").map_err(c)?;
-    let result: Option<String> = row.try_get("result").map_err(c)?;
-    let progress: Option<String> = row.try_get("progress").map_err(c)?;
-    let attempts: i64 = row.try_get("attempts").map_err(c)?;
-    Ok(Job {
-        id: row.try_get("id").map_err(c)?,
-        spec,
-        state: JobState::from_str(&state).map_err(|e| JobsError::Corrupt(e.to_string()))?,
-        attempts: u32::try_from(attempts).unwrap_or(0),
-        created_ms: row.try_get("created_ms").map_err(c)?,
-        updated_ms: row.try_get("updated_ms").map_err(c)?,
-        run_at_ms: row.try_get("run_at_ms").map_err(c)?,
-        finished_ms: row.try_get("finished_ms").map_err(c)?,
-        worker_id: row.try_get("worker_id").map_err(c)?,
-        lease_expires_ms: row.try_get("lease_expires_ms").map_err(c)?,
-        last_error: row.try_get("last_error").map_err(c)?,
-        result: match result {
-            Some(r) => Some(
-                serde_json::from_str(&r).map_err(|e| JobsError::Corrupt(format!("result: {e}")))?,
-            ),
-            None => None,
-        },
-        progress: match progress {
-            Some(p) => serde_json::from_str(&p).ok(),
-            None => None,
-        },
-    })
-}
-
-#[async_trait]
-impl Queue for SqliteQueue {
-    fn backend(&self) -> &'static str {
-        "sqlite"
-    }
-
-    async fn enqueue(&self, spec: JobSpec) -> Result<JobId, JobsError> {
-        spec.validate()?;
-        let now = self.clock.now_ms();
-        let id = new_job_id(now);
-        let spec_json =
-            serde_json::to_string(&spec).map_err(|e| JobsError::InvalidSpec(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO jobs (id, queue, state, priority, spec, attempts, max_attempts, created_ms, updated_ms, run_at_ms)
-             VALUES (?, ?, 'waiting', ?, ?, 0, ?, ?, ?, ?)",
-        )
-        .bind(&id)
-        .bind(&spec.queue)
-        .bind(spec.priority)
-        .bind(spec_json)
-        .bind(i64::from(spec.max_attempts))
-        .bind(now)
-        .bind(now)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?;
-        metrics::counter!("herd_jobs_enqueued_total", "queue" => spec.queue.clone()).increment(1);
-        Ok(id)
-    }
-
-    async fn claim(
+    /// One claim; a poison job found on the way is dead-lettered and reported as Corrupt.
+    async fn claim_once(
         &self,
         worker_id: &str,
         queues: &[String],
         lease: Duration,
     ) -> Result<Option<Lease>, JobsError> {
-        if queues.is_empty() {
-            return Ok(None);
-        }
         let now = self.clock.now_ms();
         let mut tx = self.begin().await?;
         // 1. Per queue, settle what time has changed (each step one indexed range): expired leases
@@ -279,14 +210,133 @@ impl Queue for SqliteQueue {
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| self.err(e))?;
-        let job = row_to_job(&row)?;
-        tx.commit().await.map_err(|e| self.err(e))?;
-        Ok(Some(Lease {
-            job,
-            token,
-            worker_id: worker_id.to_string(),
-            expires_ms: expires,
-        }))
+        match row_to_job(&row) {
+            Ok(job) => {
+                tx.commit().await.map_err(|e| self.err(e))?;
+                Ok(Some(Lease {
+                    job,
+                    token,
+                    worker_id: worker_id.to_string(),
+                    expires_ms: expires,
+                }))
+            }
+            Err(e) => {
+                // A poison job: its record does not decode. Dead-letter it with the reason, in
+                // the same transaction, and tell the caller to claim again.
+                tracing::error!(job_id = %id, error = %e, "poison job: moving it to the dead letter");
+                sqlx::query(
+                    "UPDATE jobs SET state = 'dead', finished_ms = ?, updated_ms = ?, lease_token = NULL,
+                     lease_expires_ms = NULL, last_error = ? WHERE id = ?",
+                )
+                .bind(now)
+                .bind(now)
+                .bind(format!(
+                    "undecodable job record, moved to the dead letter: {e}"
+                ))
+                .bind(&id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?;
+                tx.commit().await.map_err(|e| self.err(e))?;
+                Err(JobsError::Corrupt(format!("job {id}: {e}")))
+            }
+        }
+    }
+}
+
+fn row_to_job(row: &sqlx::sqlite::SqliteRow) -> Result<Job, JobsError> {
+    let c = |e: sqlx::Error| JobsError::Corrupt(e.to_string());
+    let spec: String = row.try_get("spec").map_err(c)?;
+    let spec: JobSpec =
+        serde_json::from_str(&spec).map_err(|e| JobsError::Corrupt(format!("spec: {e}")))?;
+    let state: String = row.try_get("state").map_err(c)?;
+    let result: Option<String> = row.try_get("result").map_err(c)?;
+    let progress: Option<String> = row.try_get("progress").map_err(c)?;
+    let attempts: i64 = row.try_get("attempts").map_err(c)?;
+    Ok(Job {
+        id: row.try_get("id").map_err(c)?,
+        spec,
+        state: JobState::from_str(&state).map_err(|e| JobsError::Corrupt(e.to_string()))?,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        created_ms: row.try_get("created_ms").map_err(c)?,
+        updated_ms: row.try_get("updated_ms").map_err(c)?,
+        run_at_ms: row.try_get("run_at_ms").map_err(c)?,
+        finished_ms: row.try_get("finished_ms").map_err(c)?,
+        worker_id: row.try_get("worker_id").map_err(c)?,
+        lease_expires_ms: row.try_get("lease_expires_ms").map_err(c)?,
+        last_error: row.try_get("last_error").map_err(c)?,
+        result: match result {
+            Some(r) => Some(
+                serde_json::from_str(&r).map_err(|e| JobsError::Corrupt(format!("result: {e}")))?,
+            ),
+            None => None,
+        },
+        progress: match progress {
+            Some(p) => serde_json::from_str(&p).ok(),
+            None => None,
+        },
+    })
+}
+
+#[async_trait]
+impl Queue for SqliteQueue {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn enqueue(&self, spec: JobSpec) -> Result<JobId, JobsError> {
+        spec.validate()?;
+        let spec_json =
+            serde_json::to_string(&spec).map_err(|e| JobsError::InvalidSpec(e.to_string()))?;
+        // An id that exists already is never overwritten (nor is the insert an error): draw
+        // another (odds 2^-80 per pair of same-millisecond ids).
+        for _ in 0..8 {
+            let now = self.clock.now_ms();
+            let id = new_job_id(now);
+            let done = sqlx::query(
+                "INSERT INTO jobs (id, queue, state, priority, spec, attempts, max_attempts, created_ms, updated_ms, run_at_ms)
+                 VALUES (?, ?, 'waiting', ?, ?, 0, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+            )
+            .bind(&id)
+            .bind(&spec.queue)
+            .bind(spec.priority)
+            .bind(&spec_json)
+            .bind(i64::from(spec.max_attempts))
+            .bind(now)
+            .bind(now)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+            if done.rows_affected() == 1 {
+                metrics::counter!("herd_jobs_enqueued_total", "queue" => spec.queue.clone())
+                    .increment(1);
+                return Ok(id);
+            }
+            tracing::warn!(job_id = %id, "job id already taken; drawing another");
+        }
+        Err(JobsError::Corrupt(
+            "eight fresh job ids in a row were taken: is the id generator broken?".into(),
+        ))
+    }
+
+    async fn claim(
+        &self,
+        worker_id: &str,
+        queues: &[String],
+        lease: Duration,
+    ) -> Result<Option<Lease>, JobsError> {
+        if queues.is_empty() {
+            return Ok(None);
+        }
+        // Poison jobs are dead-lettered one by one; the claim goes on to the next job.
+        for _ in 0..16 {
+            match self.claim_once(worker_id, queues, lease).await {
+                Err(JobsError::Corrupt(_)) => continue,
+                other => return other,
+            }
+        }
+        Ok(None)
     }
 
     async fn renew(

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::run::Runner;
+use crate::run::{JobContext, Runner};
 use crate::{FailOutcome, Failure, JobsError, Lease, Queue};
 
 /// How a worker behaves.
@@ -27,6 +27,9 @@ pub struct WorkerConfig {
     pub poll: Duration,
     /// Give up after this many consecutive queue errors (the queue is unreachable).
     pub max_queue_errors: u32,
+    /// After abandoning a job, how long to wait for its runner to clean up (a command's process
+    /// group gets SIGTERM, then SIGKILL after the runner's kill grace) before dropping it.
+    pub abandon_wait: Duration,
 }
 
 impl WorkerConfig {
@@ -39,6 +42,7 @@ impl WorkerConfig {
             grace: Duration::from_secs(30),
             poll: Duration::from_millis(500),
             max_queue_errors: 20,
+            abandon_wait: Duration::from_secs(30),
         }
     }
 }
@@ -103,6 +107,7 @@ impl Worker {
                 summary.exit_reason = "shutdown";
                 break;
             }
+            let asked = Instant::now();
             let claimed = self
                 .queue
                 .claim(&self.cfg.worker_id, &self.cfg.queues, self.cfg.lease)
@@ -128,7 +133,7 @@ impl Worker {
                 }
                 Ok(Some(lease)) => {
                     errors = 0;
-                    match self.process(lease, &mut shutdown).await {
+                    match self.process(lease, asked, &mut shutdown).await {
                         JobEnd::Done => summary.done += 1,
                         JobEnd::Failed => summary.failed += 1,
                         JobEnd::Released => summary.released += 1,
@@ -143,15 +148,23 @@ impl Worker {
         Ok(summary)
     }
 
-    async fn process(&self, lease: Lease, shutdown: &mut watch::Receiver<bool>) -> JobEnd {
+    async fn process(
+        &self,
+        lease: Lease,
+        asked: Instant,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> JobEnd {
         use tracing::Instrument;
         let span = tracing::info_span!("job", job_id = %lease.job.id, kind = lease.job.spec.kind.name(), attempt = lease.job.attempts);
-        self.process_inner(lease, shutdown).instrument(span).await
+        self.process_inner(lease, asked, shutdown)
+            .instrument(span)
+            .await
     }
 
     async fn process_inner(
         &self,
         mut lease: Lease,
+        asked: Instant,
         shutdown: &mut watch::Receiver<bool>,
     ) -> JobEnd {
         let job = lease.job.clone();
@@ -160,42 +173,55 @@ impl Worker {
         metrics::counter!("herd_jobs_claimed_total", "queue" => queue_name.clone()).increment(1);
         let started = Instant::now();
 
-        let (ptx, mut prx) = watch::channel(None);
+        let (ctx, cancel, mut prx) = JobContext::new();
         let runner = self.runner.clone();
         let job_for_task = job.clone();
-        let timeout = Duration::from_secs(job.spec.timeout_secs);
         // A task of its own: a panicking runner becomes a failed attempt, not a dead worker.
-        let mut task = tokio::spawn(async move {
-            tokio::time::timeout(timeout, runner.run(&job_for_task, &ptx)).await
-        });
+        let mut task = tokio::spawn(async move { runner.run(&job_for_task, &ctx).await });
+        let timeout_at = tokio::time::Instant::now() + Duration::from_secs(job.spec.timeout_secs);
         let renew_every = (self.cfg.lease / 3).max(Duration::from_millis(50));
         let mut renew =
             tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The lease is ours until this instant at the latest (measured on this host's monotonic
+        // clock from before the request that granted it, so it never overestimates). If renewals
+        // keep failing, the job is stopped before then: after it, another worker may hold it.
+        let mut lease_valid_until = asked + self.cfg.lease;
+        let lease_margin = (self.cfg.lease / 10).max(Duration::from_millis(20));
         let mut grace_deadline: Option<tokio::time::Instant> = None;
         let mut shutdown_seen = *shutdown.borrow();
         if shutdown_seen {
             grace_deadline = Some(tokio::time::Instant::now() + self.cfg.grace);
         }
 
+        enum Abandon {
+            Timeout,
+            Grace,
+            LeaseLost,
+            LeaseExpiring,
+        }
         let result = loop {
+            let expiring_at = tokio::time::Instant::from_std(
+                lease_valid_until
+                    .checked_sub(lease_margin)
+                    .unwrap_or(lease_valid_until),
+            );
             tokio::select! {
-                res = &mut task => break Some(res),
+                res = &mut task => break Ok(res),
                 _ = renew.tick() => {
                     let progress = prx.borrow_and_update().clone();
                     if let Some(p) = &progress {
                         tracing::info!(done = p.done, total = ?p.total, "progress");
                     }
+                    let asked = Instant::now();
                     match self.queue.renew(&mut lease, self.cfg.lease, progress.as_ref()).await {
-                        Ok(()) => {}
-                        Err(JobsError::LeaseLost { .. }) => {
-                            tracing::warn!("lease lost; abandoning the job (another worker owns it now)");
-                            task.abort();
-                            let _ = (&mut task).await;
-                            return JobEnd::Lost;
-                        }
-                        Err(e) => tracing::warn!(error = %e, "lease renewal failed; will retry"),
+                        Ok(()) => lease_valid_until = asked + self.cfg.lease,
+                        Err(JobsError::LeaseLost { .. }) => break Err(Abandon::LeaseLost),
+                        Err(e) => tracing::warn!(error = %e, valid_for_ms = lease_valid_until.saturating_duration_since(Instant::now()).as_millis() as u64, "lease renewal failed; will retry"),
                     }
                 }
+                _ = tokio::time::sleep_until(expiring_at) => break Err(Abandon::LeaseExpiring),
+                _ = tokio::time::sleep_until(timeout_at) => break Err(Abandon::Timeout),
                 changed = shutdown.changed(), if !shutdown_seen => {
                     if changed.is_err() {
                         // The sender is gone: no shutdown can come any more.
@@ -206,15 +232,48 @@ impl Worker {
                         grace_deadline = Some(tokio::time::Instant::now() + self.cfg.grace);
                     }
                 }
-                _ = sleep_until_opt(grace_deadline) => break None,
+                _ = sleep_until_opt(grace_deadline) => break Err(Abandon::Grace),
+            }
+        };
+
+        let result = match result {
+            Ok(joined) => Ok(joined),
+            Err(why) => {
+                let reason = match why {
+                    Abandon::Timeout => format!(
+                        "timed out after {}s (the job's timeout)",
+                        job.spec.timeout_secs
+                    ),
+                    Abandon::Grace => {
+                        "the worker is shutting down and the grace period is over".to_string()
+                    }
+                    Abandon::LeaseLost => {
+                        "the lease was lost (another worker owns the job now)".to_string()
+                    }
+                    Abandon::LeaseExpiring => {
+                        "the lease could not be renewed and is about to expire".to_string()
+                    }
+                };
+                tracing::warn!(reason = %reason, "abandoning the job");
+                cancel.cancel(reason.clone());
+                // Let the runner clean up (a command's process group: TERM, then KILL); drop it
+                // if that takes far too long.
+                let bound = self.cfg.abandon_wait;
+                if tokio::time::timeout(bound, &mut task).await.is_err() {
+                    tracing::warn!(
+                        wait_s = bound.as_secs_f64(),
+                        "the runner did not stop in time; dropping it"
+                    );
+                    task.abort();
+                    let _ = (&mut task).await;
+                }
+                Err((why, reason))
             }
         };
 
         let seconds = started.elapsed().as_secs_f64();
         let end = match result {
-            None => {
-                task.abort();
-                let _ = (&mut task).await;
+            Err((Abandon::Grace, _)) => {
                 tracing::warn!("grace period over; releasing the lease for another worker");
                 match self.queue.release(&lease).await {
                     Ok(()) => JobEnd::Released,
@@ -224,14 +283,21 @@ impl Worker {
                     }
                 }
             }
-            Some(joined) => {
+            Err((Abandon::LeaseLost, _)) => JobEnd::Lost,
+            Err((Abandon::LeaseExpiring, _)) => {
+                // Try to give it back; most likely the store is still unreachable and the lease
+                // simply expires.
+                let _ = self.queue.release(&lease).await;
+                JobEnd::Lost
+            }
+            Err((Abandon::Timeout, reason)) => {
+                self.record_failure(&lease, Failure::retryable(reason))
+                    .await
+            }
+            Ok(joined) => {
                 let outcome = match joined {
-                    Ok(Ok(Ok(outcome))) => Ok(outcome),
-                    Ok(Ok(Err(failure))) => Err(failure),
-                    Ok(Err(_elapsed)) => Err(Failure::retryable(format!(
-                        "timed out after {}s (the job's timeout)",
-                        job.spec.timeout_secs
-                    ))),
+                    Ok(Ok(outcome)) => Ok(outcome),
+                    Ok(Err(failure)) => Err(failure),
                     Err(join) => Err(Failure::retryable(format!("job runner crashed: {join}"))),
                 };
                 match outcome {
@@ -245,20 +311,7 @@ impl Worker {
                             JobEnd::Lost
                         }
                     },
-                    Err(failure) => match self.queue.fail(&lease, &failure).await {
-                        Ok(FailOutcome::Retry { run_at_ms }) => {
-                            tracing::warn!(error = %failure.message, run_at_ms, "job failed; will retry");
-                            JobEnd::Failed
-                        }
-                        Ok(FailOutcome::Dead) => {
-                            tracing::error!(error = %failure.message, retryable = failure.retryable, "job failed; moved to the dead letter");
-                            JobEnd::Failed
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, job_error = %failure.message, "recording the failure failed");
-                            JobEnd::Lost
-                        }
-                    },
+                    Err(failure) => self.record_failure(&lease, failure).await,
                 }
             }
         };
@@ -271,6 +324,23 @@ impl Worker {
         metrics::counter!("herd_jobs_finished_total", "queue" => queue_name.clone(), "status" => status).increment(1);
         metrics::histogram!("herd_jobs_run_seconds", "queue" => queue_name).record(seconds);
         end
+    }
+
+    async fn record_failure(&self, lease: &Lease, failure: Failure) -> JobEnd {
+        match self.queue.fail(lease, &failure).await {
+            Ok(FailOutcome::Retry { run_at_ms }) => {
+                tracing::warn!(error = %failure.message, run_at_ms, "job failed; will retry");
+                JobEnd::Failed
+            }
+            Ok(FailOutcome::Dead) => {
+                tracing::error!(error = %failure.message, retryable = failure.retryable, "job failed; moved to the dead letter");
+                JobEnd::Failed
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, job_error = %failure.message, "recording the failure failed");
+                JobEnd::Lost
+            }
+        }
     }
 }
 

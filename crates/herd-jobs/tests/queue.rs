@@ -12,6 +12,8 @@ use herd_jobs::{
 
 #[path = "queue/common.rs"]
 mod common;
+#[path = "queue/defects.rs"]
+mod defects;
 #[path = "queue/kill.rs"]
 mod kill;
 #[path = "queue/worker.rs"]
@@ -33,9 +35,7 @@ impl Backend {
     async fn open(&self) -> Arc<dyn Queue> {
         connect_with(
             &self.url,
-            ConnectOptions {
-                clock: Arc::new(self.clock.clone()),
-            },
+            ConnectOptions::with_clock(Arc::new(self.clock.clone())),
         )
         .await
         .unwrap_or_else(|e| panic!("{}: connect {}: {e}", self.name, self.url))

@@ -181,7 +181,9 @@ impl LocalBackend {
         }
     }
 
-    fn spawn(&mut self, id: &str, args: &[String]) -> Result<Child> {
+    /// Starts a child with `args` and extra environment `envs` (secrets such as the queue URL go
+    /// there, never in argv, which every local user can read in `ps`).
+    fn spawn(&mut self, id: &str, args: &[String], envs: &[(&str, &str)]) -> Result<Child> {
         self.prune_logs();
         let log_path = self.settings.log_dir.join(format!("{id}.log"));
         let log = std::fs::File::create(&log_path).map_err(|e| {
@@ -192,6 +194,7 @@ impl LocalBackend {
         })?;
         let child = Command::new(&self.settings.exe)
             .args(args)
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
@@ -234,8 +237,6 @@ impl LocalBackend {
                     let id = self.next_id(queue);
                     let args = vec![
                         "worker".to_string(),
-                        "--queue-url".into(),
-                        url.clone(),
                         "--queue".into(),
                         queue.clone(),
                         "--worker-id".into(),
@@ -243,7 +244,7 @@ impl LocalBackend {
                         "--idle-exit".into(),
                         idle_exit.clone(),
                     ];
-                    let child = self.spawn(&id, &args)?;
+                    let child = self.spawn(&id, &args, &[("HERD_QUEUE_URL", url.as_str())])?;
                     self.workers.entry(queue.clone()).or_default().push(Proc {
                         id,
                         child,
@@ -290,7 +291,7 @@ impl LocalBackend {
                             "--memory-budget".into(),
                             sp.memory_budget.clone(),
                         ];
-                        let child = self.spawn(&id, &args)?;
+                        let child = self.spawn(&id, &args, &[])?;
                         self.serving.entry(pool.clone()).or_default().push(Proc {
                             id,
                             child,

@@ -269,7 +269,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 async fn open(url: &str) -> anyhow::Result<Arc<dyn Queue>> {
     herd_jobs::connect(url)
         .await
-        .with_context(|| format!("opening the queue {url}"))
+        .with_context(|| format!("opening the queue {}", herd_jobs::redact_url(url)))
 }
 
 /// `herd worker`.
@@ -295,7 +295,7 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         cfg.idle_exit = args.idle_exit;
         cfg.grace = args.grace;
         cfg.poll = args.poll;
-        tracing::info!(queue_url = %args.queue_url.queue_url, worker_id = %cfg.worker_id, queues = ?cfg.queues,
+        tracing::info!(queue_url = %herd_jobs::redact_url(&args.queue_url.queue_url), worker_id = %cfg.worker_id, queues = ?cfg.queues,
             lease_s = cfg.lease.as_secs_f64(), grace_s = cfg.grace.as_secs_f64(),
             idle_exit_s = cfg.idle_exit.map(|d| d.as_secs_f64()), "effective worker settings");
         let summary = herd_jobs::worker::run_until_signalled(
@@ -568,8 +568,9 @@ async fn show(url: &str, a: ShowArgs) -> anyhow::Result<()> {
     let queue = open(url).await?;
     let Some(job) = queue.show(&a.id).await? else {
         bail!(
-            "job '{}' not found in {url} (list jobs with `herd job list`)",
-            a.id
+            "job '{}' not found in {} (list jobs with `herd job list`)",
+            a.id,
+            herd_jobs::redact_url(url)
         );
     };
     if a.json {
