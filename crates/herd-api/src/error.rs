@@ -29,6 +29,9 @@ pub enum ErrorCode {
     Forbidden,
     /// The request body is larger than the limit.
     PayloadTooLarge,
+    /// The request exceeds a request limit (rows, texts, characters or tokens per request); the
+    /// message names the limit and its value.
+    LimitExceeded,
     /// A resource that is not a model was not found (job, release, alias, version...).
     NotFound,
     /// The request conflicts with the current state (already exists with other content, ...).
@@ -48,6 +51,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::LimitExceeded => 413,
             ErrorCode::Overloaded => 429,
             ErrorCode::ModelLoadFailed => 500,
             ErrorCode::Internal => 500,
@@ -71,6 +75,7 @@ impl ErrorCode {
             | ErrorCode::Unauthorized
             | ErrorCode::Forbidden
             | ErrorCode::PayloadTooLarge
+            | ErrorCode::LimitExceeded
             | ErrorCode::NotFound
             | ErrorCode::Conflict
             | ErrorCode::Internal => None,
@@ -90,6 +95,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
             ErrorCode::Internal => "internal",

@@ -10,11 +10,15 @@ use herd_runtime::{memory, Backend, Instance, LoadOptions, Signature};
 use parking_lot::Mutex;
 use tokio::sync::{watch, Semaphore};
 
-use crate::model::{BatchSettings, LoadedModel};
+use crate::limits::{
+    append_rows, check_rows, exceeded, limit_texts, slice_rows, token_upper_bound,
+};
+use crate::model::{BatchSettings, JobOutput, LoadedModel};
+use crate::pipeline::PipelineShared;
 use crate::policy;
 use crate::source::{ModelEntry, ModelSource};
 use crate::validate::check_inputs;
-use crate::{CoreConfig, CoreError, EvictionPolicy, ModelConfig};
+use crate::{CoreConfig, CoreError, EvictionPolicy, ModelConfig, RequestLimits};
 
 type Key = (String, String);
 
@@ -22,14 +26,21 @@ type Key = (String, String);
 /// allocation growth can be charged to one model.
 static MEASURE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 type LoadResult = Option<Result<Arc<Served>, CoreError>>;
-/// Instances, their signature, and their charge in bytes.
-type Loaded = (Vec<Box<dyn Instance>>, Signature, u64);
+/// Instances, their signature, their charge in bytes, and a text pipeline's shared part.
+type Loaded = (
+    Vec<Box<dyn Instance>>,
+    Signature,
+    u64,
+    Option<Arc<PipelineShared>>,
+);
 
 /// A loaded model plus what the core needs to know about it.
 pub struct Served {
     pub model: LoadedModel,
     pub config: ModelConfig,
     pub charge: u64,
+    /// The tokenizer side of a text pipeline (to count a request's tokens before running it).
+    pub(crate) pipeline: Option<Arc<PipelineShared>>,
 }
 
 enum Slot {
@@ -226,10 +237,28 @@ impl Core {
 
     async fn infer_inner(self: &Arc<Self>, req: InferRequest) -> Result<InferOutput, CoreError> {
         let t0 = Instant::now();
-        let served = self.get(&req.model, req.version.as_deref()).await?;
+        let InferRequest {
+            model: name,
+            version,
+            mut inputs,
+            outputs: wanted_outputs,
+        } = req;
+        let (entry, version) = self.resolve(&name, version.as_deref())?;
+        let limits = self.cfg.limits.for_model(&entry.config);
+        // Text limits first: before the model loads and before any text reaches a tokenizer.
+        if let Some(table) = &entry.config.pipeline {
+            let truncation = crate::pipeline::truncates(table);
+            for t in inputs
+                .iter_mut()
+                .filter(|t| t.name == crate::pipeline::TEXT_INPUT)
+            {
+                limit_texts(&name, &limits, truncation, t)?;
+            }
+        }
+        let served = self.get_resolved(entry, version).await?;
         let load = t0.elapsed();
         let m = &served.model;
-        if let Some(wanted) = &req.outputs {
+        if let Some(wanted) = &wanted_outputs {
             for w in wanted {
                 let known = m.signature.outputs.iter().any(|o| &o.name == w)
                     || label_names_output(&served.config).as_deref() == Some(w.as_str());
@@ -247,12 +276,19 @@ impl Core {
                 }
             }
         }
-        let (inputs, rows) = check_inputs(&m.name, &m.signature, req.inputs)?;
-        let rx = m.submit(inputs, rows)?;
-        let out = rx.await.map_err(|_| CoreError::ShuttingDown)??;
+        let (inputs, rows) = check_inputs(&m.name, &m.signature, inputs)?;
+        match &served.pipeline {
+            Some(p) => check_tokens(&m.name, &limits, p, &inputs).await?,
+            None => {
+                if let Some(r) = rows {
+                    check_rows(&m.name, &limits, r)?;
+                }
+            }
+        }
+        let out = run_in_chunks(m, inputs, rows, served.config.max_batch_size).await?;
         let mut outputs = out.outputs;
         add_label_names(&served.config, &mut outputs);
-        if let Some(wanted) = &req.outputs {
+        if let Some(wanted) = &wanted_outputs {
             outputs.retain(|o| wanted.contains(&o.name));
         }
         Ok(InferOutput {
@@ -277,7 +313,15 @@ impl Core {
         version: Option<&str>,
     ) -> Result<Arc<Served>, CoreError> {
         let (entry, version) = self.resolve(name, version)?;
-        let key: Key = (name.to_string(), version);
+        self.get_resolved(entry, version).await
+    }
+
+    async fn get_resolved(
+        self: &Arc<Self>,
+        entry: ModelEntry,
+        version: String,
+    ) -> Result<Arc<Served>, CoreError> {
+        let key: Key = (entry.name.clone(), version);
         let mut rx = {
             let mut st = self.state.lock();
             st.tick += 1;
@@ -378,7 +422,7 @@ impl Core {
         let secs = started.elapsed().as_secs_f64();
         metrics::histogram!("herd_model_load_duration_seconds").record(secs);
         match result {
-            Ok((instances, signature, charge)) => {
+            Ok((instances, signature, charge, pipeline)) => {
                 self.counters.loads.fetch_add(1, Ordering::Relaxed);
                 self.counters
                     .load_nanos
@@ -400,6 +444,7 @@ impl Core {
                     ),
                     config: config.clone(),
                     charge,
+                    pipeline,
                 });
                 let clock = st.clock;
                 let policy = self.cfg.policy;
@@ -504,9 +549,11 @@ impl Core {
         }
         // A text pipeline wraps every instance around one shared tokenizer, inside the measured
         // window so the tokenizer is charged with the model.
+        let mut pipeline = None;
         if let Some(table) = &config.pipeline {
             let shared = crate::pipeline::prepare(table, &path, instances[0].signature())
                 .map_err(|reason| fail(format!("text pipeline: {reason}")))?;
+            pipeline = Some(shared.clone());
             instances = instances
                 .into_iter()
                 .map(|i| {
@@ -565,7 +612,7 @@ impl Core {
                 .run(inputs)
                 .map_err(|e| fail(format!("warm-up inference failed: {e}")))?;
         }
-        Ok((instances, signature, charge))
+        Ok((instances, signature, charge, pipeline))
     }
 
     /// Evicts until `needed` more bytes fit. Called with the lock held.
@@ -894,6 +941,103 @@ impl Core {
     }
 }
 
+/// A request's tokens against `max_tokens_per_request`, before any inference. Counting needs the
+/// tokenizer only when the cheap upper bound (a token covers at least one byte) is over the limit.
+async fn check_tokens(
+    model: &str,
+    limits: &RequestLimits,
+    p: &Arc<PipelineShared>,
+    inputs: &[Tensor],
+) -> Result<(), CoreError> {
+    let Some(TensorData::Bytes(texts)) = inputs
+        .iter()
+        .find(|t| t.name == crate::pipeline::TEXT_INPUT)
+        .map(|t| &t.data)
+    else {
+        return Ok(());
+    };
+    let max = limits.max_tokens_per_request;
+    if token_upper_bound(texts, p.pre().max_length(), p.pre().specials()) <= max {
+        return Ok(());
+    }
+    let texts = texts.clone();
+    let p = p.clone();
+    let total = tokio::task::spawn_blocking(move || -> Result<usize, CoreError> {
+        let strs: Vec<&str> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                std::str::from_utf8(b).map_err(|e| {
+                    CoreError::InvalidInput(format!("text {i} is not valid UTF-8: {e}"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let max_length = p.pre().max_length();
+        let counts = p
+            .pre()
+            .token_counts(&strs)
+            .map_err(|e| CoreError::InvalidInput(e.to_string()))?;
+        Ok(counts.into_iter().map(|c| c.min(max_length)).sum())
+    })
+    .await
+    .map_err(|_| CoreError::ShuttingDown)??;
+    if total > max {
+        return Err(exceeded(
+            model,
+            "max_tokens_per_request",
+            max,
+            total,
+            "tokens in one request",
+        ));
+    }
+    Ok(())
+}
+
+/// Runs a request on the model's queue; one with more rows than `max_batch_size` runs as
+/// consecutive chunks of at most `max_batch_size` rows (so its working set is bounded by the
+/// model's batch shape), whose outputs are joined back. Other requests can run between chunks.
+/// Dropping the future (timeout, client gone) stops submitting chunks.
+async fn run_in_chunks(
+    m: &LoadedModel,
+    inputs: Vec<Tensor>,
+    rows: Option<usize>,
+    max_batch_size: usize,
+) -> Result<JobOutput, CoreError> {
+    let max = max_batch_size.max(1);
+    let total = match rows {
+        Some(r) if r > max && m.batchable => r,
+        _ => {
+            let rx = m.submit(inputs, rows)?;
+            return rx.await.map_err(|_| CoreError::ShuttingDown)?;
+        }
+    };
+    let mut acc = JobOutput {
+        outputs: Vec::new(),
+        queue: Duration::ZERO,
+        inference: Duration::ZERO,
+        batch_rows: 0,
+    };
+    let mut start = 0;
+    while start < total {
+        let end = (start + max).min(total);
+        let chunk: Vec<Tensor> = inputs
+            .iter()
+            .map(|t| slice_rows(t, total, start, end))
+            .collect();
+        let rx = m.submit(chunk, Some(end - start))?;
+        let out = rx.await.map_err(|_| CoreError::ShuttingDown)??;
+        acc.queue += out.queue;
+        acc.inference += out.inference;
+        acc.batch_rows = acc.batch_rows.max(out.batch_rows);
+        append_rows(&mut acc.outputs, out.outputs).map_err(|reason| CoreError::Inference {
+            model: m.name.clone(),
+            reason,
+        })?;
+        start = end;
+    }
+    Ok(acc)
+}
+
 /// Learns what a model costs beyond its file. The allocation growth measured around a load
 /// also catches other threads' allocations (requests in flight), so outliers are capped at a
 /// few times the median of recent loads once there are enough samples.
@@ -1015,3 +1159,6 @@ fn add_label_names(cfg: &ModelConfig, outputs: &mut Vec<Tensor>) {
     );
     outputs.push(t);
 }
+
+#[cfg(test)]
+mod tests;

@@ -11,6 +11,11 @@
 //! tenant = "acme"             # owner; bearer tokens of other tenants get 403
 //! labels = ["cat", "dog"]     # names for the class indices of `label_output`
 //! label_output = "label"      # INT64 output holding class indices (default "label")
+//! # request limits; each defaults to the server's (--max-rows-per-request, ...)
+//! max_rows_per_request = 8192    # rows (batch dimension) of one request
+//! max_texts_per_request = 2048   # texts of one request to a text pipeline
+//! max_chars_per_text = 32768     # longer texts are cut before tokenizing (refused without truncation)
+//! max_tokens_per_request = 300000 # tokens of all texts of one request
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -30,6 +35,10 @@ pub struct ModelConfig {
     pub tenant: Option<String>,
     pub labels: Option<Vec<String>>,
     pub label_output: String,
+    pub max_rows_per_request: Option<usize>,
+    pub max_texts_per_request: Option<usize>,
+    pub max_chars_per_text: Option<usize>,
+    pub max_tokens_per_request: Option<usize>,
     /// Opaque pre/post-processing section, interpreted by the pipeline layer.
     pub pipeline: Option<toml::Table>,
 }
@@ -47,6 +56,10 @@ impl Default for ModelConfig {
             tenant: None,
             labels: None,
             label_output: "label".to_string(),
+            max_rows_per_request: None,
+            max_texts_per_request: None,
+            max_chars_per_text: None,
+            max_tokens_per_request: None,
             pipeline: None,
         }
     }
@@ -76,6 +89,16 @@ impl ModelConfig {
         }
         if self.max_queue_delay_ms > 10_000 {
             return Err(bad("max_queue_delay_ms must be at most 10000"));
+        }
+        for (key, v) in [
+            ("max_rows_per_request", self.max_rows_per_request),
+            ("max_texts_per_request", self.max_texts_per_request),
+            ("max_chars_per_text", self.max_chars_per_text),
+            ("max_tokens_per_request", self.max_tokens_per_request),
+        ] {
+            if v == Some(0) {
+                return Err(bad(&format!("{key} must be at least 1")));
+            }
         }
         if let Some(v) = &self.versions {
             if v.is_empty() {

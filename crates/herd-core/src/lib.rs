@@ -8,6 +8,7 @@
 
 mod cache;
 pub mod config;
+mod limits;
 mod model;
 pub mod pipeline;
 pub mod policy;
@@ -45,6 +46,51 @@ impl std::str::FromStr for EvictionPolicy {
     }
 }
 
+/// Bounds on one request, checked before any work is done (protocol-neutral: every wire format
+/// reaches them through [`Core::infer`]). Server-wide defaults; a model's `config.toml` may
+/// override each (same key names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Rows (first, batch dimension) of one request to a tensor model.
+    pub max_rows_per_request: usize,
+    /// Texts of one request to a text pipeline (OpenAI's own limit is 2,048 inputs).
+    pub max_texts_per_request: usize,
+    /// Characters of one text. Longer texts are cut to this before tokenizing when the pipeline
+    /// truncates (`truncation = true`), else refused.
+    pub max_chars_per_text: usize,
+    /// Tokens (after truncation to `max_length`) of all texts of one request together.
+    pub max_tokens_per_request: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_rows_per_request: 8192,
+            max_texts_per_request: 2048,
+            max_chars_per_text: 32_768,
+            max_tokens_per_request: 300_000,
+        }
+    }
+}
+
+impl RequestLimits {
+    /// These limits with a model's overrides applied.
+    pub fn for_model(&self, cfg: &ModelConfig) -> RequestLimits {
+        RequestLimits {
+            max_rows_per_request: cfg
+                .max_rows_per_request
+                .unwrap_or(self.max_rows_per_request),
+            max_texts_per_request: cfg
+                .max_texts_per_request
+                .unwrap_or(self.max_texts_per_request),
+            max_chars_per_text: cfg.max_chars_per_text.unwrap_or(self.max_chars_per_text),
+            max_tokens_per_request: cfg
+                .max_tokens_per_request
+                .unwrap_or(self.max_tokens_per_request),
+        }
+    }
+}
+
 /// Settings of the core (a part of the server's settings).
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -61,6 +107,8 @@ pub struct CoreConfig {
     pub failed_retry_after: Duration,
     /// How long a load waits for an in-use model to become evictable before answering 503.
     pub room_wait: Duration,
+    /// Server-wide request limits (models may override them in `config.toml`).
+    pub limits: RequestLimits,
 }
 
 impl Default for CoreConfig {
@@ -73,6 +121,7 @@ impl Default for CoreConfig {
             request_timeout: Duration::from_secs(30),
             failed_retry_after: Duration::from_secs(10),
             room_wait: Duration::from_secs(2),
+            limits: RequestLimits::default(),
         }
     }
 }
@@ -120,6 +169,21 @@ pub enum CoreError {
     Inference { model: String, reason: String },
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A request over one of the [`RequestLimits`]; refused before any work.
+    #[error(
+        "model '{model}': {got} {what} is more than {limit} = {max}; send at most {max} \
+         (the server sets it with --{flag}, a model with {limit} in its config.toml)",
+        flag = limit.replace('_', "-")
+    )]
+    LimitExceeded {
+        model: String,
+        /// The limit's name, as the config key (`max_texts_per_request`, ...).
+        limit: &'static str,
+        max: u64,
+        got: u64,
+        /// What was counted, e.g. "texts in one request".
+        what: String,
+    },
 }
 
 impl HasErrorCode for CoreError {
@@ -139,6 +203,7 @@ impl HasErrorCode for CoreError {
             CoreError::Timeout { .. } => ErrorCode::Timeout,
             CoreError::NotReady(_) => ErrorCode::ModelNotReady,
             CoreError::Inference { .. } => ErrorCode::Internal,
+            CoreError::LimitExceeded { .. } => ErrorCode::LimitExceeded,
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct LoadedModel {
     pub(crate) queued: Arc<AtomicUsize>,
     pub(crate) capacity: usize,
     pub(crate) pool: Arc<InstancePool>,
+    /// Every output has a dynamic first dimension: rows can be batched and chunked.
+    pub(crate) batchable: bool,
 }
 
 pub(crate) struct InstancePool {
@@ -88,11 +90,11 @@ impl LoadedModel {
         let (tx, rx) = mpsc::channel(capacity.max(1) + 1);
         let queued = Arc::new(AtomicUsize::new(0));
         let pool = Arc::new(InstancePool::new(instances));
-        let batchable = batch.max_batch_size > 1
-            && signature
-                .outputs
-                .iter()
-                .all(|o| o.shape.first() == Some(&-1));
+        let rows_split = signature
+            .outputs
+            .iter()
+            .all(|o| o.shape.first() == Some(&-1));
+        let batchable = batch.max_batch_size > 1 && rows_split;
         tokio::spawn(batch_loop(
             name.clone(),
             rx,
@@ -110,6 +112,7 @@ impl LoadedModel {
             queued,
             capacity,
             pool,
+            batchable: rows_split,
         }
     }
 

@@ -84,6 +84,21 @@ pub(crate) fn prepare(
     }))
 }
 
+impl PipelineShared {
+    pub(crate) fn pre(&self) -> &Preprocessor {
+        &self.pre
+    }
+}
+
+/// Whether a `[pipeline]` table truncates long texts (its `truncation`, default true). Read
+/// from the config before the model is loaded, so text limits run before any work.
+pub(crate) fn truncates(table: &toml::Table) -> bool {
+    table
+        .get("truncation")
+        .and_then(toml::Value::as_bool)
+        .unwrap_or(true)
+}
+
 /// Records the post-processing time when dropped (every return path of `run`).
 struct PostTimer(Instant);
 

@@ -63,6 +63,8 @@ pub struct Preprocessor {
     truncation: bool,
     pad_id: i64,
     pad_type_id: i64,
+    /// Special tokens the tokenizer adds to every text.
+    specials: usize,
 }
 
 impl std::fmt::Debug for Preprocessor {
@@ -129,11 +131,40 @@ impl Preprocessor {
             truncation: cfg.truncation,
             pad_id,
             pad_type_id,
+            specials,
         })
     }
 
     pub fn max_length(&self) -> usize {
         self.max_length
+    }
+
+    /// Whether texts longer than `max_length` are cut (else refused).
+    pub fn truncation(&self) -> bool {
+        self.truncation
+    }
+
+    /// Special tokens added to every text (`[CLS]`, `[SEP]`, ...).
+    pub fn specials(&self) -> usize {
+        self.specials
+    }
+
+    /// Tokens of each text after truncation, without building the padded batch. Used to check a
+    /// request's total tokens before any inference.
+    pub fn token_counts(&self, texts: &[&str]) -> Result<Vec<usize>, PipelineError> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                self.tokenizer
+                    .encode_fast(*text, true)
+                    .map(|e| e.len())
+                    .map_err(|e| PipelineError::Tokenize {
+                        index,
+                        reason: e.to_string(),
+                    })
+            })
+            .collect()
     }
 
     /// Encodes `texts` (with special tokens) and pads them to the longest. Texts longer than

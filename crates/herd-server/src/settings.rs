@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use herd_api::units::SizeSpec;
-use herd_core::{CoreConfig, EvictionPolicy};
+use herd_core::{CoreConfig, EvictionPolicy, RequestLimits};
 use serde::Serialize;
 
 #[derive(Debug, Clone, clap::Args, Serialize)]
@@ -54,6 +54,26 @@ pub struct Settings {
     #[serde(serialize_with = "ser_debug")]
     pub max_body: SizeSpec,
 
+    /// Most rows (batch dimension) of one request to a tensor model; 413 beyond it. A model's
+    /// config.toml may override it (max_rows_per_request).
+    #[arg(long, env = "HERD_MAX_ROWS_PER_REQUEST", default_value_t = RequestLimits::default().max_rows_per_request)]
+    pub max_rows_per_request: usize,
+
+    /// Most texts of one request to a text pipeline (v2 `text`, /v1/embeddings `input`); 413
+    /// beyond it. A model's config.toml may override it (max_texts_per_request).
+    #[arg(long, env = "HERD_MAX_TEXTS_PER_REQUEST", default_value_t = RequestLimits::default().max_texts_per_request)]
+    pub max_texts_per_request: usize,
+
+    /// Most characters of one text: longer texts are cut to it before tokenizing (refused with
+    /// 413 when the pipeline does not truncate). Per model: max_chars_per_text.
+    #[arg(long, env = "HERD_MAX_CHARS_PER_TEXT", default_value_t = RequestLimits::default().max_chars_per_text)]
+    pub max_chars_per_text: usize,
+
+    /// Most tokens (after truncation to the pipeline's max_length) of all texts of one request;
+    /// 413 beyond it. Per model: max_tokens_per_request.
+    #[arg(long, env = "HERD_MAX_TOKENS_PER_REQUEST", default_value_t = RequestLimits::default().max_tokens_per_request)]
+    pub max_tokens_per_request: usize,
+
     /// Tokens file (TOML of sha256 hashes -> tenant or admin). Without it, no auth.
     #[arg(long, env = "HERD_TOKENS")]
     pub tokens: Option<PathBuf>,
@@ -100,6 +120,12 @@ impl Settings {
             load_concurrency: self.load_concurrency.max(1),
             queue_capacity: self.queue_capacity.max(1),
             request_timeout: Duration::from_secs_f64(self.request_timeout.max(0.001)),
+            limits: RequestLimits {
+                max_rows_per_request: self.max_rows_per_request.max(1),
+                max_texts_per_request: self.max_texts_per_request.max(1),
+                max_chars_per_text: self.max_chars_per_text.max(1),
+                max_tokens_per_request: self.max_tokens_per_request.max(1),
+            },
             ..CoreConfig::default()
         }
     }
