@@ -224,7 +224,10 @@ async fn a_long_text_is_cut_before_tokenizing_and_answers_like_its_prefix() {
     // Six megabytes of text: cut to 20 characters, so it answers like those 20.
     let huge = "cats hello the world ".repeat(300_000);
     let prefix = huge.chars().take(20).collect::<String>();
-    let a = core.infer(texts_req("p", std::slice::from_ref(&huge))).await.unwrap();
+    let a = core
+        .infer(texts_req("p", std::slice::from_ref(&huge)))
+        .await
+        .unwrap();
     let b = core.infer(texts_req("p", &[prefix])).await.unwrap();
     close(&scores(&a), &scores(&b));
     // A pipeline that does not truncate refuses it instead.
