@@ -23,6 +23,8 @@ pub enum ErrorCode {
     Unavailable,
     /// The request waited or ran longer than the configured timeout.
     Timeout,
+    /// The client did not send its request body within the body read timeout.
+    RequestTimeout,
     /// No or invalid credentials.
     Unauthorized,
     /// Valid credentials without access to this resource.
@@ -49,6 +51,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => 403,
             ErrorCode::ModelNotFound => 404,
             ErrorCode::NotFound => 404,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::LimitExceeded => 413,
@@ -72,6 +75,7 @@ impl ErrorCode {
             | ErrorCode::ModelLoadFailed
             | ErrorCode::ModelTooLarge
             | ErrorCode::Timeout
+            | ErrorCode::RequestTimeout
             | ErrorCode::Unauthorized
             | ErrorCode::Forbidden
             | ErrorCode::PayloadTooLarge
@@ -92,6 +96,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::PayloadTooLarge => "payload_too_large",

@@ -420,7 +420,12 @@ impl Tensor {
 pub type Parameters = BTreeMap<String, Value>;
 
 /// One input tensor of a v2 infer request, as sent on the wire.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+///
+/// `data` is decoded straight into a typed vector of the declared `datatype` (no
+/// `serde_json::Value` per element: an FP32 element takes 4 bytes, not ~80). When `data` comes
+/// before `datatype` in the object, its raw JSON text is kept (one copy of those bytes) and
+/// decoded once the datatype is known.
+#[derive(Debug, Clone, Serialize)]
 pub struct RequestInput {
     pub name: String,
     pub shape: Vec<i64>,
@@ -428,7 +433,244 @@ pub struct RequestInput {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Parameters>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<Value>,
+    pub data: Option<TensorData>,
+}
+
+impl<'de> Deserialize<'de> for RequestInput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(RequestInputVisitor)
+    }
+}
+
+struct RequestInputVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RequestInputVisitor {
+    type Value = RequestInput;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an input tensor object {name, shape, datatype, data}")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RequestInput, A::Error> {
+        use serde::de::Error;
+        let mut name: Option<String> = None;
+        let mut shape: Option<Vec<i64>> = None;
+        let mut datatype: Option<DataType> = None;
+        let mut parameters: Option<Parameters> = None;
+        let mut data: Option<TensorData> = None;
+        let mut raw: Option<Box<serde_json::value::RawValue>> = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "name" => name = Some(map.next_value()?),
+                "shape" => shape = Some(map.next_value()?),
+                "datatype" => datatype = Some(map.next_value()?),
+                "parameters" => parameters = map.next_value()?,
+                "data" => match datatype {
+                    Some(dt) => data = map.next_value_seed(TypedData(dt))?,
+                    None => raw = Some(map.next_value()?),
+                },
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        let datatype = datatype.ok_or_else(|| A::Error::missing_field("datatype"))?;
+        if let Some(raw) = raw {
+            let mut de = serde_json::Deserializer::from_str(raw.get());
+            data = serde::de::DeserializeSeed::deserialize(TypedData(datatype), &mut de)
+                .map_err(A::Error::custom)?;
+        }
+        Ok(RequestInput {
+            name: name.ok_or_else(|| A::Error::missing_field("name"))?,
+            shape: shape.ok_or_else(|| A::Error::missing_field("shape"))?,
+            datatype,
+            parameters,
+            data,
+        })
+    }
+}
+
+/// Decodes JSON tensor data (a flat or nested array; `null` is no data) of one datatype
+/// straight into its typed vector.
+pub struct TypedData(pub DataType);
+
+impl<'de> serde::de::DeserializeSeed<'de> for TypedData {
+    type Value = Option<TensorData>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        use serde::de::Error;
+        let mut out = TensorData::empty(self.0).map_err(|e| D::Error::custom(e.error))?;
+        let present = d.deserialize_any(Elements {
+            out: &mut out,
+            depth: 0,
+        })?;
+        Ok(present.then_some(out))
+    }
+}
+
+/// Nesting deeper than this is not a tensor (and would only grow the stack).
+const MAX_DEPTH: usize = 32;
+
+/// Visits one JSON value: an array is walked, a scalar is pushed. Yields `false` for a
+/// top-level `null` (no data).
+struct Elements<'a> {
+    out: &'a mut TensorData,
+    depth: usize,
+}
+
+impl Elements<'_> {
+    fn bad<E: serde::de::Error>(&self, what: std::fmt::Arguments) -> E {
+        E::custom(format!(
+            "data element {} ({what}) is not a valid {} value",
+            self.out.len(),
+            self.out.datatype()
+        ))
+    }
+
+    fn int<E: serde::de::Error>(self, x: i128) -> Result<bool, E> {
+        macro_rules! push {
+            ($v:expr) => {
+                match $v.push_checked(x) {
+                    true => Ok(true),
+                    false => Err(self.bad(format_args!("{x}"))),
+                }
+            };
+        }
+        match &mut *self.out {
+            TensorData::F32(v) => v.push(x as f32),
+            TensorData::F64(v) => v.push(x as f64),
+            TensorData::U8(v) => return push!(v),
+            TensorData::U16(v) => return push!(v),
+            TensorData::U32(v) => return push!(v),
+            TensorData::U64(v) => return push!(v),
+            TensorData::I8(v) => return push!(v),
+            TensorData::I16(v) => return push!(v),
+            TensorData::I32(v) => return push!(v),
+            TensorData::I64(v) => return push!(v),
+            TensorData::Bool(_) | TensorData::Bytes(_) => return Err(self.bad(format_args!("{x}"))),
+        }
+        Ok(true)
+    }
+}
+
+trait PushChecked {
+    fn push_checked(&mut self, x: i128) -> bool;
+}
+
+impl<T: TryFrom<i128>> PushChecked for Vec<T> {
+    fn push_checked(&mut self, x: i128) -> bool {
+        match T::try_from(x) {
+            Ok(v) => {
+                self.push(v);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Elements<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "an array of {} values", self.out.datatype())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        if self.depth >= MAX_DEPTH {
+            return Err(serde::de::Error::custom(format!(
+                "data is nested deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        if let Some(n) = seq.size_hint() {
+            each_variant!(&mut *self.out, v => v.reserve(n.min(1 << 20)));
+        }
+        let depth = self.depth + 1;
+        let out = self.out;
+        while seq
+            .next_element_seed(ElementSeed {
+                out: &mut *out,
+                depth,
+            })?
+            .is_some()
+        {}
+        Ok(true)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<bool, E> {
+        match self.depth {
+            0 => Ok(false),
+            _ => Err(self.bad(format_args!("null"))),
+        }
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<bool, E> {
+        match &mut *self.out {
+            TensorData::Bool(v) => {
+                v.push(b);
+                Ok(true)
+            }
+            _ => Err(self.bad(format_args!("{b}"))),
+        }
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, x: i64) -> Result<bool, E> {
+        self.int(x as i128)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, x: u64) -> Result<bool, E> {
+        self.int(x as i128)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, x: f64) -> Result<bool, E> {
+        match &mut *self.out {
+            TensorData::F32(v) => v.push(x as f32),
+            TensorData::F64(v) => v.push(x),
+            _ => return Err(self.bad(format_args!("{x}"))),
+        }
+        Ok(true)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<bool, E> {
+        match &mut *self.out {
+            TensorData::Bytes(v) => {
+                v.push(s.as_bytes().to_vec());
+                Ok(true)
+            }
+            _ => Err(self.bad(format_args!("{s:?}"))),
+        }
+    }
+
+    fn visit_string<E: serde::de::Error>(self, s: String) -> Result<bool, E> {
+        match &mut *self.out {
+            TensorData::Bytes(v) => {
+                v.push(s.into_bytes());
+                Ok(true)
+            }
+            _ => Err(self.bad(format_args!("{s:?}"))),
+        }
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _map: A) -> Result<bool, A::Error> {
+        Err(self.bad(format_args!("an object")))
+    }
+}
+
+struct ElementSeed<'a> {
+    out: &'a mut TensorData,
+    depth: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ElementSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(Elements {
+            out: self.out,
+            depth: self.depth,
+        })
+        .map(|_| ())
+    }
 }
 
 /// A requested output, with optional parameters (`binary_data`, ...).
@@ -459,6 +701,74 @@ pub struct ResponseOutput {
     pub parameters: Option<Parameters>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
+}
+
+/// An output tensor as the server writes it: its data serialized straight from the typed
+/// vector (no `serde_json::Value` per element). Reads back as a [`ResponseOutput`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ResponseOutputBody {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub datatype: DataType,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Parameters>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<TensorData>,
+}
+
+/// An infer answer as the server writes it. Reads back as an [`InferResponse`].
+#[derive(Debug, Clone, Serialize)]
+pub struct InferResponseBody {
+    pub model_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Parameters>,
+    pub outputs: Vec<ResponseOutputBody>,
+}
+
+/// A flat JSON array of the elements, written without building a `Value` tree: the same JSON
+/// as [`TensorData::to_json`] (non-finite floats as `null`, BYTES as UTF-8 strings where valid,
+/// else as arrays of byte values).
+impl Serialize for TensorData {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.len()))?;
+        match self {
+            TensorData::F32(v) => {
+                for x in v {
+                    match x.is_finite() {
+                        true => seq.serialize_element(&(*x as f64))?,
+                        false => seq.serialize_element(&())?,
+                    }
+                }
+            }
+            TensorData::F64(v) => {
+                for x in v {
+                    match x.is_finite() {
+                        true => seq.serialize_element(x)?,
+                        false => seq.serialize_element(&())?,
+                    }
+                }
+            }
+            TensorData::Bytes(v) => {
+                for b in v {
+                    match std::str::from_utf8(b) {
+                        Ok(text) => seq.serialize_element(text)?,
+                        Err(_) => seq.serialize_element(b)?,
+                    }
+                }
+            }
+            other => each_variant!(other, v => {
+                for x in v {
+                    seq.serialize_element(x)?;
+                }
+            }),
+        }
+        seq.end()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -559,6 +869,106 @@ mod tests {
     fn truncated_bytes_is_an_error() {
         assert!(TensorData::from_binary(DataType::Bytes, &[5, 0, 0, 0, 1], "x").is_err());
         assert!(TensorData::from_binary(DataType::F32, &[0, 0, 0], "x").is_err());
+    }
+
+    fn input(j: serde_json::Value) -> Result<RequestInput, serde_json::Error> {
+        serde_json::from_str(&j.to_string())
+    }
+
+    #[test]
+    fn request_data_decodes_straight_into_typed_vectors() {
+        let r = input(
+            json!({"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2.5], [3, 4]]}),
+        )
+        .unwrap();
+        assert_eq!(r.data, Some(TensorData::F32(vec![1.0, 2.5, 3.0, 4.0])));
+        let r =
+            input(json!({"name": "x", "shape": [2], "datatype": "INT64", "data": [i64::MIN, 7]}))
+                .unwrap();
+        assert_eq!(r.data, Some(TensorData::I64(vec![i64::MIN, 7])));
+        let r = input(json!({"name": "x", "shape": [1], "datatype": "UINT64", "data": [u64::MAX]}))
+            .unwrap();
+        assert_eq!(r.data, Some(TensorData::U64(vec![u64::MAX])));
+        let r = input(json!({"name": "t", "shape": [2], "datatype": "BYTES", "data": ["hé", ""]}))
+            .unwrap();
+        assert_eq!(
+            r.data,
+            Some(TensorData::Bytes(vec!["hé".as_bytes().to_vec(), vec![]]))
+        );
+        let r =
+            input(json!({"name": "b", "shape": [2], "datatype": "BOOL", "data": [true, false]}))
+                .unwrap();
+        assert_eq!(r.data, Some(TensorData::Bool(vec![true, false])));
+        let r = input(json!({"name": "x", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 4}})).unwrap();
+        assert_eq!(r.data, None);
+    }
+
+    #[test]
+    fn data_before_datatype_is_decoded_once_the_type_is_known() {
+        let text =
+            r#"{"data": [[1, 2], [3, 4]], "name": "x", "shape": [2, 2], "datatype": "INT32"}"#;
+        let r: RequestInput = serde_json::from_str(text).unwrap();
+        assert_eq!(r.data, Some(TensorData::I32(vec![1, 2, 3, 4])));
+        let text = r#"{"data": [1, 300], "name": "x", "shape": [2], "datatype": "UINT8"}"#;
+        let e = serde_json::from_str::<RequestInput>(text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("element 1") && e.contains("UINT8"), "{e}");
+    }
+
+    #[test]
+    fn wrong_elements_are_rejected_with_position() {
+        for (dt, data, at) in [
+            ("UINT8", json!([1, 300]), 1),
+            ("INT8", json!([[1], [-129]]), 1),
+            ("INT64", json!([1, 2.5]), 1),
+            ("FP32", json!([1, "a"]), 1),
+            ("BOOL", json!([true, 1]), 1),
+            ("BYTES", json!(["a", "b", 3]), 2),
+            ("FP32", json!([1, null]), 1),
+            ("FP32", json!([{"a": 1}]), 0),
+        ] {
+            let e = input(json!({"name": "x", "shape": [2], "datatype": dt, "data": data}))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("element {at}")), "{dt}: {e}");
+        }
+        let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+        let text = format!(r#"{{"name": "x", "shape": [1], "datatype": "FP32", "data": {deep}}}"#);
+        let e = serde_json::from_str::<RequestInput>(&text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nested deeper"), "{e}");
+        let e = input(json!({"name": "x", "shape": [1], "datatype": "FP16", "data": [1]}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("FP16"), "{e}");
+    }
+
+    #[test]
+    fn request_input_serializes_back_to_the_wire_form() {
+        let r = input(json!({"name": "x", "shape": [2], "datatype": "FP32", "data": [1.5, 2]}))
+            .unwrap();
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            v,
+            json!({"name": "x", "shape": [2], "datatype": "FP32", "data": [1.5, 2.0]})
+        );
+    }
+
+    #[test]
+    fn typed_serialization_matches_to_json() {
+        let cases = vec![
+            TensorData::F32(vec![1.5, -2.0, f32::NAN, 0.1]),
+            TensorData::F64(vec![1.5, f64::INFINITY, 0.1]),
+            TensorData::I64(vec![i64::MIN, 7]),
+            TensorData::U8(vec![0, 255]),
+            TensorData::Bool(vec![true, false]),
+            TensorData::Bytes(vec![b"hi".to_vec(), vec![0xff, 0x00], vec![]]),
+        ];
+        for c in cases {
+            assert_eq!(serde_json::to_value(&c).unwrap(), c.to_json(), "{c:?}");
+        }
     }
 
     #[test]

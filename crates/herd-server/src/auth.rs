@@ -10,13 +10,18 @@
 //! [[token]]
 //! sha256 = "..."
 //! admin = true             # may call every model and the repository API
+//!
+//! [[token]]
+//! sha256 = "..."
+//! scopes = ["metrics"]     # may read /metrics (alone, or on top of a tenant)
 //! ```
 //!
 //! `herd token new --tenant acme` makes a token and prints its line. Without a tokens file the
 //! server is open (it binds loopback by default). With one: no token -> 401, a token of
-//! another tenant -> 403, the repository API needs an admin token.
+//! another tenant -> 403, the repository API needs an admin token, `/metrics` (which names
+//! every tenant's models) needs an admin token or one with the `metrics` scope.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use axum::http::HeaderMap;
@@ -49,21 +54,54 @@ struct TokenLine {
     tenant: Option<String>,
     #[serde(default)]
     admin: bool,
+    #[serde(default)]
+    scopes: Vec<Scope>,
+}
+
+/// What a token may do beyond its tenant's models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Scope {
+    /// Read `/metrics`.
+    Metrics,
 }
 
 /// The token table (empty = auth off).
 #[derive(Debug, Default)]
 pub struct Auth {
     by_hash: Option<HashMap<String, Principal>>,
+    /// Tokens with the `metrics` scope.
+    metrics: HashSet<String>,
+    /// Tokens with scopes only (no tenant, not admin): they may do nothing else.
+    scoped_only: HashSet<String>,
 }
 
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// The SHA-256 of the bearer token in `headers`; 401 when there is none.
+fn bearer_hash(headers: &HeaderMap) -> Result<String, HttpError> {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(|| {
+            HttpError::new(
+                ErrorCode::Unauthorized,
+                "missing bearer token: send 'Authorization: Bearer <token>'",
+            )
+        })?;
+    Ok(hash_token(token))
+}
+
 impl Auth {
     pub fn open() -> Auth {
-        Auth { by_hash: None }
+        Auth::default()
     }
 
     pub fn from_file(path: &Path) -> Result<Auth, String> {
@@ -75,6 +113,8 @@ impl Auth {
     pub fn from_toml(text: &str) -> Result<Auth, String> {
         let f: TokenFile = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut by_hash = HashMap::new();
+        let mut metrics = HashSet::new();
+        let mut scoped_only = HashSet::new();
         for (i, t) in f.token.into_iter().enumerate() {
             let h = t.sha256.to_ascii_lowercase();
             if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -83,20 +123,29 @@ impl Auth {
                     i + 1
                 ));
             }
+            if t.scopes.contains(&Scope::Metrics) {
+                metrics.insert(h.clone());
+            }
             let p = match (t.admin, t.tenant) {
                 (true, _) => Principal::Admin,
                 (false, Some(tenant)) => Principal::Tenant(tenant),
+                (false, None) if !t.scopes.is_empty() => {
+                    scoped_only.insert(h);
+                    continue;
+                }
                 (false, None) => {
                     return Err(format!(
-                        "token #{}: give it a tenant = \"...\" or admin = true",
-                        i + 1
-                    ))
+                    "token #{}: give it a tenant = \"...\", admin = true or scopes = [\"metrics\"]",
+                    i + 1
+                ))
                 }
             };
             by_hash.insert(h, p);
         }
         Ok(Auth {
             by_hash: Some(by_hash),
+            metrics,
+            scoped_only,
         })
     }
 
@@ -104,29 +153,46 @@ impl Auth {
         self.by_hash.is_some()
     }
 
-    /// Who is calling. 401 for a missing or unknown token when auth is on.
+    /// Who is calling. 401 for a missing or unknown token when auth is on, 403 for a token
+    /// that only has scopes (such as `metrics`).
     pub fn principal(&self, headers: &HeaderMap) -> Result<Principal, HttpError> {
         let Some(table) = &self.by_hash else {
             return Ok(Principal::Open);
         };
-        let token = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or_else(|| {
-                HttpError::new(
-                    ErrorCode::Unauthorized,
-                    "missing bearer token: send 'Authorization: Bearer <token>'",
-                )
-            })?;
-        table
-            .get(&hash_token(token))
-            .cloned()
-            .ok_or_else(|| HttpError::new(ErrorCode::Unauthorized, "unknown bearer token"))
+        let hash = bearer_hash(headers)?;
+        match table.get(&hash) {
+            Some(p) => Ok(p.clone()),
+            None if self.scoped_only.contains(&hash) => Err(HttpError::new(
+                ErrorCode::Forbidden,
+                "this token only has scopes (such as metrics) and may not call models",
+            )),
+            None => Err(HttpError::new(
+                ErrorCode::Unauthorized,
+                "unknown bearer token",
+            )),
+        }
+    }
+
+    /// May this caller read `/metrics`? With a tokens file: an admin token or one with the
+    /// `metrics` scope (401 without a known token, 403 for another token).
+    pub fn check_metrics(&self, headers: &HeaderMap) -> Result<(), HttpError> {
+        let Some(table) = &self.by_hash else {
+            return Ok(());
+        };
+        let hash = bearer_hash(headers)?;
+        if self.metrics.contains(&hash) || table.get(&hash) == Some(&Principal::Admin) {
+            return Ok(());
+        }
+        if table.contains_key(&hash) || self.scoped_only.contains(&hash) {
+            return Err(HttpError::new(
+                ErrorCode::Forbidden,
+                "/metrics needs an admin token or one with scopes = [\"metrics\"]",
+            ));
+        }
+        Err(HttpError::new(
+            ErrorCode::Unauthorized,
+            "unknown bearer token",
+        ))
     }
 
     /// May this caller use a model owned by `tenant`? 403 if not.
@@ -206,6 +272,53 @@ mod tests {
             Some(ErrorCode::Forbidden)
         );
         assert_eq!(code(auth.check_admin(&headers(Some("root")))), None);
+    }
+
+    #[test]
+    fn metrics_needs_admin_or_the_metrics_scope() {
+        let text = format!(
+            "[[token]]\nsha256 = \"{}\"\ntenant = \"acme\"\n\
+             [[token]]\nsha256 = \"{}\"\nadmin = true\n\
+             [[token]]\nsha256 = \"{}\"\nscopes = [\"metrics\"]\n\
+             [[token]]\nsha256 = \"{}\"\ntenant = \"ops\"\nscopes = [\"metrics\"]\n",
+            hash_token("a-secret"),
+            hash_token("root"),
+            hash_token("scraper"),
+            hash_token("ops")
+        );
+        let auth = Auth::from_toml(&text).unwrap();
+        let code = |r: Result<(), HttpError>| r.err().map(|e| e.code());
+        assert_eq!(
+            code(auth.check_metrics(&headers(None))),
+            Some(ErrorCode::Unauthorized)
+        );
+        assert_eq!(
+            code(auth.check_metrics(&headers(Some("nope")))),
+            Some(ErrorCode::Unauthorized)
+        );
+        assert_eq!(
+            code(auth.check_metrics(&headers(Some("a-secret")))),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(code(auth.check_metrics(&headers(Some("root")))), None);
+        assert_eq!(code(auth.check_metrics(&headers(Some("scraper")))), None);
+        assert_eq!(code(auth.check_metrics(&headers(Some("ops")))), None);
+        // A scope-only token may do nothing but its scopes.
+        assert_eq!(
+            code(auth.check_model(&headers(Some("scraper")), "m", None)),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            code(auth.check_model(&headers(Some("ops")), "m", Some("ops"))),
+            None
+        );
+        // Without a tokens file everything is open, /metrics too.
+        assert_eq!(code(Auth::open().check_metrics(&headers(None))), None);
+        assert!(Auth::from_toml(&format!(
+            "[[token]]\nsha256 = \"{}\"\nscopes = [\"nope\"]",
+            hash_token("x")
+        ))
+        .is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod http;
 mod routes;
 pub mod service;
 pub mod settings;
@@ -21,6 +22,7 @@ use axum::Router;
 use herd_core::Core;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+pub use http::{serve_listener, spawn_with, HttpLimits};
 /// The registry REST API; `herd serve --channel` mounts it with
 /// `app.nest("/v1/registry", registry_router(registry, auth))`.
 pub use routes::registry::router as registry_router;
@@ -66,52 +68,68 @@ impl AppState {
 }
 
 /// The whole HTTP application (tests call it without a socket or bind it to port 0).
+/// A body over `max_body_bytes` gets herd's JSON 413 naming the limit.
 pub fn app(state: AppState, max_body_bytes: usize) -> Router {
-    routes::router(state).layer(DefaultBodyLimit::max(max_body_bytes))
+    let max = max_body_bytes as u64;
+    routes::router(state)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            http::json_413(max, req, next)
+        }))
 }
 
-/// Binds `addr` and serves until ctrl-c / SIGTERM, draining requests in flight. On the signal
-/// readiness turns false at once; the listener keeps accepting for `drain_delay` (so load
-/// balancers see the 503 and move away; a second signal cuts the wait short), then closes.
+/// Binds `addr` and serves until ctrl-c / SIGTERM with the default [`HttpLimits`], draining
+/// requests in flight (see [`serve_with`]).
 pub async fn serve(
     app: Router,
     addr: SocketAddr,
     health: Arc<service::Health>,
     drain_delay: Duration,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "herd is serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            health.begin_drain();
-            if !drain_delay.is_zero() {
-                tracing::info!(
-                    ?drain_delay,
-                    "not ready; closing the listener after the drain delay"
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(drain_delay) => {},
-                    _ = shutdown_signal() => {},
-                }
-            }
-        })
-        .await
+    serve_with(app, addr, HttpLimits::default(), health, drain_delay).await
 }
 
-/// Binds `addr` (port 0 picks a free port) and serves in the background; returns the bound
-/// address. For the demo, benchmarks and tests.
+/// Binds `addr` and serves with `limits` (header and body read timeouts, connection and
+/// in-flight limits, body memory) until ctrl-c / SIGTERM, draining requests in flight. On the
+/// signal readiness turns false at once; the listener keeps accepting for `drain_delay` (so
+/// load balancers see the 503 and move away; a second signal cuts the wait short), then closes;
+/// requests in flight get `limits.shutdown_grace` to finish.
+pub async fn serve_with(
+    app: Router,
+    addr: SocketAddr,
+    limits: HttpLimits,
+    health: Arc<service::Health>,
+    drain_delay: Duration,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "herd is serving");
+    serve_listener(listener, app, limits, async move {
+        shutdown_signal().await;
+        health.begin_drain();
+        if !drain_delay.is_zero() {
+            tracing::info!(
+                ?drain_delay,
+                "not ready; closing the listener after the drain delay"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(drain_delay) => {},
+                _ = shutdown_signal() => {},
+            }
+        }
+    })
+    .await
+}
+
+/// Binds `addr` (port 0 picks a free port) and serves in the background with the default
+/// [`HttpLimits`]; returns the bound address. For the demo, benchmarks and tests.
 pub async fn spawn(
     app: Router,
     addr: SocketAddr,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let handle = tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok((bound, handle))
+    spawn_with(app, addr, HttpLimits::default()).await
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -128,5 +146,5 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    tracing::info!("shutting down: finishing requests in flight");
+    tracing::info!("shutdown signal received");
 }

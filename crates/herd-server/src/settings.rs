@@ -74,6 +74,31 @@ pub struct Settings {
     #[arg(long, env = "HERD_MAX_TOKENS_PER_REQUEST", default_value_t = RequestLimits::default().max_tokens_per_request)]
     pub max_tokens_per_request: usize,
 
+    /// Seconds a connection has to send a whole request head; a connection idle that long
+    /// between requests is closed too. A client sending one byte a minute cannot hold one.
+    #[arg(long, env = "HERD_HEADER_READ_TIMEOUT", default_value_t = 10.0)]
+    pub header_read_timeout: f64,
+
+    /// Seconds a request has to send its whole body after its head; then 408.
+    #[arg(long, env = "HERD_BODY_READ_TIMEOUT", default_value_t = 30.0)]
+    pub body_read_timeout: f64,
+
+    /// Open connections at once; one more is answered 503 with Retry-After and closed.
+    #[arg(long, env = "HERD_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Requests handled at once (health probes and /metrics not counted); one more is
+    /// answered 503 with Retry-After.
+    #[arg(long, env = "HERD_MAX_IN_FLIGHT", default_value_t = 512)]
+    pub max_in_flight: usize,
+
+    /// Memory for request bodies being read and decoded at once (each body is charged twice
+    /// its length); a request that cannot get room within the body read timeout gets 503.
+    /// Part of the server's fixed overhead on top of --memory-budget.
+    #[arg(long, env = "HERD_MAX_BODY_MEMORY", default_value = "512MiB", value_parser = parse_size)]
+    #[serde(serialize_with = "ser_debug")]
+    pub max_body_memory: SizeSpec,
+
     /// Tokens file (TOML of sha256 hashes -> tenant or admin). Without it, no auth.
     #[arg(long, env = "HERD_TOKENS")]
     pub tokens: Option<PathBuf>,
@@ -136,5 +161,19 @@ impl Settings {
 
     pub fn max_body_bytes(&self) -> usize {
         self.max_body.resolve(memory_limit()) as usize
+    }
+
+    /// The HTTP listener's limits (timeouts, connections, in-flight requests, body memory).
+    pub fn http_limits(&self) -> crate::HttpLimits {
+        let secs = |s: f64| Duration::from_secs_f64(s.max(0.001));
+        crate::HttpLimits {
+            max_body_bytes: self.max_body_bytes(),
+            header_read_timeout: secs(self.header_read_timeout),
+            body_read_timeout: secs(self.body_read_timeout),
+            max_connections: self.max_connections.max(1),
+            max_in_flight: self.max_in_flight.max(1),
+            max_body_memory: self.max_body_memory.resolve(memory_limit()),
+            ..crate::HttpLimits::default()
+        }
     }
 }

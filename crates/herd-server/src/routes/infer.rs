@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use herd_api::v2::{InferResponse, RequestInput, ResponseOutput, Tensor, TensorData};
+use herd_api::v2::{InferResponseBody, RequestInput, ResponseOutputBody, Tensor, TensorData};
 use herd_api::ErrorCode;
 use herd_core::InferRequest;
 use serde_json::{json, Value};
@@ -85,7 +85,7 @@ async fn handle(
         )
     })?;
     let mut inputs = Vec::with_capacity(req.inputs.len());
-    for input in &req.inputs {
+    for input in req.inputs {
         inputs.push(decode_input(input, &mut binary)?);
     }
     if !binary.is_empty() {
@@ -132,7 +132,7 @@ async fn handle(
         };
         outputs.push(encode_output(t, bin, &mut binary_out));
     }
-    let response = InferResponse {
+    let response = InferResponseBody {
         model_name: out.model,
         model_version: Some(out.version),
         id: req.id,
@@ -218,7 +218,7 @@ fn param_bool(p: Option<&herd_api::v2::Parameters>, key: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn decode_input(input: &RequestInput, binary: &mut &[u8]) -> Result<Tensor, HttpError> {
+fn decode_input(input: RequestInput, binary: &mut &[u8]) -> Result<Tensor, HttpError> {
     let bin_size = input
         .parameters
         .as_ref()
@@ -235,7 +235,7 @@ fn decode_input(input: &RequestInput, binary: &mut &[u8]) -> Result<Tensor, Http
             })
         })
         .transpose()?;
-    let data = match (bin_size, &input.data) {
+    let data = match (bin_size, input.data) {
         (Some(n), _) => {
             let n = n as usize;
             if n > binary.len() {
@@ -252,7 +252,8 @@ fn decode_input(input: &RequestInput, binary: &mut &[u8]) -> Result<Tensor, Http
             *binary = rest;
             TensorData::from_binary(input.datatype, mine, &input.name)?
         }
-        (None, Some(d)) => TensorData::from_json(input.datatype, d, &input.name)?,
+        // Decoded into a typed vector while the request JSON was parsed.
+        (None, Some(d)) => d,
         (None, None) => {
             return Err(HttpError::new(
                 ErrorCode::InvalidInput,
@@ -272,17 +273,17 @@ fn decode_input(input: &RequestInput, binary: &mut &[u8]) -> Result<Tensor, Http
             ),
         ));
     }
-    Ok(Tensor::new(input.name.clone(), input.shape.clone(), data))
+    Ok(Tensor::new(input.name, input.shape, data))
 }
 
-fn encode_output(t: Tensor, binary: bool, out: &mut Vec<u8>) -> ResponseOutput {
+fn encode_output(t: Tensor, binary: bool, out: &mut Vec<u8>) -> ResponseOutputBody {
     let datatype = t.data.datatype();
     if binary {
         let raw = t.data.to_binary();
         let mut params = herd_api::v2::Parameters::new();
         params.insert("binary_data_size".into(), json!(raw.len()));
         out.extend_from_slice(&raw);
-        ResponseOutput {
+        ResponseOutputBody {
             name: t.name,
             shape: t.shape,
             datatype,
@@ -290,12 +291,13 @@ fn encode_output(t: Tensor, binary: bool, out: &mut Vec<u8>) -> ResponseOutput {
             data: None,
         }
     } else {
-        ResponseOutput {
+        ResponseOutputBody {
             name: t.name,
             shape: t.shape,
             datatype,
             parameters: None,
-            data: Some(t.data.to_json()),
+            // Serialized straight from the typed vector.
+            data: Some(t.data),
         }
     }
 }

@@ -1,11 +1,16 @@
 use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
 
 /// Prometheus text format. Gauges that are cheap to read are refreshed at scrape time.
-pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
+/// With a tokens file it needs an admin token or one with the `metrics` scope: the series name
+/// every tenant's models.
+pub async fn render(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(e) = s.auth.check_metrics(&headers) {
+        return e.into_response();
+    }
     let stats = s.core.stats();
     metrics::gauge!("herd_cache_memory_used_bytes").set(stats.used_bytes as f64);
     metrics::gauge!("herd_cache_memory_budget_bytes").set(stats.budget_bytes as f64);
@@ -19,5 +24,5 @@ pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
         metrics::gauge!("herd_process_resident_memory_bytes").set(rss as f64);
     }
     let body = s.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -84,7 +84,13 @@ async fn serve(
             ),
         );
     }
-    herd_server::serve(app, settings.addr, health, settings.drain_delay())
+    herd_server::serve_with(
+        app,
+        settings.addr,
+        settings.http_limits(),
+        health,
+        settings.drain_delay(),
+    )
         .await
         .with_context(|| format!("serving on {}", settings.addr))
 }
