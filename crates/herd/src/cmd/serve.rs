@@ -91,6 +91,6 @@ async fn serve(
         health,
         settings.drain_delay(),
     )
-        .await
-        .with_context(|| format!("serving on {}", settings.addr))
+    .await
+    .with_context(|| format!("serving on {}", settings.addr))
 }
