@@ -4,6 +4,7 @@
 #   PostgreSQL -> HERD_TEST_POSTGRES_URL   (Debian's postgresql package)
 #   Redis      -> HERD_TEST_REDIS_URL      (Debian's redis-server package)
 #   S3 (moto)  -> HERD_TEST_S3_ENDPOINT    (PyPI moto[server], in the project venv)
+#   HAProxy    -> on PATH only (Debian's haproxy package; tests start their own)
 # Usage: bash scripts/test-services.sh && source .herd/test-env
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,6 +16,8 @@ env_file="$root/.herd/test-env"
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
+# HAProxy: the model-aware router the routing tests start themselves (not a service here).
+command -v haproxy >/dev/null || need_apt+=(haproxy)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} (apt-get)"
   if [ "$(id -u)" = 0 ]; then

@@ -4,7 +4,11 @@
 //! - before a worker scale-down: `controller.kubernetes.io/pod-deletion-cost` on the worker pods,
 //!   -1000 on the idle ones chosen to go and 1000 on the rest, so the ReplicaSet controller
 //!   removes idle pods first and leaves pods that hold a lease;
-//! - the flexible-pod PodDisruptionBudget: a merge patch of `spec.maxUnavailable`;
+//! - the flexible-pod PodDisruptionBudget: a server-side apply of the whole budget (created on
+//!   the first call), so `herd k8s manifests` does not render it and a re-apply of the manifests
+//!   or a GitOps sync cannot reset the schedule's value;
+//! - every write carries the field manager `herd-autoscaler` (`kubectl get -o yaml
+//!   --show-managed-fields` shows which fields the autoscaler owns);
 //! - observation: pods listed by label (`app.kubernetes.io/component`, `herd.dev/pool`), pods
 //!   being deleted or finished are not counted.
 //!
@@ -36,12 +40,24 @@ pub const POOL_LABEL: &str = "herd.dev/pool";
 pub const CLASS_LABEL: &str = "herd.dev/class";
 /// Default name of the flexible-pod PodDisruptionBudget.
 pub const FLEXIBLE_PDB: &str = "herd-flexible";
+/// The label that holds the install's name (two installs in one namespace must not collide).
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+/// The field manager of every write the autoscaler makes.
+pub const FIELD_MANAGER: &str = "herd-autoscaler";
+
+fn write_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..Default::default()
+    }
+}
 
 /// Patches the cluster the client points at.
 pub struct KubeBackend {
     client: Client,
     namespace: String,
     flexible_pdb: String,
+    instance: Option<String>,
 }
 
 fn kerr(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ScaleError {
@@ -49,12 +65,26 @@ fn kerr(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ScaleError {
     move |source| ScaleError::Kube { what, source }
 }
 
-pub fn worker_selector(queue: &str) -> String {
-    format!("{COMPONENT_LABEL}=worker,{POOL_LABEL}={queue}")
+fn instance_part(instance: Option<&str>) -> String {
+    instance
+        .map(|i| format!("{INSTANCE_LABEL}={i},"))
+        .unwrap_or_default()
 }
 
-pub fn serving_selector(pool: &str) -> String {
-    format!("{COMPONENT_LABEL}=serve,{POOL_LABEL}={pool}")
+/// Label selector of a worker pool's pods (`instance`: the install, when several share a namespace).
+pub fn worker_selector(instance: Option<&str>, queue: &str) -> String {
+    format!(
+        "{}{COMPONENT_LABEL}=worker,{POOL_LABEL}={queue}",
+        instance_part(instance)
+    )
+}
+
+/// Label selector of a serving pool's pods.
+pub fn serving_selector(instance: Option<&str>, pool: &str) -> String {
+    format!(
+        "{}{COMPONENT_LABEL}=serve,{POOL_LABEL}={pool}",
+        instance_part(instance)
+    )
 }
 
 fn counts(p: &Pod) -> bool {
@@ -76,7 +106,15 @@ impl KubeBackend {
             client,
             namespace: namespace.into(),
             flexible_pdb: flexible_pdb.into(),
+            instance: None,
         }
+    }
+
+    /// Restricts the backend to one install (`app.kubernetes.io/instance`), as rendered by
+    /// `herd k8s manifests --instance`.
+    pub fn with_instance(mut self, instance: Option<String>) -> Self {
+        self.instance = instance;
+        self
     }
 
     /// Configures a client from the environment: in-cluster service account, else kubeconfig.
@@ -95,7 +133,7 @@ impl KubeBackend {
 
     /// Names of the live worker pods of a pool.
     pub async fn workers(&self, pool: &WorkerPool) -> Result<Vec<String>> {
-        let sel = worker_selector(&pool.queue);
+        let sel = worker_selector(self.instance.as_deref(), &pool.queue);
         let list = self
             .pods()
             .list(&ListParams::default().labels(&sel))
@@ -114,7 +152,7 @@ impl KubeBackend {
         &self,
         pool: &ServingPool,
     ) -> Result<Vec<(String, Option<String>)>> {
-        let sel = serving_selector(&pool.name);
+        let sel = serving_selector(self.instance.as_deref(), &pool.name);
         let list = self
             .pods()
             .list(&ListParams::default().labels(&sel))
@@ -138,7 +176,7 @@ impl KubeBackend {
     async fn scale(&self, deployment: &str, replicas: u32) -> Result<()> {
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), &self.namespace);
         let patch = json!({ "spec": { "replicas": replicas } });
-        api.patch_scale(deployment, &PatchParams::default(), &Patch::Merge(&patch))
+        api.patch_scale(deployment, &write_params(), &Patch::Merge(&patch))
             .await
             .map_err(kerr(format!("patch deployments/{deployment}/scale")))?;
         info!(target: "herd_scale", deployment, replicas, "patched scale");
@@ -148,7 +186,7 @@ impl KubeBackend {
     async fn deletion_cost(&self, pod: &str, cost: &str) -> Result<()> {
         let patch = json!({ "metadata": { "annotations": { DELETION_COST: cost } } });
         self.pods()
-            .patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(pod, &write_params(), &Patch::Merge(&patch))
             .await
             .map_err(kerr(format!("annotate pods/{pod}")))?;
         Ok(())
@@ -189,11 +227,16 @@ impl KubeBackend {
             Action::SetFlexibleMaxUnavailable { value, .. } => {
                 let api: Api<PodDisruptionBudget> =
                     Api::namespaced(self.client.clone(), &self.namespace);
-                let patch = json!({ "spec": { "maxUnavailable": value } });
+                let patch = flexible_pdb_object(
+                    &self.namespace,
+                    &self.flexible_pdb,
+                    self.instance.as_deref(),
+                    *value,
+                );
                 api.patch(
                     &self.flexible_pdb,
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&patch),
                 )
                 .await
                 .map_err(kerr(format!(
@@ -205,6 +248,29 @@ impl KubeBackend {
             }
         }
     }
+}
+
+/// The flexible-pod budget as the autoscaler owns it: every pod of class `flexible` (of one
+/// install, when `instance` is set), `maxUnavailable` from the schedule.
+pub fn flexible_pdb_object(
+    namespace: &str,
+    name: &str,
+    instance: Option<&str>,
+    max_unavailable: u32,
+) -> serde_json::Value {
+    let mut sel = json!({ "app.kubernetes.io/name": "herd", CLASS_LABEL: "flexible" });
+    let mut labels = sel.clone();
+    labels["app.kubernetes.io/managed-by"] = json!(FIELD_MANAGER);
+    if let Some(i) = instance {
+        sel[INSTANCE_LABEL] = json!(i);
+        labels[INSTANCE_LABEL] = json!(i);
+    }
+    json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": { "name": name, "namespace": namespace, "labels": labels },
+        "spec": { "maxUnavailable": max_unavailable, "selector": { "matchLabels": sel } },
+    })
 }
 
 fn worker_deployment(policy: &Policy, queue: &str) -> Result<String> {

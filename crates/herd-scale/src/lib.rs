@@ -12,6 +12,7 @@
 pub mod controller;
 pub mod decide;
 pub mod error;
+pub mod haproxy;
 pub mod kubernetes;
 pub mod local;
 pub mod manifests;

@@ -27,6 +27,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of the largest variant (`k8s manifests` flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve the models of a repository over the KServe v2 HTTP protocol.
@@ -51,6 +53,9 @@ enum Command {
     Worker(cmd::jobs::WorkerArgs),
     /// Queued jobs: enqueue, list, show, requeue dead ones, purge old ones, stats.
     Job(cmd::jobs::JobArgs),
+    /// Route across serving replicas: print an HAProxy configuration that hashes on the model.
+    #[command(subcommand)]
+    Router(cmd::router::RouterCommand),
     // Subcommands are added here, one variant per area, each delegating to `cmd::<area>`.
 }
 
@@ -71,6 +76,7 @@ fn main() -> ExitCode {
         Command::K8s(c) => cmd::scale::run_k8s(c),
         Command::Worker(a) => cmd::jobs::run_worker(a),
         Command::Job(a) => cmd::jobs::run_job(a),
+        Command::Router(c) => cmd::router::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

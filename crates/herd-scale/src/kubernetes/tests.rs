@@ -65,12 +65,18 @@ async fn serve(mut handle: Handle, expected: Vec<Expect>) -> usize {
             .unwrap_or_default();
         assert_eq!(pq, e.path_and_query, "request {n}");
         if let Some(want) = e.body {
+            // Server-side apply (force=true) for the budget, JSON merge patches elsewhere.
+            let kind = if e.path_and_query.contains("force=true") {
+                "application/apply-patch+yaml"
+            } else {
+                "application/merge-patch+json"
+            };
             assert_eq!(
                 req.headers()
                     .get("content-type")
                     .and_then(|v| v.to_str().ok()),
-                Some("application/merge-patch+json"),
-                "request {n} must be a JSON merge patch"
+                Some(kind),
+                "request {n} must be {kind}"
             );
             let bytes = req.into_body().collect_bytes().await.unwrap();
             let got: Value = serde_json::from_slice(&bytes).unwrap();
@@ -133,7 +139,7 @@ async fn start_workers_patches_the_deployment_scale() {
         handle,
         vec![Expect {
             method: Method::PATCH,
-            path_and_query: "/apis/apps/v1/namespaces/herd/deployments/herd-worker-jobs/scale?"
+            path_and_query: "/apis/apps/v1/namespaces/herd/deployments/herd-worker-jobs/scale?&fieldManager=herd-autoscaler"
                 .into(),
             body: Some(json!({ "spec": { "replicas": 3 } })),
             reply: scale_reply("herd-worker-jobs", 3),
@@ -155,25 +161,25 @@ async fn stop_workers_sets_deletion_costs_then_scales_down() {
     let expected = vec![
         Expect {
             method: Method::PATCH,
-            path_and_query: "/api/v1/namespaces/herd/pods/w-busy?".into(),
+            path_and_query: "/api/v1/namespaces/herd/pods/w-busy?&fieldManager=herd-autoscaler".into(),
             body: Some(cost_patch(COST_KEEP)),
             reply: pod("w-busy", json!({}), "Running", None),
         },
         Expect {
             method: Method::PATCH,
-            path_and_query: "/api/v1/namespaces/herd/pods/w-idle-1?".into(),
+            path_and_query: "/api/v1/namespaces/herd/pods/w-idle-1?&fieldManager=herd-autoscaler".into(),
             body: Some(cost_patch(COST_IDLE)),
             reply: pod("w-idle-1", json!({}), "Running", None),
         },
         Expect {
             method: Method::PATCH,
-            path_and_query: "/api/v1/namespaces/herd/pods/w-idle-2?".into(),
+            path_and_query: "/api/v1/namespaces/herd/pods/w-idle-2?&fieldManager=herd-autoscaler".into(),
             body: Some(cost_patch(COST_IDLE)),
             reply: pod("w-idle-2", json!({}), "Running", None),
         },
         Expect {
             method: Method::PATCH,
-            path_and_query: "/apis/apps/v1/namespaces/herd/deployments/herd-worker-jobs/scale?"
+            path_and_query: "/apis/apps/v1/namespaces/herd/deployments/herd-worker-jobs/scale?&fieldManager=herd-autoscaler"
                 .into(),
             body: Some(json!({ "spec": { "replicas": 1 } })),
             reply: scale_reply("herd-worker-jobs", 1),
@@ -198,9 +204,18 @@ async fn pdb_and_serving_patches() {
     let expected = vec![
         Expect {
             method: Method::PATCH,
-            path_and_query: "/apis/policy/v1/namespaces/herd/poddisruptionbudgets/herd-flexible?"
+            path_and_query: "/apis/policy/v1/namespaces/herd/poddisruptionbudgets/herd-flexible?&force=true&fieldManager=herd-autoscaler"
                 .into(),
-            body: Some(json!({ "spec": { "maxUnavailable": 0 } })),
+            // Server-side apply of the whole budget: created on the first call, owned by the
+            // autoscaler's field manager.
+            body: Some(json!({
+                "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                "metadata": { "name": "herd-flexible", "namespace": "herd",
+                              "labels": { "app.kubernetes.io/name": "herd", "herd.dev/class": "flexible",
+                                          "app.kubernetes.io/managed-by": "herd-autoscaler" } },
+                "spec": { "maxUnavailable": 0,
+                          "selector": { "matchLabels": { "app.kubernetes.io/name": "herd", "herd.dev/class": "flexible" } } }
+            })),
             reply: json!({
                 "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
                 "metadata": { "name": "herd-flexible", "namespace": "herd" },
@@ -209,7 +224,7 @@ async fn pdb_and_serving_patches() {
         },
         Expect {
             method: Method::PATCH,
-            path_and_query: "/apis/apps/v1/namespaces/herd/deployments/herd-serve-web/scale?"
+            path_and_query: "/apis/apps/v1/namespaces/herd/deployments/herd-serve-web/scale?&fieldManager=herd-autoscaler"
                 .into(),
             body: Some(json!({ "spec": { "replicas": 4 } })),
             reply: scale_reply("herd-serve-web", 4),
@@ -357,32 +372,32 @@ async fn a_tick_keeps_lease_holders_and_removes_idle_pods_first() {
         },
         Expect {
             method: Method::PATCH,
-            path_and_query: "/api/v1/namespaces/herd/pods/w-b?".into(),
+            path_and_query: "/api/v1/namespaces/herd/pods/w-b?&fieldManager=herd-autoscaler".into(),
             body: Some(cost_patch(COST_KEEP)),
             reply: pod("w-b", json!({}), "Running", None),
         },
         Expect {
             method: Method::PATCH,
-            path_and_query: "/api/v1/namespaces/herd/pods/w-c?".into(),
+            path_and_query: "/api/v1/namespaces/herd/pods/w-c?&fieldManager=herd-autoscaler".into(),
             body: Some(cost_patch(COST_IDLE)),
             reply: pod("w-c", json!({}), "Running", None),
         },
         Expect {
             method: Method::PATCH,
-            path_and_query: "/api/v1/namespaces/herd/pods/w-a?".into(),
+            path_and_query: "/api/v1/namespaces/herd/pods/w-a?&fieldManager=herd-autoscaler".into(),
             body: Some(cost_patch(COST_IDLE)),
             reply: pod("w-a", json!({}), "Running", None),
         },
         Expect {
             method: Method::PATCH,
-            path_and_query: "/apis/apps/v1/namespaces/herd/deployments/herd-worker-jobs/scale?".into(),
+            path_and_query: "/apis/apps/v1/namespaces/herd/deployments/herd-worker-jobs/scale?&fieldManager=herd-autoscaler".into(),
             body: Some(json!({ "spec": { "replicas": 1 } })),
             reply: scale_reply("herd-worker-jobs", 1),
         },
         Expect {
             method: Method::PATCH,
-            path_and_query: "/apis/policy/v1/namespaces/herd/poddisruptionbudgets/herd-flexible?".into(),
-            body: Some(json!({ "spec": { "maxUnavailable": 1 } })),
+            path_and_query: "/apis/policy/v1/namespaces/herd/poddisruptionbudgets/herd-flexible?&force=true&fieldManager=herd-autoscaler".into(),
+            body: Some(crate::kubernetes::flexible_pdb_object("herd", "herd-flexible", None, 1)),
             reply: json!({
                 "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
                 "metadata": { "name": "herd-flexible", "namespace": "herd" },

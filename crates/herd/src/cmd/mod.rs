@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod jobs;
 pub mod registry;
+pub mod router;
 pub mod runtime;
 pub mod scale;
 pub mod serve;

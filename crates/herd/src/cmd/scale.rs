@@ -61,9 +61,15 @@ pub struct AutoscaleArgs {
     #[arg(long, env = "HERD_NAMESPACE")]
     pub namespace: Option<String>,
 
-    /// Name of the flexible-pod PodDisruptionBudget the schedules adjust.
+    /// Name of the flexible-pod PodDisruptionBudget the schedules adjust (the autoscaler
+    /// creates it with server-side apply, field manager `herd-autoscaler`).
     #[arg(long, default_value = FLEXIBLE_PDB)]
     pub flexible_pdb: String,
+
+    /// Only pods of this install (label app.kubernetes.io/instance), as rendered by
+    /// `herd k8s manifests --instance`.
+    #[arg(long, env = "HERD_INSTANCE")]
+    pub instance: Option<String>,
 
     /// Local backend: directory for the children's output, one `<id>.log` each.
     #[arg(long, default_value = ".herd/autoscale-logs")]
@@ -141,49 +147,103 @@ herd_scale_current_replicas{kind,pool}, herd_scale_observe_errors_total{kind}.
 /// `herd k8s ...`
 #[derive(Subcommand)]
 pub enum K8sCommand {
-    /// Render ready-to-apply manifests: serving, workers, autoscaler (with RBAC), connection
-    /// settings (Secret/ConfigMap), fixed/flexible placement and PodDisruptionBudgets.
+    /// Render ready-to-apply manifests of an install that serves a release: serving pods
+    /// (`serve --channel`), HAProxy routers hashing on the model, workers, Redis with a password,
+    /// the autoscaler (with RBAC), Secrets, NetworkPolicies, the restricted Pod Security profile,
+    /// fixed/flexible placement. With --out: one file per component and a kustomization.yaml.
     Manifests(ManifestArgs),
 }
 
 #[derive(Args)]
 pub struct ManifestArgs {
-    /// Namespace of every object (created by the manifests).
+    /// Namespace of every object (created by the manifests, enforcing Pod Security "restricted").
     #[arg(long, default_value = "herd")]
     pub namespace: String,
 
-    /// Write one file per component into DIR (00-namespace.yaml ... 50-disruption-budgets.yaml)
+    /// Name of the install: prefix of every object and the app.kubernetes.io/instance label
+    /// (two installs in one namespace need two names).
+    #[arg(long, default_value = "herd")]
+    pub instance: String,
+
+    /// Write one file per component into DIR (00-namespace.yaml ... plus kustomization.yaml)
     /// instead of printing one multi-document YAML to stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
 
-    /// Container image with the herd binary.
+    /// Container image with the herd binary (built from deploy/Containerfile).
     #[arg(long, default_value = "herd:0.1.0")]
     pub image: String,
+
+    /// HAProxy image of the routers (2.6 or newer).
+    #[arg(long, default_value = "haproxy:2.6")]
+    pub router_image: String,
+
+    /// Redis image of the queue.
+    #[arg(long, default_value = "redis:7.2")]
+    pub redis_image: String,
 
     /// A queue to run workers for (repeat for several).
     #[arg(long = "queue", default_values_t = vec!["default".to_string()])]
     pub queues: Vec<String>,
 
-    /// A serving pool (repeat for several).
+    /// A serving pool (repeat for several); each gets its own router.
     #[arg(long = "serving-pool", default_values_t = vec!["default".to_string()])]
     pub serving_pools: Vec<String>,
+
+    /// Registry channel the serving pods serve (`herd serve --channel`).
+    #[arg(long, default_value = "production")]
+    pub channel: String,
 
     /// Policy file to put in the autoscaler's ConfigMap (validated first); default: one generated
     /// for the queues and pools above.
     #[arg(long)]
     pub policy: Option<PathBuf>,
 
-    /// Redis URL for the queue (goes into the herd-connections Secret).
-    #[arg(long, default_value = "redis://herd-redis:6379/0")]
-    pub redis_url: String,
-
-    /// PostgreSQL URL for the registry (goes into the herd-connections Secret).
+    /// Registry database URL (PostgreSQL), into the connections Secret as HERD_REGISTRY.
     #[arg(
         long,
         default_value = "postgres://herd:CHANGE-ME@herd-postgres:5432/herd"
     )]
-    pub postgres_url: String,
+    pub registry_url: String,
+
+    /// Artifact store, s3://bucket[/prefix] (AWS S3 or MinIO), into the Secret as HERD_ARTIFACTS.
+    #[arg(long, default_value = "s3://herd-artifacts/models")]
+    pub artifacts_url: String,
+
+    /// S3-compatible endpoint, e.g. http://minio.storage:9000 (omit for AWS).
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region.
+    #[arg(long, default_value = "us-east-1")]
+    pub s3_region: String,
+
+    /// S3 access key id (into the Secret).
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", default_value = "CHANGE-ME")]
+    pub s3_access_key_id: String,
+
+    /// S3 secret access key (into the Secret).
+    #[arg(
+        long,
+        env = "AWS_SECRET_ACCESS_KEY",
+        default_value = "CHANGE-ME",
+        hide_env_values = true
+    )]
+    pub s3_secret_access_key: String,
+
+    /// Password of the install's Redis (also in the queue URL the workers get).
+    #[arg(
+        long,
+        env = "HERD_REDIS_PASSWORD",
+        default_value = "CHANGE-ME",
+        hide_env_values = true
+    )]
+    pub redis_password: String,
+
+    /// Tokens file (TOML, `herd token new`) to put in the tokens Secret. Default: a file with no
+    /// token, so every request is refused until you add one (closed by default).
+    #[arg(long)]
+    pub tokens: Option<PathBuf>,
 
     /// Node label naming the node group; nodes carry LABEL=<fixed group> or LABEL=<flexible group>.
     #[arg(long, default_value = "herd.dev/node-group")]
@@ -200,6 +260,26 @@ pub struct ManifestArgs {
     /// Model memory budget of each serving pod ("2GiB"); its memory request adds 25% + 256MiB.
     #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
     pub serve_memory_budget: u64,
+
+    /// Size limit of each serving pod's artifact disk cache (an emptyDir).
+    #[arg(long, default_value = "10GiB", value_parser = parse_bytes)]
+    pub artifact_cache_size: u64,
+
+    /// Most serving replicas a router can send to (HAProxy server-template slots).
+    #[arg(long, default_value_t = 32)]
+    pub router_slots: u32,
+
+    /// HAProxy pods per serving pool.
+    #[arg(long, default_value_t = 2)]
+    pub router_replicas: i32,
+
+    /// Cluster DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+
+    /// Also render a ServiceMonitor per serving pool (needs the Prometheus operator's CRD).
+    #[arg(long)]
+    pub service_monitor: bool,
 }
 
 /// `"2GiB"`, `"512MiB"`, `"1G"`, `"1048576"` -> bytes.
@@ -241,18 +321,44 @@ pub fn run_k8s(cmd: K8sCommand) -> anyhow::Result<()> {
                 }
                 None => None,
             };
+            let tokens = match &a.tokens {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p)
+                        .with_context(|| format!("reading tokens file {}", p.display()))?;
+                    herd_server::auth::Auth::from_toml(&text)
+                        .map_err(|e| anyhow::anyhow!("tokens file {}: {e}", p.display()))?;
+                    Some(text)
+                }
+                None => None,
+            };
+            let defaults = ManifestOptions::default();
             let opts = ManifestOptions {
                 namespace: a.namespace,
+                instance: a.instance,
                 image: a.image,
+                router_image: a.router_image,
+                redis_image: a.redis_image,
                 queues: a.queues,
                 serving_pools: a.serving_pools,
+                channel: a.channel,
                 policy,
-                redis_url: a.redis_url,
-                postgres_url: a.postgres_url,
+                registry_url: a.registry_url,
+                artifacts_url: a.artifacts_url,
+                s3_endpoint: a.s3_endpoint,
+                s3_region: a.s3_region,
+                s3_access_key_id: a.s3_access_key_id,
+                s3_secret_access_key: a.s3_secret_access_key,
+                redis_password: a.redis_password,
+                tokens: tokens.unwrap_or(defaults.tokens),
                 node_group_label: a.node_group_label,
                 fixed_group: a.fixed_group,
                 flexible_group: a.flexible_group,
                 serve_memory_budget: a.serve_memory_budget,
+                artifact_cache_size: a.artifact_cache_size,
+                router_slots: a.router_slots,
+                router_replicas: a.router_replicas,
+                cluster_domain: a.cluster_domain,
+                service_monitor: a.service_monitor,
             };
             let objects = opts.render()?;
             match a.out {
@@ -266,7 +372,7 @@ pub fn run_k8s(cmd: K8sCommand) -> anyhow::Result<()> {
                             .with_context(|| format!("writing {}", path.display()))?;
                         println!("wrote {}", path.display());
                     }
-                    println!("apply with: kubectl apply -f {}", dir.display());
+                    println!("apply with: kubectl apply -k {}", dir.display());
                 }
             }
             Ok(())
@@ -350,7 +456,9 @@ async fn autoscale(args: AutoscaleArgs) -> anyhow::Result<()> {
             })?)
         }
         BackendKind::Kubernetes => Backend::Kubernetes(
-            KubeBackend::connect(args.namespace.clone(), args.flexible_pdb.clone()).await?,
+            KubeBackend::connect(args.namespace.clone(), args.flexible_pdb.clone())
+                .await?
+                .with_instance(args.instance.clone()),
         ),
     };
     if let Some(addr) = args.metrics_addr {
