@@ -763,6 +763,10 @@ impl ManifestOptions {
             s(ARTIFACT_CACHE_DIR),
             s("--tokens"),
             s(TOKENS_FILE),
+            // After the preStop sleep: readiness 503 while still answering, so the router's
+            // checks (1s, fall 2) take the pod out of the ring before the listener closes.
+            s("--drain-delay"),
+            s("5"),
         ];
         let mut env = vec![
             self.secret_env("HERD_REGISTRY"),
@@ -815,8 +819,8 @@ impl ManifestOptions {
             ..Default::default()
         };
         let spec = PodSpec {
-            // preStop 5s + the request timeout (30s) + margin.
-            termination_grace_period_seconds: Some(45),
+            // preStop 5s + drain delay 5s + the request timeout (30s) + margin.
+            termination_grace_period_seconds: Some(50),
             security_context: Some(restricted_pod(HERD_UID)),
             containers: vec![container],
             topology_spread_constraints: Some(vec![

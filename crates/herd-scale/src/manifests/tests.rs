@@ -718,6 +718,7 @@ fn serving_pods_serve_the_channel_with_tokens_and_workers_hold_no_registry_secre
                 .windows(2)
                 .any(|w| w == ["--artifact-cache", ARTIFACT_CACHE_DIR]));
             assert!(args.windows(2).any(|w| w == ["--addr", "0.0.0.0:8080"]));
+            assert!(args.windows(2).any(|w| w == ["--drain-delay", "5"]));
             for v in [
                 "HERD_REGISTRY",
                 "HERD_ARTIFACTS",
