@@ -1,6 +1,7 @@
 //! Where models come from. The core asks a [`ModelSource`] which models exist, which versions
-//! are served, and where a version's file is; a directory repository ([`DirectorySource`]) now,
-//! a registry release later (it implements the same trait).
+//! are served, and where a version's file is: a directory repository ([`DirectorySource`]), or
+//! a registry channel (`herd-server`'s `RegistrySource`, which materializes each bundle as a
+//! directory and reads its config with [`read_config`], the same parser).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -81,16 +82,7 @@ impl DirectorySource {
         if !dir.is_dir() {
             return Err(CoreError::ModelNotFound(name.to_string()));
         }
-        let config = match std::fs::read_to_string(dir.join(CONFIG_FILE)) {
-            Ok(text) => ModelConfig::parse(name, &text)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ModelConfig::default(),
-            Err(e) => {
-                return Err(CoreError::BadConfig {
-                    model: name.to_string(),
-                    reason: e.to_string(),
-                })
-            }
-        };
+        let config = read_config(name, &dir.join(CONFIG_FILE))?;
         let mut present: Vec<(u64, String)> = std::fs::read_dir(&dir)
             .map_err(|e| CoreError::BadRepository(format!("{}: {e}", dir.display())))?
             .filter_map(|e| e.ok())
@@ -134,6 +126,19 @@ impl DirectorySource {
             versions,
             config,
         })
+    }
+}
+
+/// Reads a model's `config.toml` at `path` (defaults when the file does not exist). The one
+/// parser for a directory repository and a registry bundle materialized on disk.
+pub fn read_config(model: &str, path: &Path) -> Result<ModelConfig, CoreError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => ModelConfig::parse(model, &text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ModelConfig::default()),
+        Err(e) => Err(CoreError::BadConfig {
+            model: model.to_string(),
+            reason: e.to_string(),
+        }),
     }
 }
 

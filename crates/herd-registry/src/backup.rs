@@ -27,6 +27,8 @@ pub const BACKUP_FORMAT: u32 = 1;
 const METADATA: &str = "metadata.json";
 const DIGESTS: &str = "digests.txt";
 const MANIFEST: &str = "MANIFEST.json";
+/// Copies of the referenced artifacts (`backup create --with-artifacts`).
+const ARTIFACTS: &str = "artifacts";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelRow {
@@ -68,6 +70,18 @@ pub struct Snapshot {
     pub release_entries: Vec<ReleaseEntryRow>,
     pub channels: Vec<Channel>,
     pub channel_history: Vec<ChannelEvent>,
+    /// The files of multi-file bundles (absent in backups made before bundles).
+    #[serde(default)]
+    pub version_files: Vec<VersionFileRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionFileRow {
+    pub model: String,
+    pub version: i64,
+    pub path: String,
+    pub digest: String,
+    pub size: u64,
 }
 
 impl Snapshot {
@@ -92,6 +106,14 @@ impl Snapshot {
         for v in &self.versions {
             if v.artifact_deleted_at.is_none() {
                 out.insert(v.digest.clone());
+            }
+        }
+        for f in &self.version_files {
+            if by_version
+                .get(&(f.model.as_str(), f.version))
+                .is_some_and(|v| v.artifact_deleted_at.is_none())
+            {
+                out.insert(f.digest.clone());
             }
         }
         out
@@ -222,6 +244,18 @@ impl Registry {
                     by: r.s("by_user")?,
                 });
             }
+            for r in sqlx::query("SELECT * FROM version_files ORDER BY model, version, path")
+                .fetch_all(&mut *tx)
+                .await?
+            {
+                s.version_files.push(VersionFileRow {
+                    model: r.s("model")?,
+                    version: r.i("version")?,
+                    path: r.s("path")?,
+                    digest: r.s("digest")?,
+                    size: r.i("size")?.max(0) as u64,
+                });
+            }
             tx.commit().await?;
             s
         });
@@ -232,6 +266,13 @@ impl Registry {
 
     /// Writes a backup of the metadata into `dir` (which must not exist or be empty).
     pub async fn backup_create(&self, dir: &Path) -> Result<BackupManifest> {
+        self.backup_create_with(dir, false).await
+    }
+
+    /// [`Registry::backup_create`]; with `artifacts`, also copies every artifact the snapshot
+    /// references into `dir/artifacts/sha256/<hex>` (each read back through the store's digest
+    /// check), so the backup restores without the original object store.
+    pub async fn backup_create_with(&self, dir: &Path, artifacts: bool) -> Result<BackupManifest> {
         if dir.exists() {
             let non_empty = std::fs::read_dir(dir)
                 .map_err(|e| RegistryError::io(format!("cannot read {}", dir.display()), e))?
@@ -270,6 +311,18 @@ impl Registry {
             .map_err(|e| RegistryError::Integrity(format!("cannot serialize manifest: {e}")))?;
         std::fs::create_dir_all(dir)
             .map_err(|e| RegistryError::io(format!("cannot create {}", dir.display()), e))?;
+        if artifacts {
+            let adir = dir.join(ARTIFACTS).join("sha256");
+            std::fs::create_dir_all(&adir)
+                .map_err(|e| RegistryError::io(format!("cannot create {}", adir.display()), e))?;
+            for d in &digests {
+                let hex = crate::store::digest_hex(d)?;
+                let size = self.store.fetch_verified(d, &adir.join(hex)).await?;
+                tracing::debug!(digest = %d, size, "artifact copied into backup");
+            }
+            crate::bundle::sync_dir(&adir)
+                .map_err(|e| RegistryError::io(format!("cannot sync {}", adir.display()), e))?;
+        }
         // The manifest is written last: a backup without one is visibly incomplete.
         write_atomic(&dir.join(METADATA), &metadata)?;
         write_atomic(&dir.join(DIGESTS), digests_text.as_bytes())?;
@@ -310,7 +363,14 @@ impl Registry {
                         .into(),
                 ));
             }
+            // A running server polls channel revisions: a restored channel must never go back to
+            // a revision it has already seen, or the server would miss the next promote.
+            let current: Vec<(String, i64)> = sqlx::query_as("SELECT name, revision FROM channels")
+                .fetch_all(&mut *tx)
+                .await?;
+            let current: BTreeMap<String, i64> = current.into_iter().collect();
             for t in [
+                "version_files",
                 "channel_history",
                 "channels",
                 "release_entries",
@@ -415,9 +475,24 @@ impl Registry {
                 )
                 .bind(&c.name)
                 .bind(&c.release_id)
-                .bind(c.revision)
+                .bind(match current.get(&c.name) {
+                    Some(cur) => c.revision.max(cur + 1),
+                    None => c.revision,
+                })
                 .bind(&c.updated_at)
                 .bind(&c.updated_by)
+                .execute(&mut *tx)
+                .await?;
+            }
+            for f in &s.version_files {
+                sqlx::query(
+                    "INSERT INTO version_files (model, version, path, digest, size) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&f.model)
+                .bind(f.version)
+                .bind(&f.path)
+                .bind(&f.digest)
+                .bind(f.size as i64)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -451,6 +526,32 @@ impl Registry {
                 p.kind,
                 p.detail
             )));
+        }
+        // Artifacts first: once the metadata is in, servers may fetch what it names.
+        let adir = dir.join(ARTIFACTS).join("sha256");
+        if adir.is_dir() {
+            let mut restored = 0usize;
+            for d in snap.referenced_digests() {
+                let hex = crate::store::digest_hex(&d)?;
+                let path = adir.join(hex);
+                if !path.is_file() {
+                    continue;
+                }
+                if self.store.exists(&d).await? {
+                    continue;
+                }
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| RegistryError::io(format!("cannot read {}", path.display()), e))?;
+                let (got, _) = self.store.put(bytes.into(), &|_| {}).await?;
+                if got != d {
+                    return Err(RegistryError::Integrity(format!(
+                        "backup artifact {} has digest {got}, not {d}; the backup is damaged",
+                        path.display()
+                    )));
+                }
+                restored += 1;
+            }
+            tracing::info!(restored, "artifacts restored from the backup");
         }
         self.restore_snapshot(&snap, replace).await?;
         tracing::info!(dir = %dir.display(), models = manifest.models, "backup restored");
@@ -500,6 +601,26 @@ pub async fn backup_verify(dir: &Path, artifacts: &ArtifactStore) -> Result<Back
             subject: DIGESTS.into(),
             detail: "digests.txt does not list exactly the digests metadata.json references".into(),
         });
+    }
+    // Copies inside the backup (--with-artifacts) are checked by content, not existence.
+    let adir = dir.join(ARTIFACTS).join("sha256");
+    if adir.is_dir() {
+        for d in snap.referenced_digests() {
+            let hex = crate::store::digest_hex(&d)?;
+            match std::fs::read(adir.join(hex)) {
+                Ok(b) if crate::store::digest_of(&b) == d => {}
+                Ok(_) => problems.push(Problem {
+                    kind: "corrupt_artifact".into(),
+                    subject: d.clone(),
+                    detail: "the backup's copy of this artifact does not match its digest".into(),
+                }),
+                Err(_) => problems.push(Problem {
+                    kind: "missing_artifact".into(),
+                    subject: d.clone(),
+                    detail: "the backup was made with artifacts but lacks this one".into(),
+                }),
+            }
+        }
     }
     problems.append(&mut check.problems);
     check.problems = problems;
@@ -656,7 +777,16 @@ async fn check_artifacts(
     }
     for d in s.referenced_digests() {
         report.artifacts_checked += 1;
-        if !present.contains(&d) {
+        if present.contains(&d) {
+            // Present is not enough: the content must still have its digest.
+            if let Err(RegistryError::Integrity(detail)) = store.get(&d).await {
+                report.problems.push(Problem {
+                    kind: "corrupt_artifact".into(),
+                    subject: d.clone(),
+                    detail,
+                });
+            }
+        } else {
             let who = users
                 .get(d.as_str())
                 .map(|u| u.join(", "))

@@ -12,6 +12,10 @@ pub enum RegistryError {
     /// A model, version, alias, release, channel or backup that does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The caller may not change this (another tenant's model, or a shared model without a
+    /// tenant, which only admins may change).
+    #[error("{0}")]
+    Forbidden(String),
     /// The request conflicts with what is stored (e.g. restore into a non-empty registry).
     #[error("{0}")]
     Conflict(String),
@@ -54,6 +58,7 @@ impl HasErrorCode for RegistryError {
             RegistryError::InvalidInput(_) => ErrorCode::InvalidInput,
             RegistryError::NotFound(_) => ErrorCode::NotFound,
             RegistryError::Conflict(_) => ErrorCode::Conflict,
+            RegistryError::Forbidden(_) => ErrorCode::Forbidden,
             RegistryError::Config(_) => ErrorCode::InvalidInput,
             RegistryError::Database(_) => ErrorCode::Internal,
             RegistryError::Migrate(_) => ErrorCode::Internal,

@@ -5,6 +5,9 @@
 //! before it records the version; the grace period keeps gc from deleting it in between). The
 //! versions whose artifacts are deleted keep their metadata and get `artifact_deleted_at`.
 //!
+//! The files of a bundle are kept while their version's manifest is: once gc collected a
+//! bundle's manifest (marking the version), its files become candidates of the next run.
+//!
 //! Races: each candidate is collected in a transaction that excludes pushes, alias changes and
 //! release creation (`BEGIN IMMEDIATE` on SQLite, an advisory transaction lock on Postgres). It
 //! re-checks that no release, alias or last-N version uses the digest, marks the versions, deletes
@@ -91,7 +94,9 @@ impl Registry {
         let pinned: Vec<String> = dispatch!(&self.db, |pool, _b| {
             sqlx::query_scalar(
                 "SELECT digest FROM release_entries UNION \
-                 SELECT v.digest FROM aliases a JOIN versions v ON v.model = a.model AND v.version = a.version",
+                 SELECT v.digest FROM aliases a JOIN versions v ON v.model = a.model AND v.version = a.version UNION \
+                 SELECT f.digest FROM version_files f JOIN versions v ON v.model = f.model \
+                 AND v.version = f.version WHERE v.artifact_deleted_at IS NULL",
             )
             .fetch_all(pool)
             .await?
@@ -179,7 +184,9 @@ impl Registry {
                  (SELECT COUNT(*) FROM aliases a JOIN versions v ON v.model = a.model \
                   AND v.version = a.version WHERE v.digest = $1) + \
                  (SELECT COUNT(*) FROM versions v WHERE v.digest = $1 AND \
-                  (SELECT COUNT(*) FROM versions w WHERE w.model = v.model AND w.version > v.version) < $2)",
+                  (SELECT COUNT(*) FROM versions w WHERE w.model = v.model AND w.version > v.version) < $2) + \
+                 (SELECT COUNT(*) FROM version_files f JOIN versions v ON v.model = f.model \
+                  AND v.version = f.version WHERE f.digest = $1 AND v.artifact_deleted_at IS NULL)",
             )
             .bind(&c.digest)
             .bind(keep_last as i64)

@@ -6,10 +6,13 @@
 //! ([`canonical`], [`types::release_id`]), channels with rollback, backups ([`backup`]) and gc.
 //! Must not depend on: HTTP servers, inference engines.
 //!
+//! Versions are bundles of a model directory's files ([`bundle`]).
+//!
 //! For serving, the server uses [`Registry::open`], [`Registry::channel_release`],
-//! [`Registry::channel_revision`] and [`Registry::fetch_artifact`].
+//! [`Registry::channel_revision`] and [`Registry::fetch_bundle`].
 
 pub mod backup;
+pub mod bundle;
 pub mod canonical;
 pub mod db;
 pub mod error;

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::bundle::MODEL_FILE;
 use crate::db::{dispatch, is_unique_violation, now, Db, RowExt, PG_GC_LOCK};
 use crate::error::{RegistryError, Result};
 use crate::refs::{validate_lineage_ref, validate_name, NameKind, RefKind};
@@ -215,7 +216,57 @@ impl Registry {
                 }
             }
         }
-        let digest = digest_of(&req.bytes);
+        if let (Some(t), true) = (&req.as_tenant, exists) {
+            // Early refusal (re-checked inside the write transaction).
+            let m = self.model(&req.model).await?;
+            check_tenant(&req.model, m.tenant.as_deref(), t)?;
+        }
+        // The bundle: model.onnx plus the other files, each content-addressed.
+        let mut contents: Vec<(String, Bytes)> = vec![(MODEL_FILE.to_string(), req.bytes.clone())];
+        for (path, bytes) in &req.files {
+            if path == MODEL_FILE {
+                return Err(RegistryError::InvalidInput(format!(
+                    "bundle of '{}' lists {MODEL_FILE} twice",
+                    req.model
+                )));
+            }
+            crate::bundle::validate_path(path)?;
+            contents.push((path.clone(), bytes.clone()));
+        }
+        if contents.len() > crate::bundle::MAX_FILES {
+            return Err(RegistryError::InvalidInput(format!(
+                "a bundle holds at most {} files; '{}' has {}",
+                crate::bundle::MAX_FILES,
+                req.model,
+                contents.len()
+            )));
+        }
+        let files: Vec<BundleFile> = if contents.len() == 1 {
+            Vec::new()
+        } else {
+            contents
+                .iter()
+                .map(|(path, b)| BundleFile {
+                    path: path.clone(),
+                    digest: digest_of(b),
+                    size: b.len() as u64,
+                })
+                .collect()
+        };
+        let manifest = (!files.is_empty()).then(|| crate::bundle::manifest_of(&files));
+        let digest = match &manifest {
+            Some((_, d)) => d.clone(),
+            None => digest_of(&req.bytes),
+        };
+        // Every object the version row will name (the manifest last).
+        let mut objects: Vec<Bytes> = if files.is_empty() {
+            vec![req.bytes.clone()]
+        } else {
+            contents.iter().map(|(_, b)| b.clone()).collect()
+        };
+        if let Some((m, _)) = &manifest {
+            objects.push(m.clone());
+        }
         // Idempotent re-push: same bytes and lineage as the latest version -> that version.
         if exists {
             if let Some(latest) = self.latest_version(&req.model).await? {
@@ -224,7 +275,11 @@ impl Registry {
                     && latest.code_ref == code_ref
                     && latest.artifact_deleted_at.is_none()
                     && self.store.exists(&digest).await?
+                    && (req.as_tenant.is_none()
+                        || self.model(&req.model).await?.tenant == req.as_tenant)
                 {
+                    let mut latest = latest;
+                    latest.files = self.version_files(&req.model, latest.version).await?;
                     return Ok(PushOutcome {
                         version: latest,
                         created: false,
@@ -233,8 +288,21 @@ impl Registry {
                 }
             }
         }
-        let size = req.bytes.len() as u64;
-        let (digest, uploaded) = self.store.put(req.bytes.clone(), progress).await?;
+        let size: u64 = contents.iter().map(|(_, b)| b.len() as u64).sum();
+        let mut uploaded = false;
+        let total = size;
+        let mut sent = 0u64;
+        for (i, b) in objects.iter().enumerate() {
+            let base = sent;
+            let (_, new) = self
+                .store
+                .put(b.clone(), &|n| progress((base + n).min(total)))
+                .await?;
+            uploaded |= new;
+            if i < contents.len() {
+                sent += b.len() as u64;
+            }
+        }
         let signature_text = signature.to_string();
         let metrics_text = serde_json::to_string(&req.metrics).unwrap_or_else(|_| "{}".into());
         let created_at = now();
@@ -244,14 +312,13 @@ impl Registry {
             req.created_by.clone()
         };
         let create = req.create.clone().filter(|_| !exists);
+        let store = self.store.clone();
         // A concurrent push may take the same number: retry on a unique violation.
         let mut attempt = 0;
         let version = loop {
             attempt += 1;
-            let res: std::result::Result<(i64, bool), sqlx::Error> = dispatch!(
-                &self.db,
-                |pool, begin| {
-                    async {
+            let res: Result<i64> = dispatch!(&self.db, |pool, begin| {
+                async {
                     let mut tx = pool.begin_with(begin).await?;
                     if begin == "BEGIN" {
                         sqlx::query(PG_GC_LOCK).execute(&mut *tx).await?;
@@ -269,6 +336,19 @@ impl Registry {
                         .bind(&created_at)
                         .execute(&mut *tx)
                         .await?;
+                    }
+                    // The tenant as it stands inside this transaction (a concurrent create or
+                    // tenant change cannot slip in between the check and the insert).
+                    if let Some(t) = &req.as_tenant {
+                        let owner: Option<Option<String>> =
+                            sqlx::query_scalar("SELECT tenant FROM models WHERE name = $1")
+                                .bind(&req.model)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                        match owner {
+                            Some(owner) => check_tenant(&req.model, owner.as_deref(), t)?,
+                            None => return Err(unknown_model(&req.model)),
+                        }
                     }
                     let next: i64 = sqlx::query_scalar(
                         "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE model = $1",
@@ -293,28 +373,40 @@ impl Registry {
                     .bind(&by)
                     .execute(&mut *tx)
                     .await?;
-                    // gc may have collected these bytes after our upload check.
-                    let collected: i64 = sqlx::query_scalar(
-                        "SELECT COUNT(*) FROM versions WHERE digest = $1 AND artifact_deleted_at IS NOT NULL",
-                    )
-                    .bind(&digest)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                    for f in &files {
+                        sqlx::query(
+                            "INSERT INTO version_files (model, version, path, digest, size) \
+                             VALUES ($1, $2, $3, $4, $5)",
+                        )
+                        .bind(&req.model)
+                        .bind(next)
+                        .bind(&f.path)
+                        .bind(&f.digest)
+                        .bind(f.size as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    // gc deletes objects only while holding the lock this transaction holds, so
+                    // what exists now still exists when the row commits. An object gc took
+                    // between our upload and here (e.g. an orphan this push re-used) is put
+                    // back before the version can name it.
+                    for b in &objects {
+                        let d = digest_of(b);
+                        if !store.exists(&d).await? {
+                            store.put(b.clone(), &|_| {}).await?;
+                        }
+                    }
                     tx.commit().await?;
-                    Ok((next, collected > 0))
+                    Ok(next)
                 }
                 .await
-                }
-            );
+            });
             match res {
-                Ok((v, collected)) => {
-                    if collected {
-                        self.store.put(req.bytes.clone(), &|_| {}).await?;
-                    }
-                    break v;
+                Ok(v) => break v,
+                Err(RegistryError::Database(e)) if is_unique_violation(&e) && attempt < 10 => {
+                    continue
                 }
-                Err(e) if is_unique_violation(&e) && attempt < 10 => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         };
         metrics::counter!("herd_registry_push_total").increment(1);
@@ -339,7 +431,10 @@ impl Registry {
             row.as_ref().map(version_from_row).transpose()?
         });
         match row {
-            Some(v) => Ok(v),
+            Some(mut v) => {
+                v.files = self.version_files(model, version).await?;
+                Ok(v)
+            }
             None => {
                 self.model(model).await?;
                 Err(RegistryError::NotFound(format!(
@@ -438,6 +533,19 @@ impl Registry {
         version: i64,
         by: &str,
     ) -> Result<AliasEvent> {
+        self.set_alias_as(model, alias, version, by, None).await
+    }
+
+    /// [`Registry::set_alias`] for a caller that is the tenant `as_tenant` (None: admin or no
+    /// auth), checked inside the write transaction like a push.
+    pub async fn set_alias_as(
+        &self,
+        model: &str,
+        alias: &str,
+        version: i64,
+        by: &str,
+        as_tenant: Option<&str>,
+    ) -> Result<AliasEvent> {
         validate_name(NameKind::Alias, alias)?;
         if alias == "latest" {
             return Err(RegistryError::InvalidInput(
@@ -457,6 +565,17 @@ impl Registry {
             let mut tx = pool.begin_with(begin).await?;
             if begin == "BEGIN" {
                 sqlx::query(PG_GC_LOCK).execute(&mut *tx).await?;
+            }
+            if let Some(t) = as_tenant {
+                let owner: Option<Option<String>> =
+                    sqlx::query_scalar("SELECT tenant FROM models WHERE name = $1")
+                        .bind(model)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                match owner {
+                    Some(owner) => check_tenant(model, owner.as_deref(), t)?,
+                    None => return Err(unknown_model(model)),
+                }
             }
             let usable: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM versions WHERE model = $1 AND version = $2 AND artifact_deleted_at IS NULL",
@@ -576,6 +695,20 @@ impl Registry {
     }
 }
 
+/// A tenant may write only its own tenant's models; a model without a tenant is shared and
+/// only admins may write it.
+pub(crate) fn check_tenant(model: &str, owner: Option<&str>, caller: &str) -> Result<()> {
+    match owner {
+        Some(o) if o == caller => Ok(()),
+        Some(_) => Err(RegistryError::Forbidden(format!(
+            "model '{model}' belongs to another tenant"
+        ))),
+        None => Err(RegistryError::Forbidden(format!(
+            "model '{model}' has no tenant: it is shared, and only an admin token may change it"
+        ))),
+    }
+}
+
 pub(crate) fn unknown_model(name: &str) -> RegistryError {
     RegistryError::NotFound(format!(
         "model '{name}' does not exist; list models with `herd model list`"
@@ -623,6 +756,7 @@ pub(crate) fn version_from_row(r: &impl RowExt) -> Result<ModelVersion> {
         created_at: r.s("created_at")?,
         created_by: r.s("created_by")?,
         artifact_deleted_at: r.os("artifact_deleted_at")?,
+        files: Vec::new(),
     })
 }
 

@@ -467,21 +467,17 @@ impl Registry {
     pub async fn promote(&self, channel: &str, release: &str, by: &str) -> Result<ChannelEvent> {
         validate_name(NameKind::Channel, channel)?;
         let id = self.resolve_release_id(release).await?;
-        self.set_channel(channel, &id, "promote", by).await
+        self.set_channel(channel, Target::Release(&id), "promote", by)
+            .await
     }
 
     /// Moves `channel` back to the release it served before the current one (undoing the last
     /// promote; repeated rollbacks walk further back).
     pub async fn rollback(&self, channel: &str, by: &str) -> Result<ChannelEvent> {
-        let stack = self.channel_stack(channel).await?;
-        if stack.len() < 2 {
-            return Err(RegistryError::NotFound(format!(
-                "channel '{channel}' has no previous release to roll back to; promote a release \
-                 explicitly with `herd release promote ID --channel {channel}`"
-            )));
-        }
-        let target = stack[stack.len() - 2].clone();
-        self.set_channel(channel, &target, "rollback", by).await
+        // The history is read and the channel written in one transaction: a concurrent promote
+        // lands either before (and is the one undone) or after (on top of the rollback).
+        self.set_channel(channel, Target::Previous, "rollback", by)
+            .await
     }
 
     /// Rolls back one model in `channel`: a new release equal to the current one except `model`,
@@ -541,35 +537,57 @@ impl Registry {
         };
         let (release, _) = self.create_release(&spec).await?;
         let event = self
-            .set_channel(channel, &release.id, "rollback-model", by)
+            .set_channel(channel, Target::Release(&release.id), "rollback-model", by)
             .await?;
         Ok((release, event))
     }
 
     /// The channel's effective stack of releases (promotes push, rollbacks pop), oldest first.
     async fn channel_stack(&self, channel: &str) -> Result<Vec<String>> {
-        let mut stack: Vec<String> = Vec::new();
-        for e in self.channel_history(channel).await? {
-            if e.action == "rollback" {
-                stack.pop();
-            } else {
-                stack.push(e.to_release);
-            }
-        }
-        Ok(stack)
+        Ok(stack_of(
+            self.channel_history(channel)
+                .await?
+                .into_iter()
+                .map(|e| (e.action, e.to_release))
+                .collect(),
+        ))
     }
 
     async fn set_channel(
         &self,
         channel: &str,
-        id: &str,
+        target: Target<'_>,
         action: &str,
         by: &str,
     ) -> Result<ChannelEvent> {
         let at = now();
         let by = if by.is_empty() { "unknown" } else { by };
-        let from: Option<String> = dispatch!(&self.db, |pool, begin| {
+        let (from, id): (Option<String>, String) = dispatch!(&self.db, |pool, begin| {
             let mut tx = pool.begin_with(begin).await?;
+            if begin == "BEGIN" {
+                // Serializes channel writers on Postgres (SQLite: BEGIN IMMEDIATE already does).
+                sqlx::query(PG_GC_LOCK).execute(&mut *tx).await?;
+            }
+            let id: String = match target {
+                Target::Release(id) => id.to_string(),
+                Target::Previous => {
+                    let rows: Vec<(String, String)> = sqlx::query_as(
+                        "SELECT action, to_release FROM channel_history WHERE channel = $1 ORDER BY id",
+                    )
+                    .bind(channel)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let stack = stack_of(rows);
+                    if stack.len() < 2 {
+                        return Err(RegistryError::NotFound(format!(
+                            "channel '{channel}' has no previous release to roll back to; promote a release \
+                             explicitly with `herd release promote ID --channel {channel}`"
+                        )));
+                    }
+                    stack[stack.len() - 2].clone()
+                }
+            };
+            let id = id.as_str();
             let from: Option<String> =
                 sqlx::query_scalar("SELECT release_id FROM channels WHERE name = $1")
                     .bind(channel)
@@ -602,8 +620,9 @@ impl Registry {
                 .await?;
             }
             tx.commit().await?;
-            from
+            (from, id.to_string())
         });
+        let id = id.as_str();
         if from.as_deref() == Some(id) {
             tracing::info!(
                 channel,
@@ -628,6 +647,26 @@ impl Registry {
             by: by.to_string(),
         })
     }
+}
+
+/// Where [`Registry::set_channel`] points the channel.
+enum Target<'a> {
+    Release(&'a str),
+    /// The release before the current one on the channel's stack, read in the write transaction.
+    Previous,
+}
+
+/// The effective stack of `(action, to_release)` history rows: promotes push, rollbacks pop.
+fn stack_of(history: Vec<(String, String)>) -> Vec<String> {
+    let mut stack: Vec<String> = Vec::new();
+    for (action, to) in history {
+        if action == "rollback" {
+            stack.pop();
+        } else {
+            stack.push(to);
+        }
+    }
+    stack
 }
 
 pub(crate) fn channel_from_row(r: &impl RowExt) -> Result<Channel> {

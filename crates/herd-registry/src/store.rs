@@ -67,6 +67,8 @@ pub struct ArtifactStore {
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
     url: String,
+    /// The directory of a local store: its objects are fsynced (file and directory) after a put.
+    local_root: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ArtifactStore {
@@ -125,6 +127,7 @@ impl ArtifactStore {
                 store: Arc::new(store),
                 prefix: ObjectPath::from(prefix.trim_matches('/')),
                 url: url.to_string(),
+                local_root: None,
             });
         }
         if url.contains("://") && !url.starts_with("file://") {
@@ -149,6 +152,7 @@ impl ArtifactStore {
             store: Arc::new(store),
             prefix: ObjectPath::default(),
             url: url.to_string(),
+            local_root: Some(dir),
         })
     }
 
@@ -179,7 +183,9 @@ impl ArtifactStore {
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(String, bool)> {
         let digest = digest_of(&bytes);
-        if self.exists(&digest).await? {
+        // Durable even when another writer put it and had not synced yet; gc may delete it
+        // between the check and the sync, then it is written again below.
+        if self.exists(&digest).await? && self.sync_local(&digest).await? {
             progress(bytes.len() as u64);
             return Ok((digest, false));
         }
@@ -205,9 +211,46 @@ impl ArtifactStore {
             }
             writer.finish().await?;
         }
+        if !self.sync_local(&digest).await? {
+            return Err(RegistryError::Integrity(format!(
+                "artifact {digest} vanished right after it was written to {}",
+                self.url
+            )));
+        }
         metrics::counter!("herd_registry_upload_bytes").increment(bytes.len() as u64);
         metrics::histogram!("herd_registry_upload_seconds").record(started.elapsed().as_secs_f64());
         Ok((digest, true))
+    }
+
+    /// On a local store, fsyncs the object's file and its directory, so a version row committed
+    /// after this never names bytes a crash could lose. A no-op on S3 (durable when the PUT
+    /// answers). Returns false when the object does not exist (locally).
+    pub async fn sync_local(&self, digest: &str) -> Result<bool> {
+        let Some(root) = &self.local_root else {
+            return Ok(true);
+        };
+        let dir = root.join("sha256");
+        let file = dir.join(digest_hex(digest)?);
+        tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+            match std::fs::File::open(&file) {
+                Ok(f) => f.sync_all()?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            crate::bundle::sync_dir(&dir)?;
+            Ok(true)
+        })
+        .await
+        .map_err(|e| RegistryError::Integrity(format!("sync task failed: {e}")))?
+        .map_err(|e| RegistryError::io(format!("cannot sync artifact {digest}"), e))
+    }
+
+    /// Streams the artifact into `dest` (created or replaced), checking its digest and fsyncing
+    /// the file; returns its size. The caller makes `dest` visible atomically (a scratch
+    /// directory renamed into place).
+    pub async fn fetch_verified(&self, digest: &str, dest: &Path) -> Result<u64> {
+        let hex = digest_hex(digest)?.to_string();
+        self.stream_into(digest, &hex, dest).await
     }
 
     /// Reads the whole artifact and checks its digest.
@@ -352,7 +395,7 @@ fn digest_full(digest: &str) -> String {
     }
 }
 
-fn rand_suffix() -> u64 {
+pub(crate) fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()

@@ -41,6 +41,21 @@ pub struct ModelVersion {
     pub created_by: String,
     /// Set when `gc` removed the artifact; the metadata stays for traceability.
     pub artifact_deleted_at: Option<String>,
+    /// The bundle's files (path -> digest, size) when the version is a multi-file bundle; empty
+    /// for a one-file bundle (`digest` is then the digest of its `model.onnx`). Filled by
+    /// single-version reads (`version`, `resolve`, push), empty in listings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<BundleFile>,
+}
+
+/// One file of a model bundle.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BundleFile {
+    /// Path inside the model directory (`model.onnx`, `tokenizer.json`, `config.toml`, ...).
+    pub path: String,
+    /// `sha256:<hex>` of the file's content.
+    pub digest: String,
+    pub size: u64,
 }
 
 /// Options for creating a model.
@@ -63,6 +78,13 @@ pub struct PushRequest {
     pub created_by: String,
     /// Create the model first when it does not exist (otherwise an unknown model is an error).
     pub create: Option<NewModel>,
+    /// The other files of a bundle (path inside the model directory -> content), besides
+    /// `bytes` (the `model.onnx`). Empty: a one-file bundle, stored exactly as before bundles.
+    pub files: BTreeMap<String, bytes::Bytes>,
+    /// The caller's tenant when the caller is a tenant token (None: admin or no auth). Checked
+    /// inside the write transaction: a tenant may push only to its own tenant's models, never
+    /// to a model without a tenant.
+    pub as_tenant: Option<String>,
 }
 
 /// The outcome of a push.

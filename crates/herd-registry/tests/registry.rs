@@ -156,6 +156,7 @@ fn push_req(model: &str, seed: u64) -> PushRequest {
             description: "fraud".into(),
             tags: vec!["fraud".into()],
         }),
+        ..Default::default()
     }
 }
 
@@ -1024,3 +1025,6 @@ async fn bench_thousand_models() {
         );
     }
 }
+
+#[path = "registry/bundles.rs"]
+mod bundles;

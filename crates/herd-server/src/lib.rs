@@ -3,13 +3,16 @@
 //! Owns: the axum routes (KServe v2 inference and metadata, the repository extension, health,
 //! Prometheus metrics), bearer-token auth with tenants, the serve [`Settings`], and telemetry
 //! setup. Handlers parse, call one core method, and map the result; errors become HTTP answers
-//! in [`error`] only. Must not contain serving logic (that is `herd-core`).
+//! in [`error`] only. Must not contain serving logic (that is `herd-core`). The serving assembly
+//! ([`serving`]: one `ServeSettings`, one `serve()`, the registry model source, the channel
+//! watcher and its swap policy) lives here so `herd serve` only parses flags and calls it.
 
 pub mod auth;
 pub mod error;
 pub mod http;
 mod routes;
 pub mod service;
+pub mod serving;
 pub mod settings;
 pub mod telemetry;
 

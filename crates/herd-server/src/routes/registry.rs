@@ -11,7 +11,7 @@
 //! | POST | `/models` `{name, tenant?, description?, tags?}` | create a model |
 //! | GET | `/models/{model}` | one model with its aliases |
 //! | GET | `/models/{model}/versions?data_ref=&code_ref=&limit=&offset=` | versions, newest first |
-//! | POST | `/models/{model}/versions?data_ref=&code_ref=&metric=auc=0.9&create=true` body: ONNX bytes | push |
+//! | POST | `/models/{model}/versions?data_ref=&code_ref=&metric=auc=0.9&create=true` body: ONNX bytes, or a bundle as a tar archive (`content-type: application/x-tar`) | push |
 //! | GET | `/models/{model}/versions/{version}` | one version (number, alias or `latest`) |
 //! | PUT | `/models/{model}/aliases/{alias}` `{version}` | set an alias |
 //! | GET | `/models/{model}/aliases/history?alias=` | alias history |
@@ -249,21 +249,31 @@ async fn push(
         }
     }
     let principal = s.auth.principal(&headers)?;
+    // A tenant writes only its own tenant's models (a model without a tenant is admin-only);
+    // the registry re-checks inside the push's write transaction.
     let tenant = match &principal {
-        Principal::Tenant(t) => {
-            match s.registry.model(&model).await {
-                Ok(m) => s.auth.check_model(&headers, &model, m.tenant.as_deref())?,
-                Err(herd_registry::RegistryError::NotFound(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
-            Some(t.clone())
-        }
+        Principal::Tenant(t) => Some(t.clone()),
         Principal::Open | Principal::Admin => None,
+    };
+    let is_tar = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-tar"));
+    let (body, files) = if is_tar {
+        let mut files = herd_registry::bundle::read_tar(&body)?;
+        let model_file = files
+            .remove(herd_registry::bundle::MODEL_FILE)
+            .unwrap_or_default();
+        (model_file, files)
+    } else {
+        (body, BTreeMap::new())
     };
     let out = s
         .registry
         .push(PushRequest {
             model: model.clone(),
+            as_tenant: tenant.clone(),
+            files,
             bytes: body,
             metrics,
             data_ref,
@@ -332,9 +342,13 @@ async fn set_alias(
     Json(body): Json<SetAlias>,
 ) -> Res {
     let p = check_model(&s, &headers, &model).await?;
+    let as_tenant = match &p {
+        Principal::Tenant(t) => Some(t.as_str()),
+        Principal::Open | Principal::Admin => None,
+    };
     to_json(
         &s.registry
-            .set_alias(&model, &alias, body.version, &who(&p))
+            .set_alias_as(&model, &alias, body.version, &who(&p), as_tenant)
             .await?,
     )
 }

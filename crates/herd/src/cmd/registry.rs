@@ -15,8 +15,6 @@ use herd_registry::{
 };
 use serde::Serialize;
 
-pub mod source;
-
 /// `println!` that never panics: output to a closed pipe (`herd ... | head`) is dropped.
 macro_rules! out {
     ($($arg:tt)*) => {{
@@ -65,91 +63,6 @@ impl RegistryOpts {
     }
 }
 
-/// `herd serve` flags for serving a registry channel instead of a directory repository.
-#[derive(Args, Debug, Clone)]
-pub struct ServeRegistryArgs {
-    /// Serve exactly the release of this registry channel (e.g. production) instead of --repo;
-    /// a new promote or rollback is picked up and switched to without dropping requests.
-    #[arg(long, env = "HERD_CHANNEL")]
-    pub channel: Option<String>,
-    /// Registry database to read the channel from (with --channel).
-    #[arg(long, env = "HERD_REGISTRY", default_value = DEFAULT_REGISTRY_URL)]
-    pub registry: String,
-    /// Artifact store to fetch model files from (with --channel).
-    #[arg(long, env = "HERD_ARTIFACTS", default_value = DEFAULT_ARTIFACTS_URL)]
-    pub artifacts: String,
-    /// Local disk cache for fetched artifacts (verified by digest, reused across restarts).
-    #[arg(
-        long,
-        env = "HERD_ARTIFACT_CACHE",
-        default_value = ".herd/cache/artifacts"
-    )]
-    pub artifact_cache: PathBuf,
-    /// How often to check the channel for a new release, in milliseconds.
-    #[arg(long, env = "HERD_CHANNEL_POLL_MS", default_value_t = 1000)]
-    pub channel_poll_ms: u64,
-}
-
-impl ServeRegistryArgs {
-    /// Opens the channel's source when --channel is given.
-    pub async fn open_source(
-        &self,
-    ) -> anyhow::Result<Option<std::sync::Arc<source::RegistrySource>>> {
-        let Some(channel) = &self.channel else {
-            return Ok(None);
-        };
-        let reg = Registry::open(&self.registry, &self.artifacts)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot open the registry (--registry {}, --artifacts {})",
-                    herd_registry::db::redact_url(&self.registry),
-                    self.artifacts
-                )
-            })?;
-        let src = source::RegistrySource::open(
-            std::sync::Arc::new(reg),
-            channel,
-            self.artifact_cache.clone(),
-        )
-        .await?;
-        Ok(Some(src))
-    }
-
-    /// Starts watching the channel. After a switch, loaded versions that left the release are
-    /// retired (`core.retire_unserved()`) once no request can still be waiting for them: after the
-    /// request timeout, and only if no newer switch happened meanwhile (that one retires later).
-    /// Retiring at once would cancel loads that requests resolved just before the switch.
-    pub fn watch(
-        &self,
-        src: &std::sync::Arc<source::RegistrySource>,
-        core: std::sync::Arc<herd_core::Core>,
-    ) -> tokio::task::JoinHandle<()> {
-        use herd_core::ModelSource;
-        let me = src.clone();
-        let grace = core.config().request_timeout + std::time::Duration::from_secs(1);
-        src.spawn_watch(
-            std::time::Duration::from_millis(self.channel_poll_ms.max(50)),
-            move || {
-                let generation = me.generation();
-                tracing::info!(
-                    release = %me.release().short_id,
-                    retire_in_secs = grace.as_secs(),
-                    "now serving the new release"
-                );
-                let (me, core) = (me.clone(), core.clone());
-                tokio::spawn(async move {
-                    tokio::time::sleep(grace).await;
-                    if me.generation() == generation {
-                        let retired = core.retire_unserved();
-                        tracing::info!(retired, "versions no longer in the release retired");
-                    }
-                });
-            },
-        )
-    }
-}
-
 /// The registry command groups, flattened into `herd`'s top level.
 #[derive(Subcommand, Debug)]
 pub enum RegistryCommand {
@@ -182,14 +95,17 @@ enum ModelCmd {
         #[command(flatten)]
         meta: ModelMeta,
     },
-    /// Push an ONNX file as the model's next version.
+    /// Push an ONNX file, or a model directory as a bundle, as the model's next version.
     ///
-    /// The file's input/output signature is read and stored; lineage references must be
-    /// immutable (commit ids or content hashes, never a branch name or "latest").
+    /// A directory is `DIR/model.onnx` with its neighbours (config.toml, tokenizer.json and the
+    /// tokenizer's other files, external data), or a repository model `DIR/<n>/model.onnx` (the
+    /// highest n) plus the files directly in DIR. The signature of model.onnx is read and
+    /// stored; lineage references must be immutable (commit ids or content hashes, never a
+    /// branch name or "latest").
     Push {
         /// Model name.
         name: String,
-        /// Path to the .onnx file.
+        /// Path to the .onnx file or the model directory.
         file: PathBuf,
         /// Data lineage: git:<sha>, dvc:<md5>, lakefs://<repo>/<commit>, dolt:<commit>, sha256:<hex>.
         #[arg(long)]
@@ -242,9 +158,10 @@ enum ModelCmd {
         #[arg(long, default_value_t = 0)]
         offset: u64,
     },
-    /// Push many files at once: every `DIR/<model>.onnx`, and every `DIR/<model>/<n>/model.onnx`
-    /// (a herd/Triton directory repository, versions in ascending order). Models are created
-    /// as needed. Files that fail are reported and the rest still go in.
+    /// Push many models at once: every `DIR/<model>.onnx`, and every `DIR/<model>/<n>/` of a
+    /// herd/Triton directory repository (versions in ascending order), each version as a bundle
+    /// with the model's config.toml and tokenizer files. Models are created as needed. Versions
+    /// that fail are reported and the rest still go in.
     Import {
         /// Directory to import.
         dir: PathBuf,
@@ -377,6 +294,14 @@ enum ReleaseCmd {
     },
     /// Recompute release ids from their entries (one release, or all).
     Verify { release: Option<String> },
+    /// Write a self-contained model repository of RELEASE into DIR (`<model>/<version>/...`,
+    /// `<model>/config.toml`, `release.json` with the id, entries and lineage), for
+    /// `herd serve --repo DIR` with no registry, e.g. inside an image tagged with the short id.
+    Export {
+        release: String,
+        /// Directory to create (must not exist or be empty).
+        dir: PathBuf,
+    },
     /// A channel's current release and history.
     Channel {
         #[arg(default_value = "production")]
@@ -395,7 +320,12 @@ pub struct BackupArgs {
 #[derive(Subcommand, Debug)]
 enum BackupCmd {
     /// Write a consistent snapshot of the metadata and the list of referenced digests to DIR.
-    Create { dir: PathBuf },
+    Create {
+        dir: PathBuf,
+        /// Also copy every referenced artifact into DIR/artifacts (restore puts them back).
+        #[arg(long)]
+        with_artifacts: bool,
+    },
     /// Restore DIR into a scratch database and check it: checksums, every referenced artifact
     /// exists in --artifacts, aliases point at real versions, release ids recompute.
     Verify { dir: PathBuf },
@@ -567,11 +497,13 @@ async fn model(a: ModelArgs) -> anyhow::Result<()> {
                     .map_err(|_| anyhow!("--metric '{m}': the value must be a number"))?;
                 parsed.insert(k, v);
             }
-            let bytes = Registry::read_model_file(&file)?;
+            let (bytes, files) = read_push_path(&file)?;
+            let total: u64 =
+                bytes.len() as u64 + files.values().map(|b| b.len() as u64).sum::<u64>();
             let bar = if o.json {
                 indicatif::ProgressBar::hidden()
             } else {
-                let bar = indicatif::ProgressBar::new(bytes.len() as u64);
+                let bar = indicatif::ProgressBar::new(total);
                 bar.set_style(
                     indicatif::ProgressStyle::with_template(
                         "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
@@ -595,6 +527,8 @@ async fn model(a: ModelArgs) -> anyhow::Result<()> {
                     description: meta.description,
                     tags: meta.tags,
                 }),
+                files,
+                as_tenant: None,
             };
             let progress_bar = bar.clone();
             let out = reg
@@ -789,6 +723,21 @@ async fn model(a: ModelArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `herd model push` sends for PATH: a file (a one-file bundle) or a model directory.
+fn read_push_path(
+    path: &std::path::Path,
+) -> anyhow::Result<(bytes::Bytes, BTreeMap<String, bytes::Bytes>)> {
+    if path.is_dir() {
+        let mut files = herd_registry::bundle::read_model_dir(path)?;
+        let model = files
+            .remove(herd_registry::bundle::MODEL_FILE)
+            .ok_or_else(|| anyhow!("{} has no model.onnx", path.display()))?;
+        Ok((model, files))
+    } else {
+        Ok((Registry::read_model_file(path)?, BTreeMap::new()))
+    }
+}
+
 /// The files `herd model import DIR` pushes, in push order: (model, file).
 fn import_plan(dir: &std::path::Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let mut plan = Vec::new();
@@ -871,7 +820,24 @@ async fn import(
                 let mut out = Vec::new();
                 for f in files {
                     let r = async {
-                        let bytes = Registry::read_model_file(&f)?;
+                        // A repository version is a bundle with the model's config and
+                        // tokenizer; a loose `<model>.onnx` is a one-file bundle.
+                        let (bytes, files) =
+                            if f.parent().and_then(|v| v.parent()).is_some_and(|m| {
+                                m.file_name().and_then(|n| n.to_str()) == Some(model.as_str())
+                            }) {
+                                let vdir = f.parent().expect("checked");
+                                let mdir = vdir.parent().expect("checked");
+                                let mut files =
+                                    herd_registry::bundle::read_model_version(mdir, vdir)?;
+                                let bytes =
+                                    files.remove(herd_registry::bundle::MODEL_FILE).ok_or_else(
+                                        || anyhow!("{} has no model.onnx", vdir.display()),
+                                    )?;
+                                (bytes, files)
+                            } else {
+                                (Registry::read_model_file(&f)?, BTreeMap::new())
+                            };
                         let o = reg
                             .push(PushRequest {
                                 model: model.clone(),
@@ -886,6 +852,8 @@ async fn import(
                                     description: String::new(),
                                     tags: Vec::new(),
                                 }),
+                                files,
+                                as_tenant: None,
                             })
                             .await?;
                         Ok::<bool, anyhow::Error>(o.created)
@@ -1299,6 +1267,19 @@ async fn release(a: ReleaseArgs) -> anyhow::Result<()> {
                 }
             }
         },
+        ReleaseCmd::Export { release, dir } => {
+            let r = herd_server::serving::export_release(&reg, &release, &dir).await?;
+            if o.json {
+                print_json(&r)?;
+            } else {
+                out!(
+                    "exported release {} ({} models) to {}",
+                    r.short_id,
+                    r.entries.len(),
+                    dir.display()
+                );
+            }
+        }
         ReleaseCmd::Verify { release } => {
             let (n, problems) = reg.verify_releases(release.as_deref()).await?;
             if o.json {
@@ -1359,9 +1340,12 @@ async fn release(a: ReleaseArgs) -> anyhow::Result<()> {
 async fn backup(a: BackupArgs) -> anyhow::Result<()> {
     let o = &a.opts;
     match a.cmd {
-        BackupCmd::Create { dir } => {
+        BackupCmd::Create {
+            dir,
+            with_artifacts,
+        } => {
             let reg = o.open().await?;
-            let m = reg.backup_create(&dir).await?;
+            let m = reg.backup_create_with(&dir, with_artifacts).await?;
             reg.close().await;
             if o.json {
                 print_json(&m)?;

@@ -1,11 +1,21 @@
 //! Serving a registry channel: a [`ModelSource`] whose model set is the channel's release.
 //!
+//! Serving a channel is serving a directory: every entry's bundle is fetched into the local disk
+//! cache as `<cache>/<model>/<hex of the version digest>/` (each file verified, the directory made
+//! visible atomically, see `herd_registry::bundle`), its `config.toml` is read by the same parser
+//! as a `--repo` model (`herd_core::source::read_config`), and the model file handed to the core
+//! is the bundle's `model.onnx`, so the tokenizer and the rest of the pipeline are found next to
+//! it exactly as in a repository version directory. Batching, instances, pins, warm-up, labels,
+//! pipelines and `/v1/embeddings` therefore behave the same for both sources. The tenant is the
+//! registry model's (the bundle's `tenant` applies only when the registry model has none); the
+//! bundle's `versions` key is ignored (a channel serves exactly the release's version).
+//!
 //! The served set lives in memory (`list`/`get` never touch the database, so request paths stay
 //! fast). A watcher polls the channel's revision; on a change it loads the new release, fetches
-//! the artifacts of changed entries into the disk cache first, then swaps the set in one step and
-//! calls `on_swap` (the server passes `Core::retire_unserved`). Requests already running keep their
-//! loaded instance; a version that left the release can still be loaded by a request that resolved
-//! it just before the swap, because every (model, version) ever served keeps its digest here.
+//! the bundles of changed entries first, then swaps the set in one step and calls `on_swap`.
+//! Requests already running keep their loaded instance; a version that left the release can
+//! still be loaded by a request that resolved it just before the swap, because every
+//! (model, version) ever served keeps its digest here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -14,12 +24,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use herd_core::{CoreError, ModelConfig, ModelEntry, ModelSource};
+use herd_core::{CoreError, ModelEntry, ModelSource};
 use herd_registry::{short_id, ModelFilter, Registry, Release};
 use parking_lot::RwLock;
 
-/// How many artifacts are fetched at once when a new release arrives.
-const PREFETCH_CONCURRENCY: usize = 16;
+use super::ServeError;
+
+/// How many bundles are fetched at once when a new release arrives.
+const PREFETCH_CONCURRENCY: usize = 8;
 
 struct Served {
     release: Release,
@@ -47,16 +59,22 @@ impl RegistrySource {
         registry: Arc<Registry>,
         channel: &str,
         cache_dir: PathBuf,
-    ) -> anyhow::Result<Arc<RegistrySource>> {
+    ) -> Result<Arc<RegistrySource>, ServeError> {
         let revision = registry.channel_revision(channel).await?;
         let release = registry.channel_release(channel).await?;
         let (Some(revision), Some(release)) = (revision, release) else {
-            anyhow::bail!(
+            return Err(ServeError::Config(format!(
                 "channel '{channel}' has no release; create one with `herd release create ... \
                  --promote {channel}`"
-            );
+            )));
         };
-        let served = build_served(&registry, release, revision).await?;
+        let all: Vec<(String, String)> = release
+            .entries
+            .iter()
+            .map(|(m, e)| (m.clone(), e.digest.clone()))
+            .collect();
+        prefetch(&registry, &cache_dir, &all).await?;
+        let served = build_served(&registry, &cache_dir, release, revision).await?;
         let digests = digest_map(&served.release);
         tracing::info!(
             channel,
@@ -88,7 +106,7 @@ impl RegistrySource {
 
     /// Checks the channel once; when its revision changed, prefetches and swaps. Returns whether
     /// the served set changed.
-    pub async fn refresh(&self) -> anyhow::Result<bool> {
+    pub async fn refresh(&self) -> Result<bool, ServeError> {
         let current = self.served.read().revision;
         let Some(revision) = self.registry.channel_revision(&self.channel).await? else {
             return Ok(false);
@@ -108,26 +126,15 @@ impl RegistrySource {
             *self.served.write() = Arc::new(s);
             return Ok(false);
         }
-        // Fetch changed artifacts before the swap so new requests find them on disk.
-        let changed: Vec<String> = release
+        // Fetch changed bundles before the swap so new requests find them on disk.
+        let changed: Vec<(String, String)> = release
             .entries
             .iter()
             .filter(|(m, e)| old.release.entries.get(*m) != Some(*e))
-            .map(|(_, e)| e.digest.clone())
+            .map(|(m, e)| (m.clone(), e.digest.clone()))
             .collect();
-        let fetched = futures::stream::iter(changed.iter().cloned())
-            .map(|d| {
-                let reg = self.registry.clone();
-                let dir = self.cache_dir.clone();
-                async move { reg.fetch_artifact(&d, &dir).await }
-            })
-            .buffer_unordered(PREFETCH_CONCURRENCY)
-            .collect::<Vec<_>>()
-            .await;
-        for r in fetched {
-            r?;
-        }
-        let served = build_served(&self.registry, release, revision).await?;
+        prefetch(&self.registry, &self.cache_dir, &changed).await?;
+        let served = build_served(&self.registry, &self.cache_dir, release, revision).await?;
         {
             let mut digests = self.digests.write();
             digests.extend(digest_map(&served.release));
@@ -202,11 +209,40 @@ impl Served {
     }
 }
 
+/// Fetches the bundles `(model, digest)` into the cache, a few at a time.
+async fn prefetch(
+    registry: &Arc<Registry>,
+    cache_dir: &std::path::Path,
+    bundles: &[(String, String)],
+) -> Result<(), ServeError> {
+    let fetched = futures::stream::iter(bundles.iter().cloned())
+        .map(|(m, d)| {
+            let reg = registry.clone();
+            let dir = cache_dir.to_path_buf();
+            async move { reg.fetch_bundle(&m, &d, &dir).await }
+        })
+        .buffer_unordered(PREFETCH_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    for r in fetched {
+        r?;
+    }
+    Ok(())
+}
+
+/// The directory a bundle is materialized in (see `Registry::fetch_bundle`).
+fn bundle_dir(cache_dir: &std::path::Path, model: &str, digest: &str) -> PathBuf {
+    cache_dir
+        .join(model)
+        .join(digest.strip_prefix("sha256:").unwrap_or(digest))
+}
+
 async fn build_served(
     registry: &Registry,
+    cache_dir: &std::path::Path,
     release: Release,
     revision: i64,
-) -> anyhow::Result<Served> {
+) -> Result<Served, ServeError> {
     // Tenants for the auth rules: one paged scan of the models table.
     let mut tenants: HashMap<String, Option<String>> = HashMap::new();
     let mut offset = 0;
@@ -226,24 +262,25 @@ async fn build_served(
             None => break,
         }
     }
-    let entries = release
-        .entries
-        .iter()
-        .map(|(model, e)| {
-            let config = ModelConfig {
-                tenant: tenants.get(model).cloned().flatten(),
-                ..ModelConfig::default()
-            };
-            (
-                model.clone(),
-                ModelEntry {
-                    name: model.clone(),
-                    versions: vec![e.version.to_string()],
-                    config,
-                },
-            )
-        })
-        .collect();
+    let mut entries = BTreeMap::new();
+    for (model, e) in &release.entries {
+        let dir = bundle_dir(cache_dir, model, &e.digest);
+        let mut config =
+            herd_core::source::read_config(model, &dir.join(herd_core::source::CONFIG_FILE))?;
+        // The channel serves exactly the release's version.
+        config.versions = None;
+        if let Some(Some(t)) = tenants.get(model) {
+            config.tenant = Some(t.clone());
+        }
+        entries.insert(
+            model.clone(),
+            ModelEntry {
+                name: model.clone(),
+                versions: vec![e.version.to_string()],
+                config,
+            },
+        );
+    }
     Ok(Served {
         release,
         revision,
@@ -284,11 +321,12 @@ impl ModelSource for RegistrySource {
             })?;
         // Called on the loader pool (a blocking thread), so blocking on the runtime is allowed.
         self.handle
-            .block_on(self.registry.fetch_artifact(&digest, &self.cache_dir))
+            .block_on(self.registry.fetch_bundle(name, &digest, &self.cache_dir))
+            .map(|dir| dir.join(herd_core::source::MODEL_FILE))
             .map_err(|e| CoreError::LoadFailed {
                 model: name.to_string(),
                 version: version.to_string(),
-                reason: format!("cannot fetch artifact {digest} from the registry: {e}"),
+                reason: format!("cannot fetch bundle {digest} from the registry: {e}"),
             })
     }
 
@@ -404,10 +442,7 @@ mod tests {
             "unchanged entry stays"
         );
         assert_eq!(src.release().id, r2.id);
-        let b2 = cache.join(format!(
-            "{}.onnx",
-            r2.entries["b"].digest.trim_start_matches("sha256:")
-        ));
+        let b2 = bundle_dir(&cache, "b", &r2.entries["b"].digest).join("model.onnx");
         assert!(
             b2.is_file(),
             "changed artifact was prefetched before the swap"

@@ -1,0 +1,249 @@
+//! The serving assembly: one [`ServeSettings`], one [`serve`] (and [`Server::start`] for tests,
+//! the demo and benchmarks) that build the runtime backend, the model source (a `--repo`
+//! directory or a registry `--channel`), the core, auth, metrics and the router, and that run the
+//! channel watcher with its swap-and-retire policy. `herd serve` only parses its flags into
+//! [`ServeSettings`] and calls [`serve`].
+//!
+//! Swap policy: after the watcher switched the served set, the versions that left it are retired
+//! at once (`Core::retire_unserved`): loads in progress are left to finish and requests running
+//! on a retired version keep their instance until they finish (the instance is reference
+//! counted; its memory returns when the last request drops it). One more retire runs after the
+//! request timeout, for a request that resolved an old version just before the switch and
+//! loaded it after the first retire.
+
+pub mod export;
+pub mod registry_source;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use herd_core::{Core, CoreError, DirectorySource, ModelSource};
+use herd_registry::{Registry, RegistryError};
+use herd_runtime::OrtBackend;
+use serde::Serialize;
+
+pub use export::{export_release, ExportReport};
+pub use registry_source::RegistrySource;
+
+use crate::auth::Auth;
+use crate::{AppState, Settings};
+
+/// Where `herd serve --channel` reads its release from.
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct RegistrySettings {
+    /// Serve exactly the release of this registry channel (e.g. production) instead of --repo;
+    /// a new promote or rollback is picked up and switched to without dropping requests.
+    #[arg(long, env = "HERD_CHANNEL")]
+    pub channel: Option<String>,
+    /// Registry database to read the channel from (with --channel).
+    #[arg(long, env = "HERD_REGISTRY", default_value = herd_registry::DEFAULT_REGISTRY_URL)]
+    #[serde(serialize_with = "ser_redacted")]
+    pub registry: String,
+    /// Artifact store to fetch model bundles from (with --channel).
+    #[arg(long, env = "HERD_ARTIFACTS", default_value = herd_registry::DEFAULT_ARTIFACTS_URL)]
+    pub artifacts: String,
+    /// Local disk cache for fetched bundles (verified by digest, reused across restarts):
+    /// `<cache>/<model>/<digest>/model.onnx, config.toml, tokenizer.json, ...`.
+    #[arg(
+        long,
+        env = "HERD_ARTIFACT_CACHE",
+        default_value = ".herd/cache/artifacts"
+    )]
+    pub artifact_cache: PathBuf,
+    /// How often to check the channel for a new release, in milliseconds.
+    #[arg(long, env = "HERD_CHANNEL_POLL_MS", default_value_t = 1000)]
+    pub channel_poll_ms: u64,
+}
+
+fn ser_redacted<S: serde::Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&herd_registry::db::redact_url(v))
+}
+
+/// Everything `herd serve` takes.
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct ServeSettings {
+    #[command(flatten)]
+    pub server: Settings,
+    #[command(flatten)]
+    pub registry: RegistrySettings,
+}
+
+/// Why serving could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("ONNX Runtime: {0}")]
+    Runtime(String),
+    #[error("{context}: {error}")]
+    Io {
+        context: String,
+        error: std::io::Error,
+    },
+}
+
+/// A built server: state, core, router, and (with a channel) the source and its watcher.
+pub struct Server {
+    pub state: AppState,
+    pub core: Arc<Core>,
+    pub app: Router,
+    pub channel: Option<Arc<RegistrySource>>,
+    watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
+    }
+}
+
+impl Server {
+    /// Builds everything from settings with the ONNX Runtime library at `ort_lib` (the CLI
+    /// finds or installs it first). Starts the channel watcher, the pinned preloads and the
+    /// warm-up loop. Must run inside a tokio runtime.
+    pub async fn build(settings: &ServeSettings, ort_lib: &Path) -> Result<Server, ServeError> {
+        let backend = OrtBackend::new(Some(ort_lib), settings.server.threads)
+            .map_err(|e| ServeError::Runtime(e.to_string()))?;
+        let channel = open_channel(&settings.registry).await?;
+        let source: Arc<dyn ModelSource> =
+            match &channel {
+                Some(c) => c.clone(),
+                None => Arc::new(DirectorySource::new(&settings.server.repo).map_err(|e| {
+                    ServeError::Config(format!("opening the model repository: {e}"))
+                })?),
+            };
+        let core = Core::new(settings.server.core_config(), source, Arc::new(backend));
+        let auth = match &settings.server.tokens {
+            Some(p) => Auth::from_file(p).map_err(ServeError::Config)?,
+            None => Auth::open(),
+        };
+        let state = AppState::new(
+            core.clone(),
+            Arc::new(auth),
+            crate::telemetry::init_metrics(),
+        );
+        let max_body = settings.server.max_body_bytes();
+        let mut app = crate::app(state.clone(), max_body);
+        let mut watcher = None;
+        if let Some(src) = &channel {
+            app = app.nest(
+                "/v1/registry",
+                crate::registry_router(src.registry(), state.auth.clone())
+                    .layer(axum::extract::DefaultBodyLimit::max(max_body)),
+            );
+            watcher = Some(watch(
+                src,
+                core.clone(),
+                Duration::from_millis(settings.registry.channel_poll_ms.max(50)),
+            ));
+        }
+        // Ready (GET /v2/health/ready) once the pinned models are loaded.
+        state.start();
+        core.spawn_warmup_loop();
+        Ok(Server {
+            state,
+            core,
+            app,
+            channel,
+            watcher,
+        })
+    }
+
+    /// Builds and serves on `addr` in the background (port 0 picks one); returns the address.
+    /// For tests, the demo and benchmarks.
+    pub async fn start(
+        settings: &ServeSettings,
+        ort_lib: &Path,
+        addr: SocketAddr,
+    ) -> Result<(SocketAddr, Server), ServeError> {
+        let server = Server::build(settings, ort_lib).await?;
+        let (bound, _h) =
+            crate::spawn(server.app.clone(), addr)
+                .await
+                .map_err(|e| ServeError::Io {
+                    context: format!("cannot listen on {addr}"),
+                    error: e,
+                })?;
+        Ok((bound, server))
+    }
+}
+
+/// `herd serve`: builds the server and serves on `settings.server.addr` until ctrl-c/SIGTERM.
+pub async fn serve(settings: ServeSettings, ort_lib: PathBuf) -> Result<(), ServeError> {
+    tracing::info!(settings = %serde_json::to_string(&settings).unwrap_or_default(), "effective settings");
+    let server = Server::build(&settings, &ort_lib).await?;
+    tracing::info!(
+        budget_bytes = server.core.config().memory_budget,
+        library = %ort_lib.display(),
+        "memory budget"
+    );
+    let addr = settings.server.addr;
+    crate::serve_with(
+        server.app.clone(),
+        addr,
+        settings.server.http_limits(),
+        server.state.health.clone(),
+        settings.server.drain_delay(),
+    )
+    .await
+    .map_err(|e| ServeError::Io {
+        context: format!("serving on {addr}"),
+        error: e,
+    })
+}
+
+/// Opens the channel's source when `--channel` is given.
+pub async fn open_channel(s: &RegistrySettings) -> Result<Option<Arc<RegistrySource>>, ServeError> {
+    let Some(channel) = &s.channel else {
+        return Ok(None);
+    };
+    let reg = Registry::open(&s.registry, &s.artifacts)
+        .await
+        .map_err(|e| {
+            ServeError::Config(format!(
+                "cannot open the registry (--registry {}, --artifacts {}): {e}",
+                herd_registry::db::redact_url(&s.registry),
+                s.artifacts
+            ))
+        })?;
+    let src = RegistrySource::open(Arc::new(reg), channel, s.artifact_cache.clone()).await?;
+    Ok(Some(src))
+}
+
+/// Watches the channel; after each switch applies the swap policy of the module docs.
+pub fn watch(
+    src: &Arc<RegistrySource>,
+    core: Arc<Core>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let me = src.clone();
+    let grace = core.config().request_timeout + Duration::from_secs(1);
+    src.spawn_watch(every, move || {
+        let generation = me.generation();
+        let retired = core.retire_unserved();
+        tracing::info!(
+            release = %me.release().short_id,
+            retired,
+            "now serving the new release"
+        );
+        let (me, core) = (me.clone(), core.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            if me.generation() == generation {
+                let late = core.retire_unserved();
+                if late > 0 {
+                    tracing::info!(retired = late, "late loads of old versions retired");
+                }
+            }
+        });
+    })
+}
