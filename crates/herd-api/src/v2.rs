@@ -511,6 +511,12 @@ impl<'de> serde::de::DeserializeSeed<'de> for TypedData {
 /// Nesting deeper than this is not a tensor (and would only grow the stack).
 const MAX_DEPTH: usize = 32;
 
+/// Most elements of one JSON BYTES tensor. Each element is its own allocation (24 bytes of
+/// bookkeeping for a 3-byte `"",`), so without a cap a body of tiny strings would take 8x its
+/// size in memory; typed numbers take at most 4x (a 2-byte `0,` becomes 8 bytes of INT64), and
+/// typical FP32 data less than its text.
+pub const MAX_JSON_BYTES_ELEMENTS: usize = 1 << 20;
+
 /// Visits one JSON value: an array is walked, a scalar is pushed. Yields `false` for a
 /// top-level `null` (no data).
 struct Elements<'a> {
@@ -551,6 +557,12 @@ impl Elements<'_> {
         }
         Ok(true)
     }
+}
+
+fn too_many_bytes<E: serde::de::Error>() -> E {
+    E::custom(format!(
+        "a JSON BYTES tensor may hold at most {MAX_JSON_BYTES_ELEMENTS} elements (MAX_JSON_BYTES_ELEMENTS); send fewer or use the binary tensor extension"
+    ))
 }
 
 trait PushChecked {
@@ -633,6 +645,7 @@ impl<'de> serde::de::Visitor<'de> for Elements<'_> {
 
     fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<bool, E> {
         match &mut *self.out {
+            TensorData::Bytes(v) if v.len() >= MAX_JSON_BYTES_ELEMENTS => Err(too_many_bytes()),
             TensorData::Bytes(v) => {
                 v.push(s.as_bytes().to_vec());
                 Ok(true)
@@ -643,6 +656,7 @@ impl<'de> serde::de::Visitor<'de> for Elements<'_> {
 
     fn visit_string<E: serde::de::Error>(self, s: String) -> Result<bool, E> {
         match &mut *self.out {
+            TensorData::Bytes(v) if v.len() >= MAX_JSON_BYTES_ELEMENTS => Err(too_many_bytes()),
             TensorData::Bytes(v) => {
                 v.push(s.into_bytes());
                 Ok(true)
@@ -943,6 +957,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("FP16"), "{e}");
+    }
+
+    #[test]
+    fn json_bytes_tensors_are_capped() {
+        let n = MAX_JSON_BYTES_ELEMENTS;
+        let ok = format!(
+            r#"{{"name": "t", "shape": [{n}], "datatype": "BYTES", "data": [{}""]}}"#,
+            "\"\",".repeat(n - 1)
+        );
+        let r: RequestInput = serde_json::from_str(&ok).unwrap();
+        assert_eq!(r.data.map(|d| d.len()), Some(n));
+        let over = format!(
+            r#"{{"name": "t", "shape": [{}], "datatype": "BYTES", "data": [{}""]}}"#,
+            n + 1,
+            "\"\",".repeat(n)
+        );
+        let e = serde_json::from_str::<RequestInput>(&over)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("MAX_JSON_BYTES_ELEMENTS"), "{e}");
     }
 
     #[test]
