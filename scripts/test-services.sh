@@ -3,6 +3,7 @@
 # .herd/test-env (source it). Idempotent: a service already answering is left alone.
 #   PostgreSQL -> HERD_TEST_POSTGRES_URL   (Debian's postgresql package)
 #   Redis      -> HERD_TEST_REDIS_URL      (Debian's redis-server package)
+#   Redis Cluster (3 nodes) -> HERD_TEST_REDIS_CLUSTER_URL
 #   S3 (moto)  -> HERD_TEST_S3_ENDPOINT    (PyPI moto[server], in the project venv)
 #   HAProxy    -> on PATH only (Debian's haproxy package; tests start their own)
 # Usage: bash scripts/test-services.sh && source .herd/test-env
@@ -37,6 +38,34 @@ if command -v redis-server >/dev/null; then
   fi
   echo "export HERD_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT" >>"$env_file"
   echo "redis: redis://127.0.0.1:$REDIS_PORT"
+fi
+
+# --- Redis Cluster: three masters on 127.0.0.1:45701-45703 (a cluster bus port is 10000 higher, so <= 55535) -> HERD_TEST_REDIS_CLUSTER_URL
+# (herd-jobs runs its Redis queue suite on it too: every key through KEYS, one hash slot).
+CLUSTER_BASE=${HERD_TEST_REDIS_CLUSTER_PORT:-45701}
+if command -v redis-server >/dev/null; then
+  cl_ports=("$CLUSTER_BASE" "$((CLUSTER_BASE + 1))" "$((CLUSTER_BASE + 2))")
+  for p in "${cl_ports[@]}"; do
+    if ! redis-cli -p "$p" ping >/dev/null 2>&1; then
+      mkdir -p "$state/redis-cluster-$p"
+      (cd "$state/redis-cluster-$p" && redis-server --bind 127.0.0.1 --port "$p" --cluster-enabled yes \
+        --cluster-config-file nodes.conf --save '' --appendonly no --daemonize yes \
+        --logfile "$state/redis-cluster-$p.log" --pidfile "$state/redis-cluster-$p.pid")
+    fi
+  done
+  for p in "${cl_ports[@]}"; do
+    for _ in $(seq 50); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  if ! redis-cli -p "$CLUSTER_BASE" cluster info 2>/dev/null | grep -q 'cluster_state:ok'; then
+    for p in "${cl_ports[@]}"; do redis-cli -p "$p" flushall >/dev/null 2>&1 || true; redis-cli -p "$p" cluster reset hard >/dev/null 2>&1 || true; done
+    redis-cli --cluster create "${cl_ports[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes >"$state/redis-cluster-create.log" 2>&1
+    for _ in $(seq 100); do
+      redis-cli -p "$CLUSTER_BASE" cluster info 2>/dev/null | grep -q 'cluster_state:ok' && break; sleep 0.1
+    done
+  fi
+  cl_url="redis+cluster://127.0.0.1:${cl_ports[0]},127.0.0.1:${cl_ports[1]},127.0.0.1:${cl_ports[2]}"
+  echo "export HERD_TEST_REDIS_CLUSTER_URL=$cl_url" >>"$env_file"
+  echo "redis cluster: $cl_url"
 fi
 
 # --- PostgreSQL on 127.0.0.1:55432 (trust auth, throwaway cluster)

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use crate::run::{io_failure, write_atomic, ProgressTx};
+use crate::run::{io_failure, temp_path, ProgressTx};
 use crate::{BatchInferParams, Failure, InputFormat, Job, JobOutcome, JobsError, Progress};
 
 /// One input row that parsed.
@@ -59,6 +59,26 @@ impl Parsed {
     }
 }
 
+/// Where a parser puts what it reads, in input order: collected in memory ([`Parsed`]) or sent
+/// on to the inference loop while the rest of the file is still being read.
+pub trait Sink {
+    fn row(&mut self, row: Row);
+    fn bad(&mut self, bad: BadRow);
+    /// True when nobody wants more (the job was abandoned): the parser stops.
+    fn closed(&self) -> bool {
+        false
+    }
+}
+
+impl Sink for Parsed {
+    fn row(&mut self, row: Row) {
+        self.rows.push(row);
+    }
+    fn bad(&mut self, bad: BadRow) {
+        self.bad.push(bad);
+    }
+}
+
 fn numbers(v: &Value) -> Result<Vec<f64>, String> {
     let Value::Array(items) = v else {
         return Err(format!("expected an array of numbers, got {}", short(v)));
@@ -90,12 +110,25 @@ fn short(v: &Value) -> String {
 /// (and whose `id_field`, if present, is carried along). Blank lines are not rows.
 pub fn parse_jsonl(reader: impl Read, p: &BatchInferParams) -> Result<Parsed, std::io::Error> {
     let mut out = Parsed::default();
+    stream_jsonl(reader, p, &mut out)?;
+    Ok(out)
+}
+
+/// [`parse_jsonl`] into a [`Sink`], one line at a time.
+pub fn stream_jsonl(
+    reader: impl Read,
+    p: &BatchInferParams,
+    out: &mut impl Sink,
+) -> Result<(), std::io::Error> {
     for (i, line) in BufReader::new(reader).lines().enumerate() {
+        if out.closed() {
+            break;
+        }
         let line_no = i as u64 + 1;
         let line = match line {
             Ok(l) => l,
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                out.bad.push(BadRow {
+                out.bad(BadRow {
                     line: line_no,
                     error: "not valid UTF-8".into(),
                 });
@@ -109,7 +142,7 @@ pub fn parse_jsonl(reader: impl Read, p: &BatchInferParams) -> Result<Parsed, st
         let v: Value = match serde_json::from_str(&line) {
             Ok(v) => v,
             Err(e) => {
-                out.bad.push(BadRow {
+                out.bad(BadRow {
                     line: line_no,
                     error: format!("not JSON: {e}"),
                 });
@@ -134,23 +167,34 @@ pub fn parse_jsonl(reader: impl Read, p: &BatchInferParams) -> Result<Parsed, st
             ),
         };
         match feats {
-            Ok(features) => out.rows.push(Row {
+            Ok(features) => out.row(Row {
                 line: line_no,
                 id,
                 features,
             }),
-            Err(error) => out.bad.push(BadRow {
+            Err(error) => out.bad(BadRow {
                 line: line_no,
                 error,
             }),
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Parses CSV with a header line: the `id_field` column (if any) is carried along, every other
 /// column is a numeric feature.
 pub fn parse_csv(reader: impl Read, p: &BatchInferParams) -> Result<Parsed, JobsError> {
+    let mut out = Parsed::default();
+    stream_csv(reader, p, &mut out)?;
+    Ok(out)
+}
+
+/// [`parse_csv`] into a [`Sink`], one record at a time.
+pub fn stream_csv(
+    reader: impl Read,
+    p: &BatchInferParams,
+    out: &mut impl Sink,
+) -> Result<(), JobsError> {
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
@@ -170,9 +214,11 @@ pub fn parse_csv(reader: impl Read, p: &BatchInferParams) -> Result<Parsed, Jobs
             message: "the CSV header names no feature columns".into(),
         });
     }
-    let mut out = Parsed::default();
     let mut record = csv::StringRecord::new();
     loop {
+        if out.closed() {
+            break;
+        }
         let line_hint = rdr.position().line();
         match rdr.read_record(&mut record) {
             Ok(false) => break,
@@ -181,7 +227,7 @@ pub fn parse_csv(reader: impl Read, p: &BatchInferParams) -> Result<Parsed, Jobs
                 let line = e.position().map(|p| p.line()).unwrap_or(line_hint);
                 match e.kind() {
                     csv::ErrorKind::Utf8 { .. } => {
-                        out.bad.push(BadRow {
+                        out.bad(BadRow {
                             line,
                             error: "not valid UTF-8".into(),
                         });
@@ -201,7 +247,7 @@ pub fn parse_csv(reader: impl Read, p: &BatchInferParams) -> Result<Parsed, Jobs
             continue; // blank line
         }
         if record.len() != width {
-            out.bad.push(BadRow {
+            out.bad(BadRow {
                 line,
                 error: format!("has {} fields, the header has {width}", record.len()),
             });
@@ -228,16 +274,27 @@ pub fn parse_csv(reader: impl Read, p: &BatchInferParams) -> Result<Parsed, Jobs
             }
         }
         match error {
-            None => out.rows.push(Row { line, id, features }),
-            Some(error) => out.bad.push(BadRow { line, error }),
+            None => out.row(Row { line, id, features }),
+            Some(error) => out.bad(BadRow { line, error }),
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Parses Parquet (plain, Snappy or uncompressed): a list column named `input_field` is the
 /// feature vector; otherwise every numeric column except `id_field` is one feature.
 pub fn parse_parquet(path: &Path, p: &BatchInferParams) -> Result<Parsed, JobsError> {
+    let mut out = Parsed::default();
+    stream_parquet(path, p, &mut out)?;
+    Ok(out)
+}
+
+/// [`parse_parquet`] into a [`Sink`], one row at a time.
+pub fn stream_parquet(
+    path: &Path,
+    p: &BatchInferParams,
+    out: &mut impl Sink,
+) -> Result<(), JobsError> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::record::Field;
     let bad_input = |message: String| JobsError::BadInput {
@@ -278,8 +335,10 @@ pub fn parse_parquet(path: &Path, p: &BatchInferParams) -> Result<Parsed, JobsEr
             },
         }
     }
-    let mut out = Parsed::default();
     for (i, row) in rows.enumerate() {
+        if out.closed() {
+            break;
+        }
         let line = i as u64 + 1;
         let row = match row {
             Ok(r) => r,
@@ -343,47 +402,196 @@ pub fn parse_parquet(path: &Path, p: &BatchInferParams) -> Result<Parsed, JobsEr
             },
         };
         match features {
-            Ok(features) if !features.is_empty() => out.rows.push(Row { line, id, features }),
-            Ok(_) => out.bad.push(BadRow {
+            Ok(features) if !features.is_empty() => out.row(Row { line, id, features }),
+            Ok(_) => out.bad(BadRow {
                 line,
                 error: "no numeric feature columns".into(),
             }),
-            Err(error) => out.bad.push(BadRow { line, error }),
+            Err(error) => out.bad(BadRow { line, error }),
         }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// The job's input format, from the spec or the file name.
+fn input_format(p: &BatchInferParams) -> Result<InputFormat, JobsError> {
+    p.format
+        .or_else(|| InputFormat::from_path(&p.input))
+        .ok_or_else(|| {
+            JobsError::InvalidSpec(format!(
+                "cannot tell the format of '{}': name it .jsonl, .csv or .parquet, or set the format",
+                p.input
+            ))
+        })
+}
+
+/// Reads and parses the job's input file into `out`, streaming.
+pub fn stream_input(p: &BatchInferParams, out: &mut impl Sink) -> Result<InputFormat, JobsError> {
+    let format = input_format(p)?;
+    let path = PathBuf::from(&p.input);
+    match format {
+        InputFormat::Jsonl => {
+            let f = std::fs::File::open(&path).map_err(|e| JobsError::io(&path, e))?;
+            stream_jsonl(f, p, out).map_err(|e| JobsError::io(&path, e))?
+        }
+        InputFormat::Csv => {
+            let f = std::fs::File::open(&path).map_err(|e| JobsError::io(&path, e))?;
+            stream_csv(f, p, out)?
+        }
+        InputFormat::Parquet => stream_parquet(&path, p, out)?,
+    };
+    Ok(format)
 }
 
 /// Reads and parses the job's input file.
 pub fn parse_input(p: &BatchInferParams) -> Result<(InputFormat, Parsed), JobsError> {
-    let format = match p.format.or_else(|| InputFormat::from_path(&p.input)) {
-        Some(f) => f,
-        None => {
-            return Err(JobsError::InvalidSpec(format!(
-            "cannot tell the format of '{}': name it .jsonl, .csv or .parquet, or set the format",
-            p.input
-        )))
-        }
-    };
-    let path = PathBuf::from(&p.input);
-    let parsed = match format {
-        InputFormat::Jsonl => {
-            let f = std::fs::File::open(&path).map_err(|e| JobsError::io(&path, e))?;
-            parse_jsonl(f, p).map_err(|e| JobsError::io(&path, e))?
-        }
-        InputFormat::Csv => {
-            let f = std::fs::File::open(&path).map_err(|e| JobsError::io(&path, e))?;
-            parse_csv(f, p)?
-        }
-        InputFormat::Parquet => parse_parquet(&path, p)?,
-    };
+    let mut parsed = Parsed::default();
+    let format = stream_input(p, &mut parsed)?;
     Ok((format, parsed))
 }
 
 /// The output line of one row, by line number: outputs or an error.
 type Results = std::collections::BTreeMap<u64, Value>;
 
-/// Runs a batch-infer job (see the module docs).
+/// One parsed input line, in input order.
+enum Item {
+    Row(Row),
+    Bad(BadRow),
+}
+
+/// Sends parsed lines to the inference loop; blocks the reader thread when it is ahead.
+struct ChannelSink {
+    tx: tokio::sync::mpsc::Sender<Item>,
+    closed: bool,
+}
+
+impl Sink for ChannelSink {
+    fn row(&mut self, row: Row) {
+        self.closed |= self.tx.blocking_send(Item::Row(row)).is_err();
+    }
+    fn bad(&mut self, bad: BadRow) {
+        self.closed |= self.tx.blocking_send(Item::Bad(bad)).is_err();
+    }
+    fn closed(&self) -> bool {
+        self.closed
+    }
+}
+
+/// Writes the output lines on a thread of its own into a temp file next to the result, renamed
+/// into place by [`OutputWriter::finish`]; dropped unfinished, it removes the temp file.
+struct OutputWriter {
+    tx: Option<std::sync::mpsc::Sender<Vec<u8>>>,
+    thread: Option<std::thread::JoinHandle<Result<(), JobsError>>>,
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl OutputWriter {
+    fn create(path: &Path) -> Result<OutputWriter, JobsError> {
+        use std::io::Write;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| JobsError::io(dir, e))?;
+        let tmp = temp_path(path);
+        let file = std::fs::File::create(&tmp).map_err(|e| JobsError::io(&tmp, e))?;
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let tmp2 = tmp.clone();
+        let thread = std::thread::spawn(move || {
+            let mut w = std::io::BufWriter::with_capacity(256 * 1024, file);
+            for chunk in rx {
+                w.write_all(&chunk).map_err(|e| JobsError::io(&tmp2, e))?;
+            }
+            let f = w
+                .into_inner()
+                .map_err(|e| JobsError::io(&tmp2, e.into_error()))?;
+            f.sync_all().map_err(|e| JobsError::io(&tmp2, e))
+        });
+        Ok(OutputWriter {
+            tx: Some(tx),
+            thread: Some(thread),
+            tmp,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn write(&self, bytes: Vec<u8>) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(bytes);
+        }
+    }
+
+    async fn finish(mut self) -> Result<(), JobsError> {
+        drop(self.tx.take());
+        let thread = self.thread.take();
+        let (tmp, path) = (self.tmp.clone(), self.path.clone());
+        let res = tokio::task::spawn_blocking(move || {
+            match thread.map(|t| t.join()) {
+                Some(Ok(r)) => r?,
+                Some(Err(_)) => {
+                    return Err(JobsError::Corrupt(
+                        "the output writer thread panicked".into(),
+                    ))
+                }
+                None => {}
+            }
+            std::fs::rename(&tmp, &path).map_err(|e| JobsError::io(&path, e))
+        })
+        .await
+        .map_err(|e| JobsError::Corrupt(format!("output writer: {e}")))?;
+        if res.is_ok() {
+            self.tmp = PathBuf::new();
+        }
+        res
+    }
+}
+
+impl Drop for OutputWriter {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// The bearer token a batch-infer job sends: from the spec's secret reference (`env:NAME`, a
+/// variable of the worker's environment, or `file:PATH`, a file on the worker), else the
+/// worker's `HERD_TOKEN`, else none. The token itself is never stored in the queue.
+pub fn resolve_token(p: &BatchInferParams) -> Result<Option<String>, Failure> {
+    let from_env = |name: &str| std::env::var(name).ok().map(|t| t.trim().to_string());
+    match p.token_secret.as_deref() {
+        Some(r) => {
+            let token = if let Some(name) = r.strip_prefix("env:") {
+                from_env(name).ok_or_else(|| {
+                    Failure::permanent(format!(
+                        "the job's token secret '{r}' is not set on this worker: export {name} in the worker's environment"
+                    ))
+                })?
+            } else if let Some(path) = r.strip_prefix("file:") {
+                std::fs::read_to_string(path)
+                    .map(|t| t.trim().to_string())
+                    .map_err(|e| {
+                        Failure::permanent(format!(
+                            "the job's token secret '{r}' cannot be read on this worker: {e}"
+                        ))
+                    })?
+            } else {
+                return Err(Failure::permanent(format!(
+                    "unknown token secret reference '{r}': use env:NAME or file:PATH"
+                )));
+            };
+            if token.is_empty() {
+                return Err(Failure::permanent(format!(
+                    "the job's token secret '{r}' is empty"
+                )));
+            }
+            Ok(Some(token))
+        }
+        None => Ok(from_env("HERD_TOKEN").filter(|t| !t.is_empty())),
+    }
+}
+
+/// Runs a batch-infer job (see the module docs): the input is parsed on a reader thread and
+/// streamed through the server batch by batch; the output is written on a writer thread.
 pub(crate) async fn run(
     http: &reqwest::Client,
     job: &Job,
@@ -391,69 +599,127 @@ pub(crate) async fn run(
     dir: &Path,
     progress: &ProgressTx,
 ) -> Result<JobOutcome, Failure> {
-    let (format, mut parsed) = parse_input(p).map_err(|e| match &e {
-        // The file may appear later (a sync job writes it): retry. Everything else is permanent.
-        JobsError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-            Failure::retryable(format!("{e}"))
-        }
-        _ => Failure::permanent(e.to_string()),
-    })?;
-    let client = V2Client::new(http, p);
-    let meta = client.input_signature().await?;
-    let dim = match meta.as_ref().and_then(|(_, shape)| shape.last().copied()) {
-        Some(d) if d > 0 => Some(d as usize),
-        _ => parsed.rows.first().map(|r| r.features.len()),
-    };
-    if let Some(dim) = dim {
-        parsed.check_width(dim);
+    let format = input_format(p).map_err(|e| Failure::permanent(e.to_string()))?;
+    // The file may appear later (a sync job writes it): retry. Checked before the server.
+    if let Err(e) = std::fs::metadata(&p.input) {
+        let e = JobsError::io(&p.input, e);
+        return Err(match &e {
+            JobsError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Failure::retryable(e.to_string())
+            }
+            _ => Failure::permanent(e.to_string()),
+        });
     }
+    let token = resolve_token(p)?;
+    let client = V2Client::new(http, p, token);
+    let meta = client.input_signature().await?;
+    let mut dim = match meta.as_ref().and_then(|(_, shape)| shape.last().copied()) {
+        Some(d) if d > 0 => Some(d as usize),
+        _ => None,
+    };
     let datatype = meta.map(|(dt, _)| dt).unwrap_or_else(|| "FP32".to_string());
 
-    let total = (parsed.rows.len() + parsed.bad.len()) as u64;
-    let mut results = Results::new();
-    for b in &parsed.bad {
-        results.insert(b.line, json!({ "line": b.line, "error": b.error }));
-    }
-    let mut done = parsed.bad.len() as u64;
-    let _ = progress.send(Some(Progress {
-        done,
-        total: Some(total),
-        message: Some(format!("{} bad rows", parsed.bad.len())),
-    }));
-    for chunk in parsed.rows.chunks(p.batch_size.max(1)) {
-        client.infer_rows(chunk, &datatype, &mut results).await?;
-        done += chunk.len() as u64;
-        let _ = progress.send(Some(Progress {
-            done,
-            total: Some(total),
-            message: None,
-        }));
-    }
-
-    let mut body = Vec::new();
-    let mut ok = 0u64;
-    let mut bad = Vec::new();
-    for (line, v) in &results {
-        if let Some(e) = v.get("error") {
-            bad.push(json!({ "line": line, "error": e }));
-        } else {
-            ok += 1;
-        }
-        body.extend_from_slice(v.to_string().as_bytes());
-        body.push(b'\n');
-    }
+    let batch = p.batch_size.max(1);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(batch * 4);
+    let params = p.clone();
+    let reader = std::thread::spawn(move || {
+        let mut sink = ChannelSink { tx, closed: false };
+        stream_input(&params, &mut sink)
+    });
     let out_path = dir.join(format!("{}.jsonl", job.id));
-    write_atomic(&out_path, &body).map_err(io_failure)?;
-    let bad_count = bad.len();
-    bad.truncate(100);
+    let writer = OutputWriter::create(&out_path).map_err(io_failure)?;
+
+    let mut window: Vec<Item> = Vec::with_capacity(batch * 2);
+    let mut good_in_window = 0usize;
+    let (mut rows_total, mut ok, mut bad_count) = (0u64, 0u64, 0u64);
+    let mut bad_rows = Vec::new();
+    loop {
+        let next = rx.recv().await;
+        let eof = next.is_none();
+        if let Some(item) = next {
+            let item = match item {
+                Item::Row(r) => {
+                    let want = *dim.get_or_insert(r.features.len());
+                    if r.features.len() == want {
+                        good_in_window += 1;
+                        Item::Row(r)
+                    } else {
+                        Item::Bad(BadRow {
+                            line: r.line,
+                            error: format!(
+                                "has {} values, the model input takes {want}",
+                                r.features.len()
+                            ),
+                        })
+                    }
+                }
+                bad => bad,
+            };
+            window.push(item);
+        }
+        if good_in_window >= batch || (eof && !window.is_empty()) {
+            let rows: Vec<Row> = window
+                .iter()
+                .filter_map(|i| match i {
+                    Item::Row(r) => Some(r.clone()),
+                    Item::Bad(_) => None,
+                })
+                .collect();
+            let mut results = Results::new();
+            if !rows.is_empty() {
+                client.infer_rows(&rows, &datatype, &mut results).await?;
+            }
+            let mut body = Vec::new();
+            for item in window.drain(..) {
+                let v = match item {
+                    Item::Row(r) => results
+                        .remove(&r.line)
+                        .unwrap_or_else(|| json!({ "line": r.line, "error": "no output" })),
+                    Item::Bad(b) => json!({ "line": b.line, "error": b.error }),
+                };
+                rows_total += 1;
+                if let Some(e) = v.get("error") {
+                    bad_count += 1;
+                    if bad_rows.len() < 100 {
+                        bad_rows.push(json!({ "line": v["line"], "error": e }));
+                    }
+                } else {
+                    ok += 1;
+                }
+                body.extend_from_slice(v.to_string().as_bytes());
+                body.push(b'\n');
+            }
+            writer.write(body);
+            good_in_window = 0;
+            let _ = progress.send(Some(Progress {
+                done: rows_total,
+                total: None,
+                message: Some(format!("{ok} ok, {bad_count} bad")),
+            }));
+        }
+        if eof {
+            break;
+        }
+    }
+    match tokio::task::spawn_blocking(move || reader.join()).await {
+        Ok(Ok(Ok(_))) => {}
+        Ok(Ok(Err(e))) => {
+            return Err(match &e {
+                JobsError::Io { .. } => Failure::retryable(e.to_string()),
+                _ => Failure::permanent(e.to_string()),
+            })
+        }
+        _ => return Err(Failure::retryable("the input reader thread crashed")),
+    }
+    writer.finish().await.map_err(io_failure)?;
     Ok(JobOutcome {
         location: Some(out_path.display().to_string()),
         detail: json!({
             "format": format,
-            "rows": results.len(),
+            "rows": rows_total,
             "ok": ok,
             "bad": bad_count,
-            "bad_rows": bad,
+            "bad_rows": bad_rows,
             "model": p.model,
         }),
     })
@@ -463,11 +729,20 @@ struct V2Client<'a> {
     http: &'a reqwest::Client,
     base: String,
     server: String,
+    model: String,
     input_name: String,
+    token: Option<String>,
 }
 
+/// Tries of one request when the server answers 429/503 (honouring `Retry-After`) or another
+/// 5xx, or cannot be reached; then the attempt fails (retryable), never the rows.
+const HTTP_TRIES: u32 = 5;
+/// The longest `Retry-After` honoured; a longer one fails the attempt (the queue's backoff
+/// takes over).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
 impl<'a> V2Client<'a> {
-    fn new(http: &'a reqwest::Client, p: &BatchInferParams) -> Self {
+    fn new(http: &'a reqwest::Client, p: &BatchInferParams, token: Option<String>) -> Self {
         let server = p.server.trim_end_matches('/').to_string();
         let base = match &p.version {
             Some(v) => format!("{server}/v2/models/{}/versions/{v}", p.model),
@@ -477,7 +752,9 @@ impl<'a> V2Client<'a> {
             http,
             base,
             server,
+            model: p.model.clone(),
             input_name: p.input_name.clone(),
+            token,
         }
     }
 
@@ -488,18 +765,82 @@ impl<'a> V2Client<'a> {
         ))
     }
 
+    /// 401/403: the job cannot succeed with this token; no row is to blame.
+    fn refused(&self, status: reqwest::StatusCode, body: &str) -> Failure {
+        let why = error_message(body);
+        let hint = if self.token.is_some() {
+            format!("the token is not valid for model '{}' (a token of the tenant that owns it, or an admin token, is needed)", self.model)
+        } else {
+            "the job sent no token: give it one (a token_secret reference such as env:NAME, or HERD_TOKEN in the worker's environment)".to_string()
+        };
+        Failure::permanent(format!(
+            "inference server {} refused the request ({status}: {why}): {hint}",
+            self.server
+        ))
+    }
+
+    /// Sends a request built by `make`, retrying 429/503 after their `Retry-After` (or a short
+    /// backoff), other 5xx and unreachable servers; returns the final status and body.
+    async fn send(
+        &self,
+        make: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<(reqwest::StatusCode, String), Failure> {
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let mut req = make();
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) if tries < HTTP_TRIES && (e.is_connect() || e.is_timeout()) => {
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(tries))).await;
+                    continue;
+                }
+                Err(e) => return Err(self.unreachable(e)),
+            };
+            let status = resp.status();
+            let busy = status.as_u16() == 429 || status.as_u16() == 503;
+            if busy || status.is_server_error() {
+                let wait = retry_after(resp.headers())
+                    .unwrap_or(Duration::from_millis(200 * u64::from(tries)));
+                let body = resp.text().await.unwrap_or_default();
+                if tries >= HTTP_TRIES || wait > MAX_RETRY_AFTER {
+                    return Err(Failure::retryable(format!(
+                        "inference server {} answered {status} {} time(s){}: {}",
+                        self.server,
+                        tries,
+                        if wait > MAX_RETRY_AFTER {
+                            format!(" and asked to wait {}s", wait.as_secs())
+                        } else {
+                            String::new()
+                        },
+                        error_message(&body)
+                    )));
+                }
+                tracing::info!(
+                    status = status.as_u16(),
+                    wait_ms = wait.as_millis() as u64,
+                    "server busy; retrying"
+                );
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            let text = resp.text().await.map_err(|e| self.unreachable(e))?;
+            if status.as_u16() == 401 || status.as_u16() == 403 {
+                return Err(self.refused(status, &text));
+            }
+            return Ok((status, text));
+        }
+    }
+
     /// The model input's datatype and shape from the metadata, if the server gives them.
     async fn input_signature(&self) -> Result<Option<(String, Vec<i64>)>, Failure> {
-        let resp = self
-            .http
-            .get(&self.base)
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        let status = resp.status();
+        let (status, body) = self
+            .send(|| self.http.get(&self.base).timeout(Duration::from_secs(60)))
+            .await?;
         if status.as_u16() == 404 {
-            let body = resp.text().await.unwrap_or_default();
             return Err(Failure::permanent(format!(
                 "model not found on {}: {} ({})",
                 self.server,
@@ -510,7 +851,7 @@ impl<'a> V2Client<'a> {
         if !status.is_success() {
             return Ok(None);
         }
-        let meta: herd_api::v2::ModelMetadata = match resp.json().await {
+        let meta: herd_api::v2::ModelMetadata = match serde_json::from_str(&body) {
             Ok(m) => m,
             Err(_) => return Ok(None),
         };
@@ -580,33 +921,15 @@ impl<'a> V2Client<'a> {
         });
         let body = body.to_string();
         let url = format!("{}/infer", self.base);
-        let mut attempt = 0u32;
-        let resp = loop {
-            attempt += 1;
-            let sent = self
-                .http
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(body.clone())
-                .timeout(Duration::from_secs(300))
-                .send()
-                .await;
-            match sent {
-                Ok(r)
-                    if (r.status().is_server_error() || r.status().as_u16() == 429)
-                        && attempt < 4 =>
-                {
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-                }
-                Ok(r) => break r,
-                Err(e) if attempt < 4 && (e.is_connect() || e.is_timeout()) => {
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-                }
-                Err(e) => return Err(self.unreachable(e)),
-            }
-        };
-        let status = resp.status();
-        let text = resp.text().await.map_err(|e| self.unreachable(e))?;
+        let (status, text) = self
+            .send(|| {
+                self.http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .timeout(Duration::from_secs(300))
+            })
+            .await?;
         if status.as_u16() == 404 {
             return Err(Failure::permanent(format!(
                 "model not found on {}: {}",
@@ -615,11 +938,7 @@ impl<'a> V2Client<'a> {
             )));
         }
         if status.is_client_error() {
-            let msg = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-                .unwrap_or_else(|| text.trim().to_string());
-            return Ok(Err(format!("{status}: {msg}")));
+            return Ok(Err(format!("{status}: {}", error_message(&text))));
         }
         if !status.is_success() {
             return Err(Failure::retryable(format!(
@@ -661,6 +980,42 @@ impl<'a> V2Client<'a> {
         }
         Ok(Ok(per_row))
     }
+}
+
+/// The `error` (or `message`) of a JSON error body, else the body itself, shortened.
+fn error_message(body: &str) -> String {
+    let v = serde_json::from_str::<Value>(body).ok();
+    let msg = v
+        .as_ref()
+        .and_then(|v| {
+            v.get("error")
+                .and_then(|e| {
+                    e.as_str().map(str::to_string).or_else(|| {
+                        e.get("message")
+                            .and_then(|m| m.as_str())
+                            .map(str::to_string)
+                    })
+                })
+                .or_else(|| {
+                    v.get("message")
+                        .and_then(|m| m.as_str())
+                        .map(str::to_string)
+                })
+        })
+        .unwrap_or_else(|| body.trim().to_string());
+    msg.chars().take(300).collect()
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare for APIs and not honoured).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
 }
 
 fn flatten(v: &Value, out: &mut Vec<Value>) {
@@ -960,5 +1315,133 @@ mod tests {
             err.to_string().contains("not a readable Parquet file"),
             "{err}"
         );
+    }
+
+    /// A real HTTP server on loopback that answers every request with `status` and
+    /// `Retry-After: retry_after`, counting the requests.
+    async fn busy_server(
+        status: &'static str,
+        retry_after: u64,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let h = hits.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let h = h.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    let _ = sock.read(&mut buf).await;
+                    h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let body = "{\"error\":\"busy\"}";
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\nRetry-After: {retry_after}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        (format!("http://{addr}"), hits)
+    }
+
+    fn job_for(p: &BatchInferParams, dir: &Path) -> Job {
+        let mut spec = crate::JobSpec::new("q", crate::JobKind::BatchInfer(p.clone()));
+        spec.result_dir = dir.join("out").display().to_string();
+        Job {
+            id: "jbusy".into(),
+            spec,
+            state: crate::JobState::Running,
+            attempts: 1,
+            created_ms: 0,
+            updated_ms: 0,
+            run_at_ms: 0,
+            finished_ms: None,
+            worker_id: None,
+            lease_expires_ms: None,
+            last_error: None,
+            result: None,
+            progress: None,
+        }
+    }
+
+    /// Regression: 429/503 after three retries became bad rows and the job was done. Now the
+    /// client honours Retry-After, then fails the attempt (retryable) and writes no rows.
+    #[tokio::test]
+    async fn busy_server_fails_the_attempt_not_the_rows() {
+        for status in ["429 Too Many Requests", "503 Service Unavailable"] {
+            let (server, hits) = busy_server(status, 0).await;
+            let dir = tempfile::tempdir().unwrap();
+            let input = dir.path().join("in.jsonl");
+            std::fs::write(&input, "[1, 2]\n[3, 4]\n").unwrap();
+            let p = BatchInferParams::new(server, "m", input.to_str().unwrap());
+            let (tx, _rx) = tokio::sync::watch::channel(None);
+            let err = run(
+                &reqwest::Client::new(),
+                &job_for(&p, dir.path()),
+                &p,
+                &dir.path().join("out"),
+                &tx,
+            )
+            .await
+            .unwrap_err();
+            assert!(err.retryable, "{status}: {}", err.message);
+            assert!(err.message.contains(&status[..3]), "{}", err.message);
+            assert_eq!(
+                hits.load(std::sync::atomic::Ordering::SeqCst),
+                HTTP_TRIES as usize,
+                "{status}"
+            );
+            assert!(!dir.path().join("out/jbusy.jsonl").exists());
+        }
+        // A Retry-After longer than the client waits fails the attempt at once; the queue's
+        // backoff takes over.
+        let (server, hits) = busy_server("503 Service Unavailable", 3600).await;
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.jsonl");
+        std::fs::write(&input, "[1, 2]\n").unwrap();
+        let p = BatchInferParams::new(server, "m", input.to_str().unwrap());
+        let (tx, _rx) = tokio::sync::watch::channel(None);
+        let err = run(
+            &reqwest::Client::new(),
+            &job_for(&p, dir.path()),
+            &p,
+            &dir.path().join("out"),
+            &tx,
+        )
+        .await
+        .unwrap_err();
+        assert!(err.retryable);
+        assert!(
+            err.message.contains("asked to wait 3600s"),
+            "{}",
+            err.message
+        );
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn token_secret_references_resolve_on_the_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tok");
+        std::fs::write(&f, "from-file\n").unwrap();
+        let mut p = params("x.jsonl");
+        p.token_secret = Some(format!("file:{}", f.display()));
+        assert_eq!(resolve_token(&p).unwrap().as_deref(), Some("from-file"));
+        p.token_secret = Some("env:HERD_TEST_SURELY_UNSET_VAR".into());
+        let err = resolve_token(&p).unwrap_err();
+        assert!(!err.retryable);
+        assert!(
+            err.message.contains("HERD_TEST_SURELY_UNSET_VAR"),
+            "{}",
+            err.message
+        );
+        p.token_secret = Some("hunter2".into());
+        assert!(resolve_token(&p).unwrap_err().message.contains("env:NAME"));
     }
 }

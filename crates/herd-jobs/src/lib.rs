@@ -13,7 +13,7 @@
 //! worker now holds. Job runners write their results idempotently (temp file + atomic rename keyed
 //! by job id), so a job that runs twice does not duplicate its side effects.
 
-mod batch;
+pub mod batch;
 mod clock;
 mod error;
 mod model;

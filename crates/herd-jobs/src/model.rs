@@ -114,6 +114,11 @@ pub struct BatchInferParams {
     /// Rows per infer request.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Where the worker finds the bearer token for the server: `env:NAME` (a variable of the
+    /// worker's environment) or `file:PATH` (a file on the worker). The token itself is never
+    /// stored in the queue. Absent: the worker's `HERD_TOKEN`, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret: Option<String>,
 }
 
 fn default_input_name() -> String {
@@ -146,6 +151,7 @@ impl BatchInferParams {
             input_field: default_input_field(),
             id_field: default_id_field(),
             batch_size: default_batch_size(),
+            token_secret: None,
         }
     }
 }
@@ -245,6 +251,15 @@ impl JobSpec {
                     return Err(JobsError::InvalidSpec(
                         "batch-infer job needs a server URL and a model name".into(),
                     ));
+                }
+                if let Some(r) = &b.token_secret {
+                    if !(r.starts_with("env:") && r.len() > 4
+                        || r.starts_with("file:") && r.len() > 5)
+                    {
+                        return Err(JobsError::InvalidSpec(format!(
+                            "token_secret '{r}' is not a secret reference: use env:NAME or file:PATH (never the token itself)"
+                        )));
+                    }
                 }
                 if b.batch_size == 0 {
                     return Err(JobsError::InvalidSpec(

@@ -344,6 +344,11 @@ fn terminate_group(pgid: i32, grace: Duration) {
     unsafe {
         libc::kill(-pgid, libc::SIGKILL);
     }
+    // SIGKILL is delivered asynchronously: return once the group is really gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline && alive() && !group_is_only_zombies(pgid) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 #[cfg(not(unix))]

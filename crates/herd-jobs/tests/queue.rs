@@ -1,6 +1,7 @@
 //! herd-jobs integration tests (one test binary). The queue suite runs every scenario against
-//! SQLite (a real file) and Redis (a real server from HERD_TEST_REDIS_URL; see
-//! scripts/test-services.sh). Time is a ManualClock: no sleeps.
+//! SQLite (a real file), Redis (a real server from HERD_TEST_REDIS_URL) and a real three-node
+//! Redis Cluster (HERD_TEST_REDIS_CLUSTER_URL); see scripts/test-services.sh. Time is a
+//! ManualClock: no sleeps.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,7 @@ mod kill;
 #[path = "queue/worker.rs"]
 mod worker;
 
-use common::{redis_url, TestDir};
+use common::{redis_cluster_url, redis_url, TestDir};
 
 const T0: i64 = 1_800_000_000_000;
 
@@ -55,6 +56,15 @@ fn backends(test: &str) -> Vec<Backend> {
         let prefix = format!("t-{test}-{:08x}", rand::random::<u32>());
         out.push(Backend {
             name: "redis",
+            url: format!("{url}?prefix={prefix}"),
+            clock: ManualClock::new(T0),
+            _dir: None,
+        });
+    }
+    if let Some(url) = redis_cluster_url(test) {
+        let prefix = format!("t-{test}-{:08x}", rand::random::<u32>());
+        out.push(Backend {
+            name: "redis-cluster",
             url: format!("{url}?prefix={prefix}"),
             clock: ManualClock::new(T0),
             _dir: None,

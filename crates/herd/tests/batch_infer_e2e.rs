@@ -28,10 +28,16 @@ impl Drop for Server {
 
 /// Starts `herd serve` on a free loopback port; returns it with its base URL.
 fn start_server(repo: &Path) -> (Server, String) {
+    start_server_with(repo, &[])
+}
+
+/// [`start_server`] with extra `herd serve` flags.
+fn start_server_with(repo: &Path, extra: &[&str]) -> (Server, String) {
     let mut child = Command::new(HERD)
         .args(["serve", "--repo"])
         .arg(repo)
         .args(["--addr", "127.0.0.1:0", "--log-json"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -263,5 +269,130 @@ fn batch_infer_jsonl_and_csv_through_real_server_and_worker() {
     for id in [&jsonl_job, &csv_job, &missing_job] {
         assert!(table.contains(id.as_str()), "{table}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Regression: batch-infer sent no token, so against a server with tokens every row became an
+/// error line ("401") and the job was marked done. Now the token comes from the job's secret
+/// reference (or the worker's HERD_TOKEN), and a refused token fails the job permanently with
+/// a clear message and writes no rows.
+#[test]
+fn batch_infer_against_a_server_with_tokens() {
+    let dir = std::env::temp_dir().join(format!("herd-batch-tokens-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let repo = dir.join("models");
+    std::fs::create_dir_all(repo.join("clf/1")).unwrap();
+    let clf = LinearClassifier::random(4, 3, 11);
+    std::fs::write(repo.join("clf/1/model.onnx"), clf.to_onnx("clf")).unwrap();
+    std::fs::write(repo.join("clf/config.toml"), "tenant = \"acme\"\n").unwrap();
+    let hash = |t: &str| {
+        use std::fmt::Write;
+        let out = Command::new("sha256sum")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write as _;
+                c.stdin.take().unwrap().write_all(t.as_bytes())?;
+                c.wait_with_output()
+            })
+            .expect("sha256sum");
+        let mut s = String::new();
+        write!(
+            s,
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap()
+        )
+        .unwrap();
+        s
+    };
+    let tokens = dir.join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "[[token]]\nsha256 = \"{}\"\ntenant = \"acme\"\n",
+            hash("acme-secret-token")
+        ),
+    )
+    .unwrap();
+    let (_server, base) = start_server_with(&repo, &["--tokens", tokens.to_str().unwrap()]);
+    let rows: Vec<[f32; 4]> = (0..5).map(|i| [i as f32, 1.0, -1.0, 0.5]).collect();
+    let input = dir.join("rows.jsonl");
+    std::fs::write(
+        &input,
+        rows.iter()
+            .map(|r| serde_json::json!(r).to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
+    let url = format!("sqlite://{}", dir.join("jobs.db").display());
+    let results = dir.join("results");
+    let enqueue = |extra: &[&str]| -> String {
+        let mut args = vec![
+            "job",
+            "enqueue",
+            "--queue-url",
+            &url,
+            "--queue",
+            "tok",
+            "--result-dir",
+            results.to_str().unwrap(),
+            "--json",
+            "batch-infer",
+            "--server",
+            &base,
+            "--model",
+            "clf",
+            "--input",
+            input.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let v: Value = serde_json::from_str(&herd(&args)).unwrap();
+        v["ids"][0].as_str().unwrap().to_string()
+    };
+    let with_token = enqueue(&["--token-secret", "env:ACME_TOKEN"]);
+    let without = enqueue(&[]);
+    let out = Command::new(HERD)
+        .args(["worker", "--queue-url", &url, "--queue", "tok"])
+        .args(["--idle-exit", "1s", "--poll", "100ms"])
+        .env("RUST_LOG", "warn")
+        .env("ACME_TOKEN", "acme-secret-token")
+        .env_remove("HERD_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let show = |id: &str| -> Value {
+        serde_json::from_str(&herd(&["job", "show", "--queue-url", &url, "--json", id])).unwrap()
+    };
+    let job = show(&with_token);
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["result"]["detail"]["ok"], 5, "{job}");
+    let lines = lines_of(job["result"]["location"].as_str().unwrap());
+    for (r, o) in rows.iter().zip(&lines) {
+        check_row(&clf, r, o);
+    }
+    // The token is not in the stored job.
+    assert!(!job.to_string().contains("acme-secret-token"));
+
+    let job = show(&without);
+    assert_eq!(
+        job["state"], "dead",
+        "a refused job must not be done: {job}"
+    );
+    assert_eq!(job["attempts"], 1, "{job}");
+    let err = job["last_error"].as_str().unwrap();
+    assert!(err.contains("401") && err.contains("no token"), "{err}");
+    assert!(
+        !results.join(format!("{without}.jsonl")).exists(),
+        "rows were written for a refused job"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

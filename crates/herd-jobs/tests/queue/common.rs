@@ -36,3 +36,18 @@ pub fn redis_url(test: &str) -> Option<String> {
         }
     }
 }
+
+/// The test Redis Cluster (three nodes from scripts/test-services.sh), or None (with a loud
+/// SKIPPED) when absent. Under CI its absence fails.
+pub fn redis_cluster_url(test: &str) -> Option<String> {
+    match std::env::var("HERD_TEST_REDIS_CLUSTER_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            if std::env::var_os("CI").is_some() {
+                panic!("HERD_TEST_REDIS_CLUSTER_URL is not set but CI is: run scripts/test-services.sh and source .herd/test-env before the tests");
+            }
+            eprintln!("SKIPPED (redis cluster part of {test}): HERD_TEST_REDIS_CLUSTER_URL not set; run scripts/test-services.sh && source .herd/test-env");
+            None
+        }
+    }
+}

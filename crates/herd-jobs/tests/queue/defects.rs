@@ -17,7 +17,7 @@ use herd_jobs::{
 };
 use tokio::sync::watch;
 
-use crate::common::{redis_url, TestDir};
+use crate::common::{redis_cluster_url, redis_url, TestDir};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_herd-jobs-test-worker");
 
@@ -51,7 +51,7 @@ fn jobs_per_enqueuer() -> usize {
     std::env::var("HERD_TEST_ENQUEUE_JOBS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000)
+        .unwrap_or(1_000)
 }
 
 /// Regression: ids were milliseconds + a per-process counter + 16 random bits, so two
@@ -62,7 +62,14 @@ fn jobs_per_enqueuer() -> usize {
 async fn sixteen_concurrent_enqueuer_processes_every_id_distinct_every_job_present_once() {
     let dir = TestDir::new("enqueuers");
     let per = jobs_per_enqueuer();
-    for (name, url) in live_backends("enqueuers", &dir) {
+    let mut backends = live_backends("enqueuers", &dir);
+    if let Some(url) = redis_cluster_url("enqueuers") {
+        backends.push((
+            "redis-cluster",
+            format!("{url}?prefix=t-enqueuers-{:08x}", rand::random::<u32>()),
+        ));
+    }
+    for (name, url) in backends {
         let started = Instant::now();
         let children: Vec<_> = (0..16)
             .map(|_| {

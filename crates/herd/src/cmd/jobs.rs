@@ -194,6 +194,11 @@ pub enum EnqueueKind {
         /// Rows per infer request.
         #[arg(long, default_value_t = 64)]
         batch_size: usize,
+        /// Where the worker finds the server's bearer token: env:NAME (a variable of the
+        /// worker's environment) or file:PATH. Default: the worker's HERD_TOKEN. The token
+        /// itself is never stored in the queue.
+        #[arg(long, value_name = "env:NAME|file:PATH")]
+        token_secret: Option<String>,
     },
     /// Enqueue JobSpecs from a JSON Lines file ("-" for stdin); the other enqueue flags are ignored.
     Spec {
@@ -395,6 +400,7 @@ fn specs_from_args(a: &EnqueueArgs) -> anyhow::Result<Vec<JobSpec>> {
             input_field,
             id_field,
             batch_size,
+            token_secret,
         } => {
             let format = format
                 .as_deref()
@@ -407,6 +413,7 @@ fn specs_from_args(a: &EnqueueArgs) -> anyhow::Result<Vec<JobSpec>> {
             p.input_field = input_field.clone();
             p.id_field = id_field.clone();
             p.batch_size = *batch_size;
+            p.token_secret = token_secret.clone();
             if !std::path::Path::new(input).exists() {
                 eprintln!(
                     "warning: {input} does not exist here; the worker must be able to read it"
