@@ -5,6 +5,7 @@
 //! Must not depend on: tokio, axum, inference engines, storage.
 
 pub mod error;
+pub mod openai;
 pub mod units;
 pub mod v2;
 

@@ -76,13 +76,9 @@ pub struct Auth {
     scoped_only: HashSet<String>,
 }
 
-pub fn hash_token(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-/// The SHA-256 of the bearer token in `headers`; 401 when there is none.
-fn bearer_hash(headers: &HeaderMap) -> Result<String, HttpError> {
-    let token = headers
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
@@ -90,12 +86,24 @@ fn bearer_hash(headers: &HeaderMap) -> Result<String, HttpError> {
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim)
-        .ok_or_else(|| {
-            HttpError::new(
-                ErrorCode::Unauthorized,
-                "missing bearer token: send 'Authorization: Bearer <token>'",
-            )
-        })?;
+}
+
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The SHA-256 of the bearer token in `headers`; 401 when there is none.
+fn bearer_hash(headers: &HeaderMap) -> Result<String, HttpError> {
+    token_hash(bearer(headers))
+}
+
+fn token_hash(token: Option<&str>) -> Result<String, HttpError> {
+    let token = token.ok_or_else(|| {
+        HttpError::new(
+            ErrorCode::Unauthorized,
+            "missing bearer token: send 'Authorization: Bearer <token>'",
+        )
+    })?;
     Ok(hash_token(token))
 }
 
@@ -156,10 +164,16 @@ impl Auth {
     /// Who is calling. 401 for a missing or unknown token when auth is on, 403 for a token
     /// that only has scopes (such as `metrics`).
     pub fn principal(&self, headers: &HeaderMap) -> Result<Principal, HttpError> {
+        self.identify(bearer(headers))
+    }
+
+    /// Who is calling, from the bearer token alone (transport-free). 401 for a missing or
+    /// unknown token when auth is on.
+    pub fn identify(&self, token: Option<&str>) -> Result<Principal, HttpError> {
         let Some(table) = &self.by_hash else {
             return Ok(Principal::Open);
         };
-        let hash = bearer_hash(headers)?;
+        let hash = token_hash(token)?;
         match table.get(&hash) {
             Some(p) => Ok(p.clone()),
             None if self.scoped_only.contains(&hash) => Err(HttpError::new(

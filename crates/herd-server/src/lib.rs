@@ -39,6 +39,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Readiness: set by the preload task and the shutdown signal.
     pub health: Arc<service::Health>,
+    /// The protocol-neutral operations every route calls.
+    pub service: service::Service,
 }
 
 impl AppState {
@@ -48,11 +50,13 @@ impl AppState {
         auth: Arc<auth::Auth>,
         metrics: Option<PrometheusHandle>,
     ) -> AppState {
+        let health = Arc::new(service::Health::starting());
         AppState {
+            service: service::Service::new(core.clone(), auth.clone(), health.clone()),
             core,
             auth,
             metrics,
-            health: Arc::new(service::Health::starting()),
+            health,
         }
     }
 

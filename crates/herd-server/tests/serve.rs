@@ -925,3 +925,156 @@ async fn server_is_ready_only_after_pinned_preloads_and_not_while_draining() {
     assert_eq!(get("/v2/health/live").await, (200, json!({"live": true})));
     assert_eq!(get("/v2/models/pinned/ready").await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn statistics_and_openai_errors_and_model_list_follow_tenants() {
+    let repo = temp_repo();
+    write_model(&repo, "mine", 1);
+    write_config(&repo, "mine", "tenant = \"acme\"\n");
+    write_model(&repo, "theirs", 2);
+    write_config(&repo, "theirs", "tenant = \"other\"\n");
+    write_model(&repo, "shared", 3);
+    let text = format!(
+        "[[token]]\nsha256 = \"{}\"\ntenant = \"acme\"\n",
+        hash_token("acme-secret")
+    );
+    let s = start(&repo, big_budget(), Auth::from_toml(&text).unwrap()).await;
+    let get = |path: &str| {
+        s.client
+            .get(format!("{}{path}", s.url))
+            .bearer_auth("acme-secret")
+            .send()
+    };
+    let post = |path: &str, body: Value| {
+        s.client
+            .post(format!("{}{path}", s.url))
+            .bearer_auth("acme-secret")
+            .json(&body)
+            .send()
+    };
+    // Two requests of 1 and 2 rows, one failure (wrong shape).
+    for rows in [1usize, 2] {
+        let x: Vec<f32> = (0..rows as u64).flat_map(x_for).collect();
+        let r = post(
+            "/v2/models/mine/infer",
+            json!({"inputs": [{"name": "input", "shape": [rows, DIM], "datatype": "FP32", "data": x}]}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = post(
+        "/v2/models/mine/infer",
+        json!({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = get("/v2/models/mine/stats")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let st = &v["model_stats"][0];
+    assert_eq!(st["name"], "mine");
+    assert_eq!(st["version"], "1");
+    assert_eq!(st["inference_count"], 3);
+    assert_eq!(st["execution_count"], 2);
+    assert_eq!(st["inference_stats"]["success"]["count"], 2);
+    assert_eq!(st["inference_stats"]["fail"]["count"], 1);
+    assert!(
+        st["inference_stats"]["compute_infer"]["ns"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert!(st["last_inference"].as_u64().unwrap() > 0);
+    assert!(st["batch_stats"].as_array().unwrap().len() >= 1);
+    let v: Value = get("/v2/models/mine/versions/1/stats")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["model_stats"].as_array().unwrap().len(), 1);
+    // All statistics: only the caller's models.
+    let v: Value = get("/v2/models/stats").await.unwrap().json().await.unwrap();
+    let names: Vec<&str> = v["model_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["mine"]);
+    assert_eq!(get("/v2/models/theirs/stats").await.unwrap().status(), 403);
+
+    // OpenAI: the caller's models only; errors as OpenAI error objects.
+    let v: Value = get("/v1/models").await.unwrap().json().await.unwrap();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["mine", "shared"]);
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["data"][0]["owned_by"], "acme");
+    let r = get("/v1/models/nope").await.unwrap();
+    assert_eq!(r.status(), 404);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(
+        e,
+        json!({"error": {"message": "model 'nope' not found in the repository",
+            "type": "invalid_request_error", "param": "model", "code": "model_not_found"}})
+    );
+    let r = post("/v1/embeddings", json!({"model": "theirs", "input": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "permission_error");
+    assert_eq!(e["error"]["code"], "forbidden");
+    let r = post("/v1/embeddings", json!({"model": "mine", "input": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a text pipeline"),
+        "{e}"
+    );
+    let r = post(
+        "/v1/embeddings",
+        json!({"model": "mine", "input": [[100_256]]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["param"], "input");
+    let r = s
+        .client
+        .get(format!("{}/v1/embeddings", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let r = get("/v1/no-such-thing").await.unwrap();
+    assert_eq!(r.status(), 404);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "not_found");
+    // Without a token: 401 as an OpenAI authentication error.
+    let r = s
+        .client
+        .get(format!("{}/v1/models", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "authentication_error");
+}

@@ -41,9 +41,14 @@ pub async fn server_metadata() -> Json<ServerMetadata> {
     })
 }
 
-pub async fn not_found() -> HttpError {
+pub async fn not_found(uri: axum::http::Uri) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if uri.path().starts_with("/v1/") {
+        return super::openai::not_found().await.into_response();
+    }
     HttpError::new(
         ErrorCode::NotFound,
         "no such endpoint; see the KServe v2 protocol: /v2/models/{model}/infer, /v2/repository/index, /metrics",
     )
+    .into_response()
 }

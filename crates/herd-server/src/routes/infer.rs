@@ -1,18 +1,17 @@
 //! `POST /v2/models/{model}[/versions/{version}]/infer`: JSON tensors, or Triton's binary tensor
 //! extension (`Inference-Header-Content-Length`: a JSON header followed by raw tensor bytes).
 
-use std::time::{Duration, Instant};
-
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use herd_api::v2::{InferResponseBody, RequestInput, ResponseOutputBody, Tensor, TensorData};
 use herd_api::ErrorCode;
-use herd_core::InferRequest;
 use serde_json::{json, Value};
 
+use crate::auth::bearer;
 use crate::error::HttpError;
+use crate::service::Infer;
 use crate::AppState;
 
 const HEADER_LEN: &str = "inference-header-content-length";
@@ -42,24 +41,7 @@ async fn run(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let started = Instant::now();
-    let result = handle(&s, &model, version, &headers, body).await;
-    let status = match &result {
-        Ok(_) => "ok".to_string(),
-        Err(e) => e.code().as_str().to_string(),
-    };
-    // Unknown model names are not used as label values (they are unbounded).
-    let label = if matches!(&result, Err(e) if e.code() == ErrorCode::ModelNotFound || e.code() == ErrorCode::Unauthorized)
-    {
-        "_unknown".to_string()
-    } else {
-        model
-    };
-    metrics::counter!("herd_infer_requests_total", "model" => label.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("herd_infer_request_duration_seconds", "model" => label)
-        .record(started.elapsed().as_secs_f64());
-    match result {
+    match handle(&s, model, version, &headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -67,16 +49,12 @@ async fn run(
 
 async fn handle(
     s: &AppState,
-    model: &str,
+    model: String,
     version: Option<String>,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
-    s.auth.principal(headers)?;
-    let (entry, _) = s.core.resolve(model, version.as_deref())?;
-    s.auth
-        .check_model(headers, model, entry.config.tenant.as_deref())?;
-
+    let caller = s.service.identify(bearer(headers))?;
     let (json_part, mut binary) = split_body(headers, &body)?;
     let req: herd_api::v2::InferRequest = serde_json::from_slice(json_part).map_err(|e| {
         HttpError::new(
@@ -112,15 +90,18 @@ async fn handle(
             .collect()
     });
     let out = s
-        .core
-        .infer(InferRequest {
-            model: model.to_string(),
-            version,
-            inputs,
-            outputs: requested
-                .as_ref()
-                .map(|r| r.iter().map(|(n, _)| n.clone()).collect()),
-        })
+        .service
+        .infer(
+            &caller,
+            Infer {
+                model,
+                version,
+                inputs,
+                outputs: requested
+                    .as_ref()
+                    .map(|r| r.iter().map(|(n, _)| n.clone()).collect()),
+            },
+        )
         .await?;
 
     let mut binary_out: Vec<u8> = Vec::new();
@@ -167,19 +148,7 @@ async fn handle(
         r.headers_mut().insert(HEADER_LEN, HeaderValue::from(len));
         r
     };
-    let h = resp.headers_mut();
-    let ms = |d: Duration| HeaderValue::from_str(&format!("{:.3}", d.as_secs_f64() * 1e3)).ok();
-    for (name, d) in [
-        ("x-load-time", out.timing.load),
-        ("x-queue-time", out.timing.queue),
-        ("x-inference-time", out.timing.inference),
-        ("x-total-time", out.timing.total),
-    ] {
-        if let Some(v) = ms(d) {
-            h.insert(name, v);
-        }
-    }
-    h.insert("x-batch-rows", HeaderValue::from(out.batch_rows));
+    super::timing_headers(resp.headers_mut(), &out.timing, out.batch_rows);
     Ok(resp)
 }
 

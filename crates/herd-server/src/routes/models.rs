@@ -6,6 +6,7 @@ use herd_api::ErrorCode;
 use herd_core::ModelState;
 use serde_json::{json, Value};
 
+use crate::auth::bearer;
 use crate::error::HttpError;
 use crate::AppState;
 
@@ -31,19 +32,8 @@ async fn describe(
     model: &str,
     version: Option<&str>,
 ) -> Result<Json<ModelMetadata>, HttpError> {
-    s.auth.principal(headers)?;
-    let (entry, v) = s.core.resolve(model, version)?;
-    s.auth
-        .check_model(headers, model, entry.config.tenant.as_deref())?;
-    let sig = s.core.signature(model, &v).await?;
-    Ok(Json(ModelMetadata {
-        name: model.to_string(),
-        versions: entry.versions.clone(),
-        platform: s.core.platform().to_string(),
-        inputs: sig.inputs,
-        outputs: sig.outputs,
-        state: Some(s.core.state_of(model, &v).as_str().to_string()),
-    }))
+    let caller = s.service.identify(bearer(headers))?;
+    Ok(Json(s.service.metadata(&caller, model, version).await?))
 }
 
 pub async fn ready(
@@ -71,22 +61,20 @@ fn is_ready(
     model: &str,
     version: Option<&str>,
 ) -> Result<(StatusCode, Json<Value>), HttpError> {
-    s.auth.principal(headers)?;
-    let (entry, v) = s.core.resolve(model, version)?;
-    s.auth
-        .check_model(headers, model, entry.config.tenant.as_deref())?;
-    let state = s.core.state_of(model, &v);
-    Ok(match &state {
+    let caller = s.service.identify(bearer(headers))?;
+    let r = s.service.model_ready(&caller, model, version)?;
+    let state = r.state.as_str();
+    Ok(match &r.state {
         ModelState::Failed(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({
-                "name": model, "version": v, "ready": false, "state": state.as_str(),
+                "name": r.model, "version": r.version, "ready": false, "state": state,
                 "error": reason, "code": ErrorCode::ModelNotReady,
             })),
         ),
         ModelState::Ready | ModelState::Loading | ModelState::Unloaded => (
             StatusCode::OK,
-            Json(json!({"name": model, "version": v, "ready": true, "state": state.as_str()})),
+            Json(json!({"name": r.model, "version": r.version, "ready": true, "state": state})),
         ),
     })
 }

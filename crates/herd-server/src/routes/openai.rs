@@ -1,149 +1,210 @@
-//! `POST /v1/embeddings` in the OpenAI embeddings format, routed to the named model's text
-//! pipeline with the same tenant rules as v2, so OpenAI client libraries and vector-database
-//! integrations work against a customer's own embedding model.
+//! OpenAI under `/v1`: `POST /v1/embeddings` routed to the named model's text pipeline with the
+//! same tenant rules as v2, `GET /v1/models[/{model}]` (the caller's models only), and errors as
+//! OpenAI error objects, so the `openai` SDKs (`e.code`, `e.type`, `e.param`), LangChain and
+//! vector-database integrations work against a customer's own embedding model.
+//!
+//! `input` may be token arrays (LangChain's default): they are cl100k ids (what OpenAI's
+//! embedding models take), decoded to text with the cl100k table built into herd (no download),
+//! then tokenized again with the model's own tokenizer.
 
-use axum::extract::State;
-use axum::http::HeaderMap;
+use std::sync::OnceLock;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
-use herd_api::v2::{Tensor, TensorData};
-use herd_api::ErrorCode;
-use herd_core::pipeline::TEXT_INPUT;
-use herd_core::InferRequest;
-use serde::Deserialize;
+use herd_api::openai::{EmbeddingInput, EmbeddingsRequest, ErrorBody, Model, ModelList};
+use herd_api::{ApiError, ErrorCode};
 use serde_json::{json, Value};
 
-use crate::error::HttpError;
+use crate::auth::bearer;
+use crate::service::{Caller, Embed, Listed};
 use crate::AppState;
 
-#[derive(Deserialize)]
-struct EmbeddingsRequest {
-    model: String,
-    input: Input,
-    #[serde(default)]
-    encoding_format: Option<String>,
-    #[serde(default)]
-    dimensions: Option<usize>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    user: Option<String>,
+/// An error in OpenAI's shape, with the status from herd's code table.
+pub struct OpenAiError {
+    code: ErrorCode,
+    message: String,
+    param: Option<&'static str>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Input {
-    One(String),
-    Many(Vec<String>),
-    Tokens(#[allow(dead_code)] Vec<Value>),
+impl OpenAiError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> OpenAiError {
+        OpenAiError {
+            code,
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    fn param(mut self, p: &'static str) -> OpenAiError {
+        self.param = Some(p);
+        self
+    }
+}
+
+impl From<ApiError> for OpenAiError {
+    fn from(e: ApiError) -> OpenAiError {
+        let param = match e.code {
+            ErrorCode::ModelNotFound | ErrorCode::Forbidden => Some("model"),
+            _ => None,
+        };
+        OpenAiError {
+            code: e.code,
+            message: e.error,
+            param,
+        }
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = (
+            status,
+            Json(ErrorBody::new(self.code, self.message, self.param)),
+        )
+            .into_response();
+        if let Some(secs) = self.code.retry_after_secs() {
+            r.headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from(secs));
+        }
+        r
+    }
+}
+
+fn caller(s: &AppState, headers: &HeaderMap) -> Result<Caller, OpenAiError> {
+    Ok(s.service.identify(bearer(headers))?)
+}
+
+/// Unknown paths under `/v1` answer in OpenAI's shape too.
+pub async fn not_found() -> OpenAiError {
+    OpenAiError::new(
+        ErrorCode::NotFound,
+        "no such endpoint; herd serves POST /v1/embeddings and GET /v1/models",
+    )
+}
+
+fn model_object(m: Listed) -> Model {
+    Model {
+        id: m.name,
+        object: "model".into(),
+        created: 0,
+        owned_by: m.tenant.unwrap_or_else(|| "herd".into()),
+    }
+}
+
+pub async fn list_models(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<ModelList>, OpenAiError> {
+    let c = caller(&s, &headers)?;
+    let models = s.service.list_models(&c)?;
+    Ok(Json(ModelList {
+        object: "list".into(),
+        data: models.into_iter().map(model_object).collect(),
+    }))
+}
+
+pub async fn get_model(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+) -> Result<Json<Model>, OpenAiError> {
+    let c = caller(&s, &headers)?;
+    let (entry, _) = s.service.authorize(&c, &model, None)?;
+    Ok(Json(model_object(Listed {
+        name: entry.name,
+        versions: entry.versions,
+        tenant: entry.config.tenant,
+        text: entry.config.pipeline.is_some(),
+    })))
+}
+
+fn cl100k() -> Result<&'static tiktoken_rs::CoreBPE, OpenAiError> {
+    static BPE: OnceLock<Option<tiktoken_rs::CoreBPE>> = OnceLock::new();
+    BPE.get_or_init(|| tiktoken_rs::cl100k_base().ok())
+        .as_ref()
+        .ok_or_else(|| OpenAiError::new(ErrorCode::Internal, "the cl100k table failed to load"))
+}
+
+/// cl100k token ids to text (a chunk boundary inside a character decodes as U+FFFD).
+fn decode_tokens(ids: Vec<u32>) -> Result<String, OpenAiError> {
+    // Ordinary ranks 0..100256 and the five special tokens.
+    let known = |t: u32| t < 100_256 || matches!(t, 100_257..=100_260 | 100_276);
+    if let Some(bad) = ids.iter().find(|&&t| !known(t)) {
+        return Err(OpenAiError::new(
+            ErrorCode::InvalidInput,
+            format!("token id {bad} is not a cl100k_base token"),
+        )
+        .param("input"));
+    }
+    let bytes: Vec<u8> = cl100k()?._decode_native_and_split(ids).flatten().collect();
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 pub async fn embeddings(
     State(s): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, HttpError> {
-    s.auth.principal(&headers)?;
+) -> Result<Json<Value>, OpenAiError> {
+    let c = caller(&s, &headers)?;
     let req: EmbeddingsRequest = serde_json::from_slice(&body).map_err(|e| {
-        HttpError::new(
+        OpenAiError::new(
             ErrorCode::InvalidInput,
-            format!("invalid embeddings request: {e}; expected {{\"model\": \"...\", \"input\": \"text\" or [\"text\", ...]}}"),
+            format!("invalid embeddings request: {e}; expected {{\"model\": \"...\", \"input\": \"text\", [\"text\", ...] or token arrays}}"),
         )
     })?;
     let texts = match req.input {
-        Input::One(t) => vec![t],
-        Input::Many(v) => v,
-        Input::Tokens(_) => {
-            return Err(HttpError::new(
-                ErrorCode::InvalidInput,
-                "token-id inputs are not supported: send the texts as strings",
-            ))
+        EmbeddingInput::Text(t) => vec![t],
+        EmbeddingInput::Texts(v) => v,
+        EmbeddingInput::Tokens(ids) => vec![decode_tokens(ids)?],
+        EmbeddingInput::TokenArrays(v) => {
+            v.into_iter().map(decode_tokens).collect::<Result<_, _>>()?
         }
     };
     if texts.is_empty() {
-        return Err(HttpError::new(
-            ErrorCode::InvalidInput,
-            "input must hold at least one text",
-        ));
+        return Err(
+            OpenAiError::new(ErrorCode::InvalidInput, "input must hold at least one text")
+                .param("input"),
+        );
     }
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
         Some(other) => {
-            return Err(HttpError::new(
+            return Err(OpenAiError::new(
                 ErrorCode::InvalidInput,
                 format!("encoding_format '{other}' is not supported; use float or base64"),
-            ))
-        }
-    };
-    let (entry, _) = s.core.resolve(&req.model, None)?;
-    s.auth
-        .check_model(&headers, &req.model, entry.config.tenant.as_deref())?;
-    if entry.config.pipeline.is_none() {
-        return Err(HttpError::new(
-            ErrorCode::InvalidInput,
-            format!(
-                "model '{}' is not a text pipeline: declare a [pipeline] table with pooling in its config.toml",
-                req.model
-            ),
-        ));
-    }
-    let n = texts.len();
-    let out = s
-        .core
-        .infer(InferRequest {
-            model: req.model.clone(),
-            version: None,
-            inputs: vec![Tensor::new(
-                TEXT_INPUT,
-                vec![n as i64],
-                TensorData::Bytes(texts.into_iter().map(String::into_bytes).collect()),
-            )],
-            outputs: None,
-        })
-        .await?;
-    let emb = out
-        .outputs
-        .iter()
-        .find(|t| t.name == "embedding")
-        .ok_or_else(|| {
-            HttpError::new(
-                ErrorCode::InvalidInput,
-                format!(
-                    "model '{}' is a classifier pipeline, not an embedding model",
-                    req.model
-                ),
             )
-        })?;
-    let TensorData::F32(values) = &emb.data else {
-        return Err(HttpError::new(
-            ErrorCode::Internal,
-            "embedding output is not FP32",
-        ));
-    };
-    let dim = emb.shape.get(1).copied().unwrap_or(0).max(0) as usize;
-    if let Some(d) = req.dimensions {
-        if d != dim {
-            return Err(HttpError::new(
-                ErrorCode::InvalidInput,
-                format!(
-                    "model '{}' answers {dim} dimensions; it cannot shorten them to {d}",
-                    req.model
-                ),
-            ));
+            .param("encoding_format"))
         }
-    }
-    let tokens: i64 = match out
-        .outputs
-        .iter()
-        .find(|t| t.name == "token_count")
-        .map(|t| &t.data)
-    {
-        Some(TensorData::I64(v)) => v.iter().sum(),
-        _ => 0,
     };
-    let data: Vec<Value> = values
-        .chunks(dim.max(1))
-        .take(n)
+    let out = s
+        .service
+        .embed(
+            &c,
+            Embed {
+                model: req.model.clone(),
+                texts,
+                dimensions: req.dimensions,
+            },
+        )
+        .await
+        .map_err(|e| {
+            let dims = e.error.contains("dimensions");
+            let e = OpenAiError::from(e);
+            if dims {
+                e.param("dimensions")
+            } else {
+                e
+            }
+        })?;
+    let data: Vec<Value> = out
+        .vectors
+        .iter()
         .enumerate()
         .map(|(i, v)| {
             let embedding = if base64 {
@@ -159,7 +220,7 @@ pub async fn embeddings(
         "object": "list",
         "data": data,
         "model": req.model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        "usage": {"prompt_tokens": out.tokens, "total_tokens": out.tokens},
     })))
 }
 
