@@ -139,8 +139,9 @@ def test_pipeline_bad_input_is_a_clear_error(server):
     assert status == 500 and "ids_that_do_not_exist" in body["error"], body
     # Embeddings of a classifier or a plain model: 400 with what to do.
     status, body = server.post("/v1/embeddings", {"model": "dtype_fp32", "input": "x"})
-    assert status == 400 and "[pipeline]" in body["error"], body
+    # (under /v1 errors are OpenAI error objects)
+    assert status == 400 and "[pipeline]" in body["error"]["message"], body
     status, body = server.post("/v1/embeddings", {"model": "nope", "input": "x"})
-    assert status == 404
+    assert status == 404 and body["error"]["code"] == "model_not_found", body
     # The server is still up.
     assert server.get("/v2/health/live")[0] == 200
