@@ -953,6 +953,29 @@ fn oversized_body_is_a_json_413_and_metrics_need_a_token() {
         assert_eq!(st, 413, "{}", short(&v));
         assert_eq!(v["code"], "payload_too_large", "{}", short(&v));
         assert!(error_of(&v).contains("--max-body"), "{}", short(&v));
+        // The same for a chunked body (no Content-Length): stopped once it runs over.
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let head = format!(
+            "POST /v1/embeddings HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ACME}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        c.write_all(head.as_bytes()).unwrap();
+        let chunk = vec![b' '; 1 << 20];
+        for _ in 0..(MAX_BODY >> 20) + 2 {
+            let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+            if c.write_all(&framed).is_err() {
+                break; // the server answered and closed
+            }
+        }
+        let _ = c.write_all(b"0\r\n\r\n");
+        let mut answer = Vec::new();
+        let _ = c.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(
+            answer.contains("payload_too_large") && answer.contains("--max-body"),
+            "{answer}"
+        );
         // /metrics needs a token when a tokens file is configured.
         let (st, _) = http(s.addr, "GET", "/metrics", &[], b"");
         assert_eq!(st, 401);
