@@ -24,7 +24,7 @@ type Key = (String, String);
 
 /// Instance creation is serialised process-wide (allocation counters are process-wide) so the
 /// allocation growth can be charged to one model.
-static MEASURE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(crate) static MEASURE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 type LoadResult = Option<Result<Arc<Served>, CoreError>>;
 /// Instances, their signature, their charge in bytes, and a text pipeline's shared part.
 type Loaded = (

@@ -56,6 +56,17 @@ pub(crate) struct InstancePool {
     free: Arc<Semaphore>,
 }
 
+impl Drop for InstancePool {
+    /// Instances are freed under the measurement lock, so an evicted model's memory going back
+    /// while another model loads does not shrink that model's measured charge.
+    fn drop(&mut self) {
+        let _g = crate::cache::MEASURE
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.instances.get_mut().clear();
+    }
+}
+
 impl InstancePool {
     pub fn new(instances: Vec<Box<dyn Instance>>) -> InstancePool {
         let n = instances.len();

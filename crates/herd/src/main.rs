@@ -56,6 +56,9 @@ enum Command {
     /// Route across serving replicas: print an HAProxy configuration that hashes on the model.
     #[command(subcommand)]
     Router(cmd::router::RouterCommand),
+    /// Plan before paying: machines and monthly cost one model per machine, shared, autoscaled;
+    /// a cache simulation of the traffic under a range of budgets.
+    Plan(cmd::plan::PlanArgs),
     // Subcommands are added here, one variant per area, each delegating to `cmd::<area>`.
 }
 
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Worker(a) => cmd::jobs::run_worker(a),
         Command::Job(a) => cmd::jobs::run_job(a),
         Command::Router(c) => cmd::router::run(c),
+        Command::Plan(a) => cmd::plan::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

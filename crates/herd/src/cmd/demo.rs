@@ -61,6 +61,11 @@ pub struct DemoArgs {
     /// Path to libonnxruntime (else found or installed automatically).
     #[arg(long, env = "HERD_ORT_LIB")]
     pub ort_lib: Option<PathBuf>,
+    /// Write what ran to this directory: `trace-<policy>.csv` (seconds since start, model; in
+    /// the order sent) and `result.json` (budget and the cache's counters), so `herd plan` can
+    /// replay the same trace and its prediction can be checked against what was measured.
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<PathBuf>,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -140,6 +145,15 @@ async fn demo(args: DemoArgs, lib: PathBuf) -> anyhow::Result<()> {
         let report = drive(&args, addr).await?;
         server.abort();
         let s = core.stats();
+        if let Some(dir) = &args.record {
+            let charges: Vec<(String, u64)> = core
+                .index()?
+                .into_iter()
+                .filter(|e| e.charge > 0)
+                .map(|e| (e.name, e.charge))
+                .collect();
+            record(dir, policy, budget, per_model, &s, &report, &charges)?;
+        }
         let hit_ratio = s.hits as f64 / (s.hits + s.misses).max(1) as f64;
         println!(
             "requests        {} ok, {} failed, {} wrong answers ({} retries after 429/503)",
@@ -223,7 +237,45 @@ fn generate(dir: &std::path::Path, args: &DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes the trace and the counters of one run (`--record`).
+fn record(
+    dir: &std::path::Path,
+    policy: EvictionPolicy,
+    budget: u64,
+    per_model: u64,
+    s: &herd_core::CacheStats,
+    report: &Report,
+    charges: &[(String, u64)],
+) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = format!("{policy:?}").to_ascii_lowercase();
+    let mut csv = String::from("timestamp,model\n");
+    for (t, m) in &report.sent {
+        let _ = writeln!(csv, "{t:.6},{}", model_name(*m));
+    }
+    let f = dir.join(format!("trace-{name}.csv"));
+    std::fs::write(&f, csv).with_context(|| format!("writing {}", f.display()))?;
+    let f = dir.join("result.json");
+    let mut all: serde_json::Value = std::fs::read(&f)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    all["budget_bytes"] = budget.into();
+    all["per_model_bytes"] = per_model.into();
+    all[name.as_str()] = serde_json::json!({
+        "hits": s.hits, "misses": s.misses, "loads": s.loads, "evictions": s.evictions,
+        "load_seconds_total": s.load_seconds_total, "requests": report.sent.len(),
+        "charges_at_end": charges.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+    });
+    std::fs::write(&f, serde_json::to_vec_pretty(&all)?)
+        .with_context(|| format!("writing {}", f.display()))?;
+    Ok(())
+}
+
 struct Report {
+    /// (seconds since the workload started, model) of every request, in the order sent.
+    sent: Vec<(f64, usize)>,
     ok: usize,
     failed: usize,
     wrong: usize,
@@ -293,6 +345,7 @@ async fn drive(args: &DemoArgs, addr: SocketAddr) -> anyhow::Result<Report> {
         tasks.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(1000) + w as u64);
             let mut lat = Vec::new();
+            let mut sent = Vec::new();
             let mut errors: Vec<String> = Vec::new();
             let (mut ok, mut failed, mut wrong, mut retries) = (0usize, 0usize, 0usize, 0usize);
             while next.fetch_add(1, Ordering::Relaxed) < total {
@@ -303,6 +356,7 @@ async fn drive(args: &DemoArgs, addr: SocketAddr) -> anyhow::Result<Report> {
                     "outputs": [{"name": "label"}]
                 });
                 let t = Instant::now();
+                sent.push((started.elapsed().as_secs_f64(), m));
                 // Like a well-behaved client: on 429/503, wait Retry-After and try again (3 times).
                 let mut attempt = 0;
                 let r = loop {
@@ -364,10 +418,11 @@ async fn drive(args: &DemoArgs, addr: SocketAddr) -> anyhow::Result<Report> {
                 }
                 pb.inc(1);
             }
-            (ok, failed, wrong, retries, lat, errors)
+            (ok, failed, wrong, retries, lat, errors, sent)
         }));
     }
     let mut report = Report {
+        sent: Vec::new(),
         ok: 0,
         failed: 0,
         wrong: 0,
@@ -376,7 +431,8 @@ async fn drive(args: &DemoArgs, addr: SocketAddr) -> anyhow::Result<Report> {
         latencies_ms: Vec::new(),
     };
     for t in futures::future::join_all(tasks).await {
-        let (ok, failed, wrong, retries, lat, errors) = t?;
+        let (ok, failed, wrong, retries, lat, errors, sent) = t?;
+        report.sent.extend(sent);
         report.retries += retries;
         for e in errors.iter().take(3) {
             eprintln!("failed request: {e}");
@@ -389,5 +445,6 @@ async fn drive(args: &DemoArgs, addr: SocketAddr) -> anyhow::Result<Report> {
     report.wall = started.elapsed();
     pb.finish();
     report.latencies_ms.sort_by(|a, b| a.total_cmp(b));
+    report.sent.sort_by(|a, b| a.0.total_cmp(&b.0));
     Ok(report)
 }

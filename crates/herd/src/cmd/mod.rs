@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod jobs;
+pub mod plan;
 pub mod registry;
 pub mod router;
 pub mod runtime;
