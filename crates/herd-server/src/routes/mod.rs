@@ -29,6 +29,11 @@ pub fn router(state: AppState) -> Router {
             "/v2/models/{model}/versions/{version}/stats",
             get(stats::version),
         )
+        .route("/v2/models/{model}/config", get(models::config))
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(models::config_version),
+        )
         .route("/v2/models/{model}", get(models::metadata))
         .route("/v2/models/{model}/ready", get(models::ready))
         .route(

@@ -78,3 +78,26 @@ fn is_ready(
         ),
     })
 }
+
+/// Triton's model configuration JSON.
+pub async fn config(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, HttpError> {
+    let caller = s.service.identify(bearer(&headers))?;
+    Ok(Json(s.service.model_config(&caller, &model, None).await?))
+}
+
+pub async fn config_version(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Json<Value>, HttpError> {
+    let caller = s.service.identify(bearer(&headers))?;
+    Ok(Json(
+        s.service
+            .model_config(&caller, &model, Some(&version))
+            .await?,
+    ))
+}

@@ -369,6 +369,59 @@ impl Service {
         })
     }
 
+    /// The model's configuration as Triton's model configuration JSON
+    /// (`GET /v2/models/{m}/config`): max batch size, inputs/outputs without the batch
+    /// dimension, instance group, dynamic batching, served versions.
+    pub async fn model_config(
+        &self,
+        caller: &Caller,
+        model: &str,
+        version: Option<&str>,
+    ) -> Result<serde_json::Value, ApiError> {
+        use serde_json::json;
+        let (entry, v) = self.authorize(caller, model, version)?;
+        let sig = self.core.signature(model, &v).await.map_err(from)?;
+        let cfg = &entry.config;
+        // Triton batches along a first dimension that every input and output leaves dynamic.
+        let batched = sig
+            .inputs
+            .iter()
+            .chain(&sig.outputs)
+            .all(|t| t.shape.first() == Some(&-1));
+        let max_batch = if batched { cfg.max_batch_size } else { 0 };
+        let tensors = |ts: &[herd_api::v2::TensorMetadata]| -> Vec<serde_json::Value> {
+            ts.iter()
+                .map(|t| {
+                    let dt = match t.datatype {
+                        herd_api::v2::DataType::Bytes => "STRING".to_string(),
+                        other => other.as_str().to_string(),
+                    };
+                    let dims: Vec<i64> = if batched {
+                        t.shape.iter().skip(1).copied().collect()
+                    } else {
+                        t.shape.clone()
+                    };
+                    json!({"name": t.name, "data_type": format!("TYPE_{dt}"), "dims": dims})
+                })
+                .collect()
+        };
+        let mut out = json!({
+            "name": model,
+            "platform": self.core.platform(),
+            "backend": "onnxruntime",
+            "version_policy": {"specific": {"versions": entry.versions}},
+            "max_batch_size": max_batch,
+            "input": tensors(&sig.inputs),
+            "output": tensors(&sig.outputs),
+            "instance_group": [{"name": model, "kind": "KIND_CPU", "count": cfg.instances}],
+        });
+        if max_batch > 1 {
+            out["dynamic_batching"] =
+                json!({"max_queue_delay_microseconds": cfg.max_queue_delay_ms * 1000});
+        }
+        Ok(out)
+    }
+
     pub fn model_ready(
         &self,
         caller: &Caller,
