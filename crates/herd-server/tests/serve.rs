@@ -76,6 +76,113 @@ async fn start_with_limit(repo: &Path, cfg: CoreConfig, auth: Auth, max_body: us
     }
 }
 
+/// Which model source a shared test body runs against: the `--repo` directory itself, or a
+/// registry channel holding the same models (each `<model>/` pushed as a bundle with its
+/// config.toml, released and promoted) served through `RegistrySource`.
+#[derive(Clone, Copy, Debug)]
+enum Src {
+    Dir,
+    Channel,
+}
+
+/// Runs a test body on both sources.
+macro_rules! both_sources {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn directory() {
+                super::$name(super::Src::Dir).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn channel() {
+                super::$name(super::Src::Channel).await;
+            }
+        }
+    };
+}
+
+async fn source_for(kind: Src, repo: &Path) -> Arc<dyn herd_core::ModelSource> {
+    match kind {
+        Src::Dir => Arc::new(DirectorySource::new(repo).unwrap()),
+        Src::Channel => {
+            let home = repo.with_extension("registry");
+            let reg = herd_registry::Registry::open(
+                &format!("sqlite://{}", home.join("r.db").display()),
+                home.join("artifacts").to_str().unwrap(),
+            )
+            .await
+            .unwrap();
+            let mut entries = std::collections::BTreeMap::new();
+            let mut names: Vec<PathBuf> = std::fs::read_dir(repo)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.is_dir())
+                .collect();
+            names.sort();
+            for dir in names {
+                let name = dir.file_name().unwrap().to_str().unwrap().to_string();
+                let mut files = herd_registry::bundle::read_model_dir(&dir).unwrap();
+                let bytes = files.remove("model.onnx").unwrap();
+                let out = reg
+                    .push(herd_registry::PushRequest {
+                        model: name.clone(),
+                        bytes,
+                        files,
+                        created_by: "test".into(),
+                        create: Some(herd_registry::NewModel {
+                            name: name.clone(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                entries.insert(name, out.version.version.to_string());
+            }
+            let (release, _) = reg
+                .create_release(&herd_registry::ReleaseSpec {
+                    entries,
+                    note: None,
+                    created_by: "test".into(),
+                })
+                .await
+                .unwrap();
+            reg.promote("production", &release.id, "test")
+                .await
+                .unwrap();
+            herd_server::serving::RegistrySource::open(
+                Arc::new(reg),
+                "production",
+                home.join("cache"),
+            )
+            .await
+            .unwrap()
+        }
+    }
+}
+
+async fn start_on(kind: Src, repo: &Path, cfg: CoreConfig, auth: Auth) -> Server {
+    let source = source_for(kind, repo).await;
+    let core = Core::new(cfg, source, backend());
+    let state = AppState::new(
+        core.clone(),
+        Arc::new(auth),
+        herd_server::telemetry::init_metrics(),
+    );
+    state.health.mark_started();
+    let (addr, _h) = herd_server::spawn(
+        herd_server::app(state, 1 << 20),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    Server {
+        url: format!("http://{addr}"),
+        core,
+        client: reqwest::Client::new(),
+    }
+}
+
 /// The charge of one more model, measured on a probe core (the first load also pays the
 /// runtime's one-time setup, so it is left out).
 async fn per_model_charge(repo: &Path, names: &[&str]) -> u64 {
@@ -157,11 +264,10 @@ impl Server {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn json_infer_matches_reference_and_metadata_describes_the_model() {
+async fn json_infer_matches_reference_and_metadata_describes_the_model(kind: Src) {
     let repo = temp_repo();
     write_model(&repo, "acme", 11);
-    let s = start(&repo, big_budget(), Auth::open()).await;
+    let s = start_on(kind, &repo, big_budget(), Auth::open()).await;
     let (status, live) = s.get("/v2/health/live").await;
     assert_eq!((status, live.as_str()), (200, r#"{"live":true}"#));
     let (status, ready) = s.get("/v2/health/ready").await;
@@ -209,6 +315,7 @@ async fn json_infer_matches_reference_and_metadata_describes_the_model() {
         assert!(h.contains_key(name), "missing timing header {name}");
     }
 }
+both_sources!(json_infer_matches_reference_and_metadata_describes_the_model);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn binary_tensor_extension_round_trips() {
@@ -713,12 +820,11 @@ async fn request_timeout_answers_504() {
     gate.1.notify_all();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn dynamic_batching_merges_requests_and_keeps_answers_apart() {
+async fn dynamic_batching_merges_requests_and_keeps_answers_apart(kind: Src) {
     let repo = temp_repo();
     write_model(&repo, "b", 4);
     write_config(&repo, "b", "max_batch_size = 64\nmax_queue_delay_ms = 30");
-    let s = Arc::new(start(&repo, big_budget(), Auth::open()).await);
+    let s = Arc::new(start_on(kind, &repo, big_budget(), Auth::open()).await);
     s.infer_ok("b", 4, &x_for(0)).await;
     let tasks: Vec<_> = (0..24u64)
         .map(|i| {
@@ -753,9 +859,9 @@ async fn dynamic_batching_merges_requests_and_keeps_answers_apart() {
         "24 concurrent requests with a 30 ms window never shared a batch"
     );
 }
+both_sources!(dynamic_batching_merges_requests_and_keeps_answers_apart);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn tokens_gate_tenants_and_the_repository_api() {
+async fn tokens_gate_tenants_and_the_repository_api(kind: Src) {
     let repo = temp_repo();
     write_model(&repo, "acme-model", 1);
     write_config(&repo, "acme-model", "tenant = \"acme\"");
@@ -765,7 +871,7 @@ async fn tokens_gate_tenants_and_the_repository_api() {
         hash_token("globex-token"),
         hash_token("admin-token")
     );
-    let s = start(&repo, big_budget(), Auth::from_toml(&text).unwrap()).await;
+    let s = start_on(kind, &repo, big_budget(), Auth::from_toml(&text).unwrap()).await;
     let send = |token: Option<&str>, path: &str| {
         let mut r = s
             .client
@@ -828,6 +934,7 @@ async fn tokens_gate_tenants_and_the_repository_api() {
     // Health and metrics stay open for probes and scrapers.
     assert_eq!(s.get("/v2/health/ready").await.0, 200);
 }
+both_sources!(tokens_gate_tenants_and_the_repository_api);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn repository_api_loads_unloads_and_sees_new_models() {
