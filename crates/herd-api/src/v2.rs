@@ -842,6 +842,12 @@ pub struct RepositoryIndexEntry {
     pub state: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// herd: bytes charged to this model alone (its unique weights plus working memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_bytes: Option<u64>,
+    /// herd: bytes of weights it shares with other loaded models (charged once for all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_bytes: Option<u64>,
 }
 
 #[cfg(test)]

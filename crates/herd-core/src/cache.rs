@@ -51,7 +51,10 @@ enum Slot {
 
 struct Entry {
     slot: Slot,
+    /// Bytes charged to this model alone (its unique weights plus working memory).
     charge: u64,
+    /// Weights shared with other models: charged once for all their users (`shared_used`).
+    shared: Arc<[(herd_runtime::shared::Key, u64)]>,
     pinned: bool,
     freq: u64,
     last_used: u64,
@@ -95,7 +98,10 @@ pub struct IndexEntry {
     pub name: String,
     pub version: Option<String>,
     pub state: ModelState,
+    /// Bytes charged to this model alone (unique weights plus working memory).
     pub charge: u64,
+    /// Bytes of the weights it shares with other models (charged once for all of them).
+    pub shared_bytes: u64,
 }
 
 /// Counters of the cache since start.
@@ -108,7 +114,10 @@ pub struct CacheStats {
     pub evictions: u64,
     pub load_seconds_total: f64,
     pub loaded_models: usize,
+    /// Bytes charged: every model's own charge plus the shared weights, once each.
     pub used_bytes: u64,
+    /// Of `used_bytes`, the weights shared between models (each distinct tensor once).
+    pub shared_bytes: u64,
     pub budget_bytes: u64,
     /// Highest `used_bytes` ever seen.
     pub peak_used_bytes: u64,
@@ -374,6 +383,7 @@ impl Core {
             Entry {
                 slot: Slot::Loading(rx.clone()),
                 charge: 0,
+                shared: Arc::from(Vec::new()),
                 pinned: config.pinned,
                 freq: 0,
                 last_used: st.tick,
@@ -485,6 +495,7 @@ impl Core {
                             at: Instant::now(),
                         };
                         e.charge = 0;
+                        e.shared = Arc::from(Vec::new());
                     } else {
                         st.entries.remove(&key);
                     }
@@ -569,7 +580,14 @@ impl Core {
             _ => 0,
         };
         let key = (name.to_string(), version.to_string());
-        let charge = {
+        let (shared, created, stripped) = shared_weights(&instances);
+        let charge = if !shared.is_empty() {
+            // Shared weights are charged once for all their users (`shared_used`); this model
+            // is charged what it allocated beyond the shared weights it created.
+            measured
+                .saturating_sub(created)
+                .max(file_size.saturating_sub(stripped) * instances_n)
+        } else {
             let mut st = self.state.lock();
             let reserved = st.entries.get(&key).map(|e| e.charge).unwrap_or(0);
             let per_instance =
@@ -585,6 +603,9 @@ impl Core {
             let Some(reserved) = st.entries.get(&key).map(|e| e.charge) else {
                 return Err(CoreError::NotReady(name.to_string()));
             };
+            if let Some(e) = st.entries.get_mut(&key) {
+                e.shared = shared.clone();
+            }
             let extra = charge.saturating_sub(reserved);
             match self.make_room(&mut st, name, extra, &key) {
                 Ok(()) => {}
@@ -630,7 +651,7 @@ impl Core {
                 budget: self.cfg.memory_budget,
             });
         }
-        while st.used + needed > self.cfg.memory_budget {
+        while st.used + shared_used(st) + needed > self.cfg.memory_budget {
             if !self.evict_one(st, Some(exclude)) {
                 let busy = st
                     .entries
@@ -640,7 +661,10 @@ impl Core {
                 return Err(CoreError::NoRoom {
                     model: model.to_string(),
                     needed,
-                    free: self.cfg.memory_budget.saturating_sub(st.used),
+                    free: self
+                        .cfg
+                        .memory_budget
+                        .saturating_sub(st.used + shared_used(st)),
                     reason: format!(
                         "all {busy} loaded or loading models are in use, loading or pinned"
                     ),
@@ -674,15 +698,17 @@ impl Core {
     }
 
     fn publish(&self, st: &CacheState) {
+        let shared = shared_used(st);
         self.counters
             .peak_used
-            .fetch_max(st.used, Ordering::Relaxed);
+            .fetch_max(st.used + shared, Ordering::Relaxed);
+        metrics::gauge!("herd_cache_shared_weights_bytes").set(shared as f64);
         let loaded = st
             .entries
             .values()
             .filter(|e| matches!(e.slot, Slot::Ready(_)))
             .count();
-        metrics::gauge!("herd_cache_memory_used_bytes").set(st.used as f64);
+        metrics::gauge!("herd_cache_memory_used_bytes").set((st.used + shared) as f64);
         metrics::gauge!("herd_cache_loaded_models").set(loaded as f64);
     }
 
@@ -827,6 +853,7 @@ impl Core {
                     version: None,
                     state: ModelState::Failed(reason.unwrap_or_else(|| "no versions".into())),
                     charge: 0,
+                    shared_bytes: 0,
                 });
                 continue;
             }
@@ -843,6 +870,9 @@ impl Core {
                     version: Some(v.clone()),
                     state,
                     charge: e.map(|e| e.charge).unwrap_or(0),
+                    shared_bytes: e
+                        .map(|e| e.shared.iter().map(|(_, b)| b).sum())
+                        .unwrap_or(0),
                 });
             }
         }
@@ -863,9 +893,14 @@ impl Core {
                 .values()
                 .filter(|e| matches!(e.slot, Slot::Ready(_)))
                 .count(),
-            used_bytes: st.used,
+            used_bytes: st.used + shared_used(&st),
+            shared_bytes: shared_used(&st),
             budget_bytes: self.cfg.memory_budget,
-            peak_used_bytes: self.counters.peak_used.load(Ordering::Relaxed).max(st.used),
+            peak_used_bytes: self
+                .counters
+                .peak_used
+                .load(Ordering::Relaxed)
+                .max(st.used + shared_used(&st)),
         }
     }
 
@@ -1081,6 +1116,42 @@ impl Overheads {
         self.samples.push_back(measured.saturating_sub(file));
         charged
     }
+}
+
+/// Bytes of the distinct shared weights that loaded (or loading) models use: each tensor is
+/// charged once, and is no longer charged when its last user leaves the cache.
+fn shared_used(st: &CacheState) -> u64 {
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    for e in st.entries.values() {
+        for (k, b) in e.shared.iter() {
+            if seen.insert(k) {
+                total += b;
+            }
+        }
+    }
+    total
+}
+
+/// The distinct shared weights of a model's instances, the bytes of those its load created,
+/// and the file bytes not handed to the engine.
+fn shared_weights(
+    instances: &[Box<dyn Instance>],
+) -> (Arc<[(herd_runtime::shared::Key, u64)]>, u64, u64) {
+    let mut seen = std::collections::HashSet::new();
+    let mut weights = Vec::new();
+    let (mut created, mut stripped) = (0, 0);
+    for i in instances {
+        let s = i.sharing();
+        created += s.created_bytes;
+        stripped = stripped.max(s.stripped_file_bytes);
+        for (k, b) in s.weights {
+            if seen.insert(k) {
+                weights.push((k, b));
+            }
+        }
+    }
+    (Arc::from(weights), created, stripped)
 }
 
 /// Scored by the pure [`policy`] module, which the simulation (`herd plan`) drives too.

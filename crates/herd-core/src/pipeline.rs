@@ -133,6 +133,10 @@ impl Instance for PipelineInstance {
         &self.shared.signature
     }
 
+    fn sharing(&self) -> herd_runtime::shared::Sharing {
+        self.inner.sharing()
+    }
+
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
         let s = &self.shared;
         let text = inputs

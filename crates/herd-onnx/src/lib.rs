@@ -4,8 +4,11 @@
 //! model's input/output signature ([`read_signature`]), and writing tiny linear classifiers
 //! ([`LinearClassifier`]) and token-id text classifiers ([`TextClassifier`]) with pure-Rust
 //! reference `predict`s — what `herd demo` uses to write thousands of per-customer models.
+//! [`initializers`] plans the sharing of large initializers between models (keys, folding,
+//! stripping) on the wire format.
 //! Must not depend on: tokio, inference engines, HTTP, storage.
 
+pub mod initializers;
 pub mod proto;
 
 mod classifier;

@@ -16,6 +16,7 @@ use herd_api::{ErrorCode, HasErrorCode};
 pub mod install;
 pub mod memory;
 mod ort_backend;
+pub mod shared;
 
 pub use ort_backend::OrtBackend;
 
@@ -47,6 +48,10 @@ pub trait Instance: Send {
     /// Runs the model. `inputs` are already validated against the signature by the caller.
     /// Returns every output of the model, in signature order.
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError>;
+    /// The weights this instance shares with other instances ([`shared`]); none by default.
+    fn sharing(&self) -> shared::Sharing {
+        shared::Sharing::default()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -20,6 +20,8 @@ static ENV: OnceLock<Result<(Environment, PathBuf), String>> = OnceLock::new();
 pub struct OrtBackend {
     env: Environment,
     library: PathBuf,
+    /// Large weights shared between this backend's sessions (`None`: HERD_SHARED_WEIGHTS=off).
+    shared: Option<std::sync::Arc<crate::shared::SharedStore>>,
 }
 
 impl OrtBackend {
@@ -46,6 +48,11 @@ impl OrtBackend {
             Ok((env, path)) => Ok(OrtBackend {
                 env: env.clone(),
                 library: path.clone(),
+                shared: crate::shared::enabled_by_env().then(|| {
+                    std::sync::Arc::new(crate::shared::SharedStore::new(
+                        herd_onnx::initializers::DEFAULT_THRESHOLD,
+                    ))
+                }),
             }),
             Err(reason) => Err(RuntimeError::LibraryBroken {
                 path: lib,
@@ -57,6 +64,17 @@ impl OrtBackend {
     /// The library this process uses.
     pub fn library(&self) -> &Path {
         &self.library
+    }
+
+    /// This backend with weight sharing off (every model loads its own copy of its weights).
+    pub fn without_sharing(mut self) -> OrtBackend {
+        self.shared = None;
+        self
+    }
+
+    /// The store of weights shared between this backend's sessions, unless sharing is off.
+    pub fn shared_store(&self) -> Option<&crate::shared::SharedStore> {
+        self.shared.as_deref()
     }
 }
 
@@ -70,6 +88,17 @@ impl Backend for OrtBackend {
             path: path.to_path_buf(),
             reason,
         };
+        if let Some(store) = &self.shared {
+            if let Some(s) = crate::shared::load(&self.env, store, path, opts)? {
+                let signature = signature_of(&s.session).map_err(fail)?;
+                return Ok(Box::new(OrtInstance {
+                    session: s.session,
+                    signature,
+                    _shared: s.weights,
+                    sharing: s.sharing,
+                }));
+            }
+        }
         let mut builder = Session::builder(&self.env)
             .map_err(|e| fail(e.to_string()))?
             .with_optimization_level(GraphOptimizationLevel::Level3)
@@ -84,32 +113,46 @@ impl Backend for OrtBackend {
         let session = builder
             .commit_from_file(path)
             .map_err(|e| fail(e.to_string()))?;
-        let signature = Signature {
-            inputs: session
-                .inputs()
-                .iter()
-                .map(|o| outlet_meta(o.name(), o.dtype()))
-                .collect::<Result<_, _>>()
-                .map_err(fail)?,
-            outputs: session
-                .outputs()
-                .iter()
-                .map(|o| outlet_meta(o.name(), o.dtype()))
-                .collect::<Result<_, _>>()
-                .map_err(fail)?,
-        };
-        Ok(Box::new(OrtInstance { session, signature }))
+        let signature = signature_of(&session).map_err(fail)?;
+        Ok(Box::new(OrtInstance {
+            session,
+            signature,
+            _shared: Vec::new(),
+            sharing: Default::default(),
+        }))
     }
+}
+
+fn signature_of(session: &Session) -> Result<Signature, String> {
+    Ok(Signature {
+        inputs: session
+            .inputs()
+            .iter()
+            .map(|o| outlet_meta(o.name(), o.dtype()))
+            .collect::<Result<_, _>>()?,
+        outputs: session
+            .outputs()
+            .iter()
+            .map(|o| outlet_meta(o.name(), o.dtype()))
+            .collect::<Result<_, _>>()?,
+    })
 }
 
 struct OrtInstance {
     session: Session,
     signature: Signature,
+    /// Keeps the shared weights the session uses alive (dropped after the session).
+    _shared: Vec<std::sync::Arc<crate::shared::SharedWeight>>,
+    sharing: crate::shared::Sharing,
 }
 
 impl Instance for OrtInstance {
     fn signature(&self) -> &Signature {
         &self.signature
+    }
+
+    fn sharing(&self) -> crate::shared::Sharing {
+        self.sharing.clone()
     }
 
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {

@@ -15,6 +15,7 @@ pub async fn render(State(s): State<AppState>, headers: HeaderMap) -> Response {
     metrics::gauge!("herd_cache_memory_used_bytes").set(stats.used_bytes as f64);
     metrics::gauge!("herd_cache_memory_budget_bytes").set(stats.budget_bytes as f64);
     metrics::gauge!("herd_cache_loaded_models").set(stats.loaded_models as f64);
+    metrics::gauge!("herd_cache_shared_weights_bytes").set(stats.shared_bytes as f64);
     let depths = s.core.queue_depths();
     let total: usize = depths.iter().map(|(_, d)| d).sum();
     let max = depths.iter().map(|(_, d)| *d).max().unwrap_or(0);

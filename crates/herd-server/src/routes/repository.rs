@@ -32,6 +32,8 @@ pub async fn index(
             .into_iter()
             .filter(|e| !req.ready.unwrap_or(false) || e.state == ModelState::Ready)
             .map(|e| RepositoryIndexEntry {
+                unique_bytes: (e.state == ModelState::Ready).then_some(e.charge),
+                shared_bytes: (e.state == ModelState::Ready).then_some(e.shared_bytes),
                 reason: match &e.state {
                     ModelState::Failed(r) => Some(r.clone()),
                     _ => None,
