@@ -99,6 +99,26 @@ pub fn harden(app: Router, limits: &HttpLimits) -> Router {
     app.layer(axum::middleware::from_fn_with_state(guards, guard))
 }
 
+/// An error answer in the caller's dialect: OpenAI error objects under `/v1` (but not the
+/// registry API), herd's `{"error", "code"}` elsewhere; `Retry-After` where the code says so.
+fn error_response(path: &str, code: ErrorCode, message: String) -> Response {
+    if path.starts_with("/v1/") && !path.starts_with("/v1/registry") {
+        let status =
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = (
+            status,
+            axum::Json(herd_api::openai::ErrorBody::new(code, message, None)),
+        )
+            .into_response();
+        if let Some(secs) = code.retry_after_secs() {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        return r;
+    }
+    HttpError::new(code, message).into_response()
+}
+
 fn exempt(path: &str) -> bool {
     path.starts_with("/v2/health/") || path == "/metrics"
 }
@@ -125,21 +145,22 @@ async fn guard(State(g): State<Arc<Guards>>, req: Request, next: Next) -> Respon
     if exempt(req.uri().path()) {
         return next.run(req).await;
     }
+    let path = req.uri().path().to_string();
     let Ok(_in_flight) = g.in_flight.clone().try_acquire_owned() else {
         metrics::counter!("herd_http_rejected_total", "reason" => "in_flight").increment(1);
-        return HttpError::new(
+        return error_response(
+            &path,
             ErrorCode::Unavailable,
             format!(
                 "the server is handling its limit of {} requests at once (--max-in-flight); retry later",
                 g.limits.max_in_flight
             ),
-        )
-        .into_response();
+        );
     };
     let max_body = g.limits.max_body_bytes as u64;
     if let Some(n) = declared_length(&req) {
         if n > max_body {
-            return closing(too_large(max_body, Some(n)));
+            return closing(too_large(&path, max_body, Some(n)));
         }
     }
     let _body_memory = if has_body(&req) {
@@ -153,16 +174,14 @@ async fn guard(State(g): State<Arc<Guards>>, req: Request, next: Next) -> Respon
             _ => {
                 metrics::counter!("herd_http_rejected_total", "reason" => "body_memory")
                     .increment(1);
-                return closing(
-                    HttpError::new(
-                        ErrorCode::Unavailable,
-                        format!(
-                            "request bodies being read already hold the limit of {} (--max-body-memory); retry later",
-                            human_bytes(g.limits.max_body_memory)
-                        ),
-                    )
-                    .into_response(),
-                );
+                return closing(error_response(
+                    &path,
+                    ErrorCode::Unavailable,
+                    format!(
+                        "request bodies being read already hold the limit of {} (--max-body-memory); retry later",
+                        human_bytes(g.limits.max_body_memory)
+                    ),
+                ));
             }
         }
     } else {
@@ -181,27 +200,26 @@ async fn guard(State(g): State<Arc<Guards>>, req: Request, next: Next) -> Respon
     let resp = next.run(req).await;
     if timed_out.load(Ordering::Relaxed) {
         metrics::counter!("herd_http_rejected_total", "reason" => "body_timeout").increment(1);
-        return closing(
-            HttpError::new(
-                ErrorCode::RequestTimeout,
-                format!(
-                    "the request body did not arrive within {:.1} s (--body-read-timeout)",
-                    timeout.as_secs_f64()
-                ),
-            )
-            .into_response(),
-        );
+        return closing(error_response(
+            &path,
+            ErrorCode::RequestTimeout,
+            format!(
+                "the request body did not arrive within {:.1} s (--body-read-timeout)",
+                timeout.as_secs_f64()
+            ),
+        ));
     }
     resp
 }
 
-/// herd's JSON 413 for a body over `--max-body`.
-pub(crate) fn too_large(max_body: u64, got: Option<u64>) -> Response {
+/// herd's JSON 413 for a body over `--max-body` (an OpenAI error object under `/v1`).
+pub(crate) fn too_large(path: &str, max_body: u64, got: Option<u64>) -> Response {
     metrics::counter!("herd_http_rejected_total", "reason" => "body_size").increment(1);
     let got = got
         .map(|n| format!(" (this one is {})", human_bytes(n)))
         .unwrap_or_default();
-    HttpError::new(
+    error_response(
+        path,
         ErrorCode::PayloadTooLarge,
         format!(
             "request body is larger than the limit of {} bytes ({}, --max-body){got}",
@@ -209,15 +227,15 @@ pub(crate) fn too_large(max_body: u64, got: Option<u64>) -> Response {
             human_bytes(max_body)
         ),
     )
-    .into_response()
 }
 
 /// Turns axum's plain-text 413 (a chunked body that ran over the limit while being read) into
 /// herd's JSON error, and answers a declared `Content-Length` over the limit before reading.
 pub(crate) async fn json_413(max_body: u64, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
     if let Some(n) = declared_length(&req) {
         if n > max_body {
-            return closing(too_large(max_body, Some(n)));
+            return closing(too_large(&path, max_body, Some(n)));
         }
     }
     let resp = next.run(req).await;
@@ -226,7 +244,7 @@ pub(crate) async fn json_413(max_body: u64, req: Request, next: Next) -> Respons
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
-        return closing(too_large(max_body, None));
+        return closing(too_large(&path, max_body, None));
     }
     resp
 }

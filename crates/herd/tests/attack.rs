@@ -608,8 +608,22 @@ fn words(n: usize) -> String {
     (0..n).map(|i| W[i % W.len()]).collect::<Vec<_>>().join(" ")
 }
 
+/// The message of an error answer: herd's `{"error": "..."}` or, under `/v1`, an OpenAI error
+/// object `{"error": {"message": "...", "code": "..."}}`.
 fn error_of(v: &Value) -> String {
-    v["error"].as_str().unwrap_or_default().to_string()
+    v["error"]
+        .as_str()
+        .or_else(|| v["error"]["message"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn code_of(v: &Value) -> String {
+    v["code"]
+        .as_str()
+        .or_else(|| v["error"]["code"].as_str())
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[test]
@@ -742,7 +756,7 @@ fn external_data_model_larger_than_the_budget() {
             br#"{"inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "data": [0]}]}"#;
         let (st, v) = post_json(s, "/v2/models/ext-big/infer", ACME, body);
         assert_eq!(st, 507, "{}", short(&v));
-        assert_eq!(v["code"], "model_too_large", "{}", short(&v));
+        assert_eq!(code_of(&v), "model_too_large", "{}", short(&v));
     });
 }
 
@@ -951,7 +965,13 @@ fn oversized_body_is_a_json_413_and_metrics_need_a_token() {
         let big = vec![b' '; MAX_BODY as usize + 1];
         let (st, v) = post_json(s, "/v1/embeddings", ACME, &big);
         assert_eq!(st, 413, "{}", short(&v));
+        assert_eq!(code_of(&v), "payload_too_large", "{}", short(&v));
+        // Under /v1 as an OpenAI error object, on v2 as herd's error.
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{}", short(&v));
+        let (st, v) = post_json(s, "/v2/models/wide/infer", ACME, &big);
+        assert_eq!(st, 413, "{}", short(&v));
         assert_eq!(v["code"], "payload_too_large", "{}", short(&v));
+        assert!(error_of(&v).contains("--max-body"), "{}", short(&v));
         assert!(error_of(&v).contains("--max-body"), "{}", short(&v));
         // The same for a chunked body (no Content-Length): stopped once it runs over.
         let mut c = TcpStream::connect(s.addr).unwrap();
