@@ -4,7 +4,7 @@ use herd_api::{ErrorCode, HasErrorCode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobsError {
-    #[error("unsupported queue URL '{url}': use sqlite://PATH (the default is sqlite://.herd/jobs.db) or redis://HOST:PORT[/DB]")]
+    #[error("unsupported queue URL '{url}': use sqlite://PATH (the default is sqlite://.herd/jobs.db), redis://HOST:PORT[/DB], redis+cluster://HOST:PORT,HOST:PORT or postgres://USER@HOST/DB")]
     UnsupportedUrl { url: String },
 
     #[error("invalid queue URL '{url}': {reason}")]
@@ -28,6 +28,13 @@ pub enum JobsError {
     #[error("SQLite queue {path}: {source}")]
     Sqlite {
         path: String,
+        #[source]
+        source: sqlx::Error,
+    },
+
+    #[error("PostgreSQL queue {url}: {source}")]
+    Postgres {
+        url: String,
         #[source]
         source: sqlx::Error,
     },
@@ -71,7 +78,9 @@ impl HasErrorCode for JobsError {
             | JobsError::BadInput { .. } => ErrorCode::InvalidInput,
             JobsError::NotFound(_) => ErrorCode::NotFound,
             JobsError::LeaseLost { .. } | JobsError::NotDead { .. } => ErrorCode::Conflict,
-            JobsError::Redis(_) | JobsError::Server { .. } => ErrorCode::Unavailable,
+            JobsError::Redis(_) | JobsError::Postgres { .. } | JobsError::Server { .. } => {
+                ErrorCode::Unavailable
+            }
             JobsError::Sqlite { .. } | JobsError::Corrupt(_) | JobsError::Io { .. } => {
                 ErrorCode::Internal
             }

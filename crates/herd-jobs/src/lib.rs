@@ -1,8 +1,8 @@
 //! herd's queued work.
 //!
 //! Owns: the job model ([`JobSpec`], [`Job`], the kinds `batch-infer` and `command`), the
-//! [`Queue`] trait with its two backends chosen by URL ([`connect`]: `sqlite://PATH`, the embedded
-//! default, and `redis://HOST:PORT[/DB]`), leases, retries with exponential backoff and jitter,
+//! [`Queue`] trait with its backends chosen by URL ([`connect`]: `sqlite://PATH`, the embedded
+//! default, `redis://` / `redis+cluster://` and `postgres://`), leases, retries with exponential backoff and jitter,
 //! the dead letter, retention, the worker loop ([`worker`]) and the job runners ([`run`]).
 //! Must not depend on: HTTP servers (it is an HTTP *client* of `herd serve` for batch-infer only),
 //! inference engines.
@@ -17,6 +17,7 @@ pub mod batch;
 mod clock;
 mod error;
 mod model;
+pub mod postgres;
 mod queue;
 pub mod redis_queue;
 pub mod run;
@@ -77,6 +78,10 @@ pub async fn connect_with(url: &str, opts: ConnectOptions) -> Result<Arc<dyn Que
     .any(|p| url.starts_with(p))
     {
         let q = redis_queue::RedisQueue::open(url, opts.clock).await?;
+        return Ok(Arc::new(q));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let q = postgres::PgQueue::open(url, opts.clock).await?;
         return Ok(Arc::new(q));
     }
     Err(JobsError::UnsupportedUrl {

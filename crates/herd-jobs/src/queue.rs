@@ -23,7 +23,7 @@ use crate::{
 /// * `release` gives the job back at once without using up an attempt (graceful shutdown).
 #[async_trait]
 pub trait Queue: Send + Sync {
-    /// `sqlite` or `redis`.
+    /// `sqlite`, `redis` or `postgres`.
     fn backend(&self) -> &'static str;
 
     /// Adds a job; it is claimable at once.
@@ -75,6 +75,12 @@ pub trait Queue: Send + Sync {
 
     /// Names of the queues that have (or had) jobs.
     async fn queues(&self) -> Result<Vec<String>, JobsError>;
+
+    /// Waits up to `max` for work on `queues` (an idle worker between claims). The default
+    /// just sleeps; PostgreSQL wakes early on `NOTIFY` from an enqueue.
+    async fn wait_for_work(&self, _queues: &[String], max: Duration) {
+        tokio::time::sleep(max).await;
+    }
 }
 
 /// Delay before attempt `attempt + 1` after attempt `attempt` (1-based) failed:

@@ -129,7 +129,10 @@ impl Worker {
                             break;
                         }
                     }
-                    wait_or_shutdown(self.cfg.poll, &mut shutdown).await;
+                    tokio::select! {
+                        _ = self.queue.wait_for_work(&self.cfg.queues, self.cfg.poll) => {}
+                        _ = wait_or_shutdown(self.cfg.poll, &mut shutdown) => {}
+                    }
                 }
                 Ok(Some(lease)) => {
                     errors = 0;

@@ -20,7 +20,7 @@ mod kill;
 #[path = "queue/worker.rs"]
 mod worker;
 
-use common::{redis_cluster_url, redis_url, TestDir};
+use common::{postgres_url, redis_cluster_url, redis_url, TestDir};
 
 const T0: i64 = 1_800_000_000_000;
 
@@ -43,8 +43,9 @@ impl Backend {
     }
 }
 
-/// SQLite always; Redis when HERD_TEST_REDIS_URL is set (a fresh key prefix per call).
-fn backends(test: &str) -> Vec<Backend> {
+/// SQLite always; Redis, the Redis Cluster and PostgreSQL when their URLs are set (a fresh key
+/// prefix or database per call).
+async fn backends(test: &str) -> Vec<Backend> {
     let dir = TestDir::new(test);
     let mut out = vec![Backend {
         name: "sqlite",
@@ -66,6 +67,14 @@ fn backends(test: &str) -> Vec<Backend> {
         out.push(Backend {
             name: "redis-cluster",
             url: format!("{url}?prefix={prefix}"),
+            clock: ManualClock::new(T0),
+            _dir: None,
+        });
+    }
+    if let Some(url) = postgres_url(test).await {
+        out.push(Backend {
+            name: "postgres",
+            url,
             clock: ManualClock::new(T0),
             _dir: None,
         });
@@ -99,7 +108,7 @@ fn q(names: &[&str]) -> Vec<String> {
 
 #[tokio::test]
 async fn enqueue_claim_ack_roundtrip() {
-    for b in backends("roundtrip") {
+    for b in backends("roundtrip").await {
         let queue = b.open().await;
         let id = queue.enqueue(cmd_spec("default", "a")).await.unwrap();
         let st = queue.stats("default").await.unwrap();
@@ -166,7 +175,7 @@ async fn enqueue_claim_ack_roundtrip() {
 
 #[tokio::test]
 async fn priority_then_fifo_across_queues() {
-    for b in backends("priority") {
+    for b in backends("priority").await {
         let queue = b.open().await;
         let mut spec = cmd_spec("a", "low-1");
         queue.enqueue(spec.clone()).await.unwrap();
@@ -191,7 +200,7 @@ async fn priority_then_fifo_across_queues() {
 
 #[tokio::test]
 async fn expired_lease_is_claimable_again_and_the_old_holder_is_fenced() {
-    for b in backends("expire") {
+    for b in backends("expire").await {
         let queue = b.open().await;
         let id = queue.enqueue(cmd_spec("default", "x")).await.unwrap();
         let old = queue
@@ -245,7 +254,7 @@ async fn expired_lease_is_claimable_again_and_the_old_holder_is_fenced() {
 
 #[tokio::test]
 async fn renew_extends_the_lease_and_stores_progress() {
-    for b in backends("renew") {
+    for b in backends("renew").await {
         let queue = b.open().await;
         let id = queue.enqueue(cmd_spec("default", "x")).await.unwrap();
         let mut lease = queue
@@ -284,7 +293,7 @@ async fn renew_extends_the_lease_and_stores_progress() {
 
 #[tokio::test]
 async fn failures_back_off_then_dead_letter_then_requeue() {
-    for b in backends("retry") {
+    for b in backends("retry").await {
         let queue = b.open().await;
         let mut spec = cmd_spec("default", "flaky");
         spec.max_attempts = 3;
@@ -390,7 +399,7 @@ async fn failures_back_off_then_dead_letter_then_requeue() {
 
 #[tokio::test]
 async fn permanent_failure_goes_straight_to_dead_and_requeue_all_works() {
-    for b in backends("permanent") {
+    for b in backends("permanent").await {
         let queue = b.open().await;
         let mut ids = Vec::new();
         for i in 0..3 {
@@ -422,7 +431,7 @@ async fn permanent_failure_goes_straight_to_dead_and_requeue_all_works() {
 
 #[tokio::test]
 async fn release_gives_the_job_back_without_using_an_attempt() {
-    for b in backends("release") {
+    for b in backends("release").await {
         let queue = b.open().await;
         let mut spec = cmd_spec("default", "r");
         spec.max_attempts = 1;
@@ -455,7 +464,7 @@ async fn release_gives_the_job_back_without_using_an_attempt() {
 
 #[tokio::test]
 async fn expired_lease_on_the_last_attempt_goes_to_dead() {
-    for b in backends("lastexpire") {
+    for b in backends("lastexpire").await {
         let queue = b.open().await;
         let mut spec = cmd_spec("default", "crashes-worker");
         spec.max_attempts = 2;
@@ -485,7 +494,7 @@ async fn expired_lease_on_the_last_attempt_goes_to_dead() {
 
 #[tokio::test]
 async fn purge_removes_finished_jobs_older_than_retention_only() {
-    for b in backends("purge") {
+    for b in backends("purge").await {
         let queue = b.open().await;
         let old_done = queue.enqueue(cmd_spec("default", "old")).await.unwrap();
         let l = queue
@@ -533,7 +542,7 @@ async fn purge_removes_finished_jobs_older_than_retention_only() {
 
 #[tokio::test]
 async fn list_filters_and_orders_newest_first() {
-    for b in backends("list") {
+    for b in backends("list").await {
         let queue = b.open().await;
         let mut ids = Vec::new();
         for i in 0..5 {
@@ -593,7 +602,7 @@ async fn list_filters_and_orders_newest_first() {
 
 #[tokio::test]
 async fn invalid_specs_are_refused_with_a_reason() {
-    for b in backends("invalid") {
+    for b in backends("invalid").await {
         let queue = b.open().await;
         let err = queue.enqueue(cmd_spec("no spaces", "x")).await.unwrap_err();
         assert!(err.to_string().contains("queue name"), "{}: {err}", b.name);
@@ -613,7 +622,7 @@ async fn invalid_specs_are_refused_with_a_reason() {
 /// race for the same jobs; each job is handed out exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_claimers_never_share_a_job() {
-    for b in backends("concurrent") {
+    for b in backends("concurrent").await {
         let setup = b.open().await;
         let n = 60;
         for i in 0..n {

@@ -51,3 +51,33 @@ pub fn redis_cluster_url(test: &str) -> Option<String> {
         }
     }
 }
+
+/// A fresh database on the test PostgreSQL (HERD_TEST_POSTGRES_URL), or None (with a loud
+/// SKIPPED) when absent. Under CI its absence fails.
+pub async fn postgres_url(test: &str) -> Option<String> {
+    let admin = match std::env::var("HERD_TEST_POSTGRES_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ => {
+            if std::env::var_os("CI").is_some() {
+                panic!("HERD_TEST_POSTGRES_URL is not set but CI is: run scripts/test-services.sh and source .herd/test-env before the tests");
+            }
+            eprintln!("SKIPPED (postgres part of {test}): HERD_TEST_POSTGRES_URL not set; run scripts/test-services.sh && source .herd/test-env");
+            return None;
+        }
+    };
+    let name = format!(
+        "herd_jobs_{}_{:08x}",
+        test.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+        rand::random::<u32>()
+    );
+    let pool = sqlx::PgPool::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("connect {admin}: {e}"));
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let (base, _db) = admin.rsplit_once('/').expect("a database in the URL");
+    Some(format!("{base}/{name}"))
+}

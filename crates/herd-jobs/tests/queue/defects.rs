@@ -17,7 +17,7 @@ use herd_jobs::{
 };
 use tokio::sync::watch;
 
-use crate::common::{redis_cluster_url, redis_url, TestDir};
+use crate::common::{postgres_url, redis_cluster_url, redis_url, TestDir};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_herd-jobs-test-worker");
 
@@ -63,6 +63,9 @@ async fn sixteen_concurrent_enqueuer_processes_every_id_distinct_every_job_prese
     let dir = TestDir::new("enqueuers");
     let per = jobs_per_enqueuer();
     let mut backends = live_backends("enqueuers", &dir);
+    if let Some(url) = postgres_url("enqueuers").await {
+        backends.push(("postgres", url));
+    }
     if let Some(url) = redis_cluster_url("enqueuers") {
         backends.push((
             "redis-cluster",
@@ -484,6 +487,13 @@ async fn a_worker_with_a_skewed_clock_cannot_steal_a_running_job() {
     let Some(base) = redis_url("skew") else {
         return;
     };
+    let mut urls = vec![format!(
+        "{base}?prefix=t-skew-{:08x}",
+        rand::random::<u32>()
+    )];
+    if let Some(pg) = postgres_url("skew").await {
+        urls.push(pg);
+    }
     // The shifted clock really is shifted: otherwise this test proves nothing.
     let out = Command::new("date")
         .arg("+%s")
@@ -497,35 +507,36 @@ async fn a_worker_with_a_skewed_clock_cannot_steal_a_running_job() {
         "libfaketime did not shift the clock"
     );
 
-    let url = format!("{base}?prefix=t-skew-{:08x}", rand::random::<u32>());
-    let queue = herd_jobs::connect(&url).await.unwrap();
-    let id = queue.enqueue(echo("s")).await.unwrap();
-    let lease = queue
-        .claim("honest", &["s".to_string()], Duration::from_secs(60))
-        .await
-        .unwrap()
-        .unwrap();
-    let out = Command::new(WORKER)
-        .args([url.as_str(), "s", "skewed", "5000", "1500"])
-        .env("LD_PRELOAD", &lib)
-        .env("FAKETIME", "+3600")
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("done=0"),
-        "the skewed worker ran the job: {stdout}"
-    );
-    let job = queue.show(&id).await.unwrap().unwrap();
-    assert_eq!(
-        (job.state, job.attempts, job.worker_id.as_deref()),
-        (JobState::Running, 1, Some("honest"))
-    );
-    queue.ack(&lease, &JobOutcome::default()).await.unwrap();
+    for url in urls {
+        let queue = herd_jobs::connect(&url).await.unwrap();
+        let id = queue.enqueue(echo("s")).await.unwrap();
+        let lease = queue
+            .claim("honest", &["s".to_string()], Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        let out = Command::new(WORKER)
+            .args([url.as_str(), "s", "skewed", "5000", "1500"])
+            .env("LD_PRELOAD", &lib)
+            .env("FAKETIME", "+3600")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("done=0"),
+            "the skewed worker ran the job: {stdout}"
+        );
+        let job = queue.show(&id).await.unwrap().unwrap();
+        assert_eq!(
+            (job.state, job.attempts, job.worker_id.as_deref()),
+            (JobState::Running, 1, Some("honest"))
+        );
+        queue.ack(&lease, &JobOutcome::default()).await.unwrap();
+    }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use herd_jobs::{CommandParams, JobKind, JobOutcome, JobSpec, JobState, ListFilter, Queue};
 
-use crate::common::{redis_url, TestDir};
+use crate::common::{postgres_url, redis_url, TestDir};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_herd-jobs-test-worker");
 const KILLS: usize = 22;
@@ -189,5 +189,14 @@ async fn sigkill_workers_mid_job_every_job_done_exactly_once_redis() {
     };
     let dir = TestDir::new("kill-redis");
     let url = format!("{base}?prefix=t-kill-{:08x}", rand::random::<u32>());
+    crash_scenario(url, &dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_workers_mid_job_every_job_done_exactly_once_postgres() {
+    let Some(url) = postgres_url("kill").await else {
+        return;
+    };
+    let dir = TestDir::new("kill-postgres");
     crash_scenario(url, &dir).await;
 }

@@ -24,8 +24,10 @@ fn duration(s: &str) -> Result<Duration, String> {
 /// Where the queue lives; shared by `herd worker` and `herd job`.
 #[derive(Args, Clone)]
 pub struct QueueUrl {
-    /// Queue URL: sqlite://PATH (embedded, zero setup; created if missing) or
-    /// redis://HOST:PORT[/DB][?prefix=NAME].
+    /// Queue URL: sqlite://PATH (embedded, zero setup; created if missing),
+    /// redis://[:PASS@]HOST:PORT[/DB][?prefix=NAME] (rediss:// for TLS),
+    /// redis+cluster://HOST:PORT,HOST:PORT[?prefix=NAME] or postgres://USER:PASS@HOST/DB.
+    /// Prefer the HERD_QUEUE_URL environment variable when it holds a password.
     #[arg(long, env = "HERD_QUEUE_URL", default_value = DEFAULT_QUEUE_URL, global = true)]
     pub queue_url: String,
 }
