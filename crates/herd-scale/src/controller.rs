@@ -8,7 +8,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::decide::{
     decide, Action, InstanceObs, Observed, Plan, QueueObs, ServingObs, State, WorkerObs,
@@ -59,6 +59,8 @@ pub struct Controller<Q> {
     /// Queue URL for pools that name none.
     pub queue_url: Option<String>,
     http: reqwest::Client,
+    /// Bearer token sent with every `/metrics` scrape (`--metrics-token-file`); never logged.
+    metrics_token: Option<String>,
 }
 
 impl<Q: QueueSource> Controller<Q> {
@@ -84,7 +86,15 @@ impl<Q: QueueSource> Controller<Q> {
             dry_run,
             queue_url,
             http,
+            metrics_token: None,
         })
+    }
+
+    /// Sends `token` as a bearer token when scraping serving instances' `/metrics` (needed when
+    /// they run with a tokens file: an admin token or one with `scopes = ["metrics"]`).
+    pub fn with_metrics_token(mut self, token: Option<String>) -> Self {
+        self.metrics_token = token;
+        self
     }
 
     /// Observes every pool. A pool whose observation fails is left out (and logged), so
@@ -148,22 +158,34 @@ impl<Q: QueueSource> Controller<Q> {
                     continue;
                 }
             };
+            let token = self.metrics_token.as_deref();
             let scrapes = instances.iter().map(|(id, url)| {
                 let http = self.http.clone();
                 async move {
                     match url {
-                        Some(url) => match scrape(&http, id, url).await {
-                            Ok(obs) => obs,
+                        Some(url) => match scrape(&http, id, url, token).await {
+                            Ok(obs) => Ok(obs),
+                            Err(e @ ScaleError::MetricsAuth { .. }) => Err(e),
                             Err(e) => {
                                 info!(target: "herd_scale", instance = %id, error = %e, "no metrics from instance (starting?)");
-                                InstanceObs { id: id.clone(), ..Default::default() }
+                                Ok(InstanceObs { id: id.clone(), ..Default::default() })
                             }
                         },
-                        None => InstanceObs { id: id.clone(), ..Default::default() },
+                        None => Ok(InstanceObs { id: id.clone(), ..Default::default() }),
                     }
                 }
             });
-            let instances = futures::future::join_all(scrapes).await;
+            let results = futures::future::join_all(scrapes).await;
+            // A refused scrape is a configuration error, not zero load: leave the pool alone.
+            let refused: Vec<&ScaleError> =
+                results.iter().filter_map(|r| r.as_ref().err()).collect();
+            if let Some(first) = refused.first() {
+                error!(target: "herd_scale", pool = %pool.name, refused = refused.len(), error = %first, "serving instances refused the /metrics scrape; pool left alone this tick");
+                metrics::counter!("herd_scale_observe_errors_total", "kind" => "metrics_auth")
+                    .increment(1);
+                continue;
+            }
+            let instances = results.into_iter().filter_map(|r| r.ok()).collect();
             observed
                 .serving
                 .insert(pool.name.clone(), ServingObs { instances });

@@ -34,6 +34,17 @@ pub enum ScaleError {
     /// Reading a server's `/metrics` or a queue's stats failed.
     #[error("observe {what}: {message}")]
     Observe { what: String, message: String },
+    /// A server refused the autoscaler's `/metrics` scrape (401/403): no token, an unknown one,
+    /// or one without the `metrics` scope. Not zero load: the pool is left alone.
+    #[error("metrics of {what}: HTTP {status}: {hint}")]
+    MetricsAuth {
+        what: String,
+        status: u16,
+        hint: String,
+    },
+    /// The metrics token file could not be read or is empty.
+    #[error("metrics token file {path}: {message}")]
+    MetricsToken { path: String, message: String },
     /// Bad manifest options (names, sizes).
     #[error("manifest options: {0}")]
     Manifest(String),
@@ -49,7 +60,10 @@ pub enum ScaleError {
 impl HasErrorCode for ScaleError {
     fn code(&self) -> ErrorCode {
         match self {
-            ScaleError::Policy { .. } | ScaleError::Manifest(_) => ErrorCode::InvalidInput,
+            ScaleError::Policy { .. }
+            | ScaleError::Manifest(_)
+            | ScaleError::MetricsToken { .. } => ErrorCode::InvalidInput,
+            ScaleError::MetricsAuth { .. } => ErrorCode::Unauthorized,
             ScaleError::PolicyRead { .. } => ErrorCode::NotFound,
             ScaleError::KubeConfig(_) | ScaleError::Observe { .. } => ErrorCode::Unavailable,
             ScaleError::Process(_) | ScaleError::Kube { .. } | ScaleError::Write { .. } => {

@@ -77,6 +77,11 @@ pub const ARTIFACT_CACHE_DIR: &str = "/var/cache/herd/artifacts";
 /// Where the tokens Secret is mounted, and the file in it.
 pub const TOKENS_DIR: &str = "/etc/herd/tokens";
 pub const TOKENS_FILE: &str = "/etc/herd/tokens/tokens.toml";
+/// Where the autoscaler finds the token it sends when scraping `/metrics` (the `token` key of
+/// the `<instance>-metrics-token` Secret, which a ServiceMonitor uses too).
+pub const METRICS_TOKEN_DIR: &str = "/etc/herd-metrics";
+pub const METRICS_TOKEN_FILE: &str = "/etc/herd-metrics/token";
+pub const METRICS_TOKEN_KEY: &str = "token";
 /// Uid/gid of the herd image's user (deploy/Containerfile).
 pub const HERD_UID: i64 = 10001;
 /// Uid of the `haproxy` user of the official HAProxy image.
@@ -118,6 +123,10 @@ pub struct ManifestOptions {
     /// Contents of the tokens file (TOML, `herd token new`); the default has no token, so every
     /// request is refused until tokens are added.
     pub tokens: String,
+    /// The bearer token the autoscaler (and a ServiceMonitor) send to serving pods' `/metrics`:
+    /// an admin token or one with `scopes = ["metrics"]` in `tokens` (`herd token new --scope
+    /// metrics`). The default is a placeholder the servers refuse, and the autoscaler says so.
+    pub metrics_token: String,
     /// Node label that names the node group; nodes carry `<label>=fixed` or `<label>=flexible`.
     pub node_group_label: String,
     pub fixed_group: String,
@@ -156,6 +165,7 @@ impl Default for ManifestOptions {
             s3_secret_access_key: "CHANGE-ME".into(),
             redis_password: "CHANGE-ME".into(),
             tokens: "# Add tokens with `herd token new --tenant NAME` (no token: every request is refused).\ntoken = []\n".into(),
+            metrics_token: "CHANGE-ME".into(),
             node_group_label: "herd.dev/node-group".into(),
             fixed_group: "fixed".into(),
             flexible_group: "flexible".into(),
@@ -589,6 +599,7 @@ impl ManifestOptions {
             ("--registry-url", &self.registry_url),
             ("--artifacts-url", &self.artifacts_url),
             ("--redis-password", &self.redis_password),
+            ("the metrics token", &self.metrics_token),
         ] {
             if v.trim().is_empty() {
                 return Err(ScaleError::Manifest(format!("{what} must not be empty")));
@@ -673,6 +684,17 @@ impl ManifestOptions {
             ),
             ..Default::default()
         })?);
+        // The /metrics token of the autoscaler (a file) and of an optional ServiceMonitor.
+        out.push(to_value(&Secret {
+            metadata: self.meta(&self.name("metrics-token"), self.install_labels()),
+            type_: Some(s("Opaque")),
+            string_data: Some(
+                [(s(METRICS_TOKEN_KEY), self.metrics_token.trim().to_string())]
+                    .into_iter()
+                    .collect(),
+            ),
+            ..Default::default()
+        })?);
         out.push(to_value(&ConfigMap {
             metadata: self.meta(&self.name("config"), self.install_labels()),
             data: Some([(s("policy.toml"), policy)].into_iter().collect()),
@@ -739,7 +761,17 @@ impl ManifestOptions {
                     "metadata": self.meta(&self.name(&format!("serve-{pool}")), self.labels("serve", Some(pool), None)),
                     "spec": {
                         "selector": { "matchLabels": self.selector("serve", Some(pool)) },
-                        "endpoints": [{ "port": "http", "path": "/metrics", "interval": "30s" }],
+                        // /metrics needs a token with the metrics scope: the same Secret as the
+                        // autoscaler's.
+                        "endpoints": [{
+                            "port": "http",
+                            "path": "/metrics",
+                            "interval": "30s",
+                            "authorization": {
+                                "type": "Bearer",
+                                "credentials": { "name": self.name("metrics-token"), "key": METRICS_TOKEN_KEY },
+                            },
+                        }],
                     },
                 }));
             }
@@ -1206,6 +1238,8 @@ impl ManifestOptions {
                 self.instance.clone(),
                 s("--flexible-pdb"),
                 self.name("flexible"),
+                s("--metrics-token-file"),
+                s(METRICS_TOKEN_FILE),
             ]),
             env: Some(vec![
                 self.secret_env("HERD_QUEUE_URL"),
@@ -1214,6 +1248,7 @@ impl ManifestOptions {
             resources: Some(resources("100m", "500m", "128Mi")),
             volume_mounts: Some(vec![
                 mount("config", "/etc/herd", true),
+                mount("metrics-token", METRICS_TOKEN_DIR, true),
                 mount("tmp", "/tmp", false),
             ]),
             ..Default::default()
@@ -1227,6 +1262,15 @@ impl ManifestOptions {
                     name: s("config"),
                     config_map: Some(ConfigMapVolumeSource {
                         name: self.name("config"),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                Volume {
+                    name: s("metrics-token"),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(self.name("metrics-token")),
+                        default_mode: Some(0o440),
                         ..Default::default()
                     }),
                     ..Default::default()

@@ -59,26 +59,64 @@ pub fn instance_from_text(id: &str, text: &str) -> InstanceObs {
     }
 }
 
-/// Fetches `url` (a `/metrics` address) and parses it. A server that is still starting, or
-/// answers with an error, gives an observation with no values: it counts as an instance, but
-/// does not move either signal.
-pub async fn scrape(client: &reqwest::Client, id: &str, url: &str) -> Result<InstanceObs> {
-    let resp = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| ScaleError::Observe {
-            what: format!("metrics of {id} at {url}"),
-            message: e.to_string(),
-        })?;
-    if !resp.status().is_success() {
+/// Reads the bearer token the autoscaler sends when scraping (`--metrics-token-file`): the
+/// whole file, trimmed; an empty file is an error (it would be sent as no token).
+pub fn read_token_file(path: &std::path::Path) -> Result<String> {
+    let err = |message: String| ScaleError::MetricsToken {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(err(
+            "the file is empty; put the token printed by `herd token new --scope metrics` in it"
+                .into(),
+        ));
+    }
+    Ok(token.to_string())
+}
+
+/// Fetches `url` (a `/metrics` address) and parses it, sending `token` as a bearer token when
+/// given. A server that is still starting, or answers with an error, gives an error the caller
+/// logs; a refusal for want of a (valid) token is [`ScaleError::MetricsAuth`], whose message
+/// says which flag to set.
+pub async fn scrape(
+    client: &reqwest::Client,
+    id: &str,
+    url: &str,
+    token: Option<&str>,
+) -> Result<InstanceObs> {
+    let what = || format!("{id} at {url}");
+    let mut req = client.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.map_err(|e| ScaleError::Observe {
+        what: format!("metrics of {}", what()),
+        message: e.to_string(),
+    })?;
+    let status = resp.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        let hint = match (token, status.as_u16()) {
+            (None, _) => "the server requires a token for /metrics; give the autoscaler an admin token or one with scopes = [\"metrics\"] (`herd token new --scope metrics`) with --metrics-token-file PATH or HERD_METRICS_TOKEN_FILE",
+            (Some(_), 401) => "the server does not know the token from --metrics-token-file / HERD_METRICS_TOKEN_FILE; add its sha256 entry (`herd token new --scope metrics`) to the server's tokens file",
+            (Some(_), _) => "the token from --metrics-token-file / HERD_METRICS_TOKEN_FILE may not read /metrics; give it scopes = [\"metrics\"] in the server's tokens file (or use an admin token)",
+        };
+        return Err(ScaleError::MetricsAuth {
+            what: what(),
+            status: status.as_u16(),
+            hint: hint.to_string(),
+        });
+    }
+    if !status.is_success() {
         return Err(ScaleError::Observe {
-            what: format!("metrics of {id} at {url}"),
-            message: format!("HTTP {}", resp.status()),
+            what: format!("metrics of {}", what()),
+            message: format!("HTTP {status}"),
         });
     }
     let text = resp.text().await.map_err(|e| ScaleError::Observe {
-        what: format!("metrics of {id} at {url}"),
+        what: format!("metrics of {}", what()),
         message: e.to_string(),
     })?;
     Ok(instance_from_text(id, &text))

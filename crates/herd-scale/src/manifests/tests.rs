@@ -835,3 +835,77 @@ fn service_monitor_is_optional() {
     assert_eq!(sm.len(), 1);
     assert_eq!(sm[0]["spec"]["endpoints"][0]["path"], "/metrics");
 }
+
+#[test]
+fn the_autoscaler_and_the_service_monitor_read_the_metrics_token_secret() {
+    let o = ManifestOptions {
+        service_monitor: true,
+        metrics_token: "  herd_abc\n".into(),
+        ..opts()
+    };
+    let docs = o.render().unwrap();
+    let secret = docs
+        .iter()
+        .find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == o.name("metrics-token"))
+        .expect("metrics token Secret");
+    assert_eq!(secret["stringData"][METRICS_TOKEN_KEY], "herd_abc");
+    let dep: Deployment = deployments(&docs)
+        .into_iter()
+        .find(|d| d.metadata.name.as_deref() == Some(o.name("autoscaler").as_str()))
+        .unwrap();
+    let spec = dep.spec.unwrap().template.spec.unwrap();
+    let c = &spec.containers[0];
+    let args = c.args.clone().unwrap();
+    let i = args
+        .iter()
+        .position(|a| a == "--metrics-token-file")
+        .expect("--metrics-token-file");
+    assert_eq!(args[i + 1], METRICS_TOKEN_FILE);
+    let m = c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "metrics-token")
+        .expect("mount");
+    assert_eq!(
+        format!("{}/{METRICS_TOKEN_KEY}", m.mount_path),
+        METRICS_TOKEN_FILE
+    );
+    assert_eq!(m.read_only, Some(true));
+    let v = spec
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "metrics-token")
+        .unwrap();
+    assert_eq!(
+        v.secret.unwrap().secret_name.as_deref(),
+        Some(o.name("metrics-token").as_str())
+    );
+    // Serving pods do not get it.
+    for d in deployments(&docs) {
+        let s = d.spec.unwrap().template.spec.unwrap();
+        let has = s.volumes.unwrap_or_default().iter().any(|v| {
+            v.secret.as_ref().and_then(|s| s.secret_name.as_deref())
+                == Some(o.name("metrics-token").as_str())
+        });
+        assert_eq!(has, d.metadata.name == Some(o.name("autoscaler")));
+    }
+    let sms: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "ServiceMonitor")
+        .collect();
+    assert!(!sms.is_empty());
+    for sm in sms {
+        let cred = &sm["spec"]["endpoints"][0]["authorization"];
+        assert_eq!(cred["type"], "Bearer");
+        assert_eq!(cred["credentials"]["name"], o.name("metrics-token"));
+        assert_eq!(cred["credentials"]["key"], METRICS_TOKEN_KEY);
+    }
+    let empty = ManifestOptions {
+        metrics_token: " ".into(),
+        ..opts()
+    };
+    assert!(empty.render().is_err());
+}

@@ -92,6 +92,13 @@ pub struct AutoscaleArgs {
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
 
+    /// File holding the bearer token sent when scraping serving instances' /metrics (needed
+    /// when they run with --tokens): an admin token or one made by `herd token new --scope
+    /// metrics`. Read once at start and trimmed. The environment variable HERD_METRICS_TOKEN
+    /// may hold the token itself instead (never pass it as an argument).
+    #[arg(long, env = "HERD_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
+
     /// Print decisions as JSON lines on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -245,6 +252,12 @@ pub struct ManifestArgs {
     #[arg(long)]
     pub tokens: Option<PathBuf>,
 
+    /// File with the token the autoscaler (and a ServiceMonitor) send to /metrics, into the
+    /// `<instance>-metrics-token` Secret: make it with `herd token new --scope metrics` and put
+    /// its entry in --tokens (checked). Default: a placeholder the servers refuse.
+    #[arg(long)]
+    pub metrics_token_file: Option<PathBuf>,
+
     /// Node label naming the node group; nodes carry LABEL=<fixed group> or LABEL=<flexible group>.
     #[arg(long, default_value = "herd.dev/node-group")]
     pub node_group_label: String,
@@ -331,6 +344,33 @@ pub fn run_k8s(cmd: K8sCommand) -> anyhow::Result<()> {
                 }
                 None => None,
             };
+            let metrics_token = match &a.metrics_token_file {
+                Some(p) => {
+                    let token = herd_scale::metrics_text::read_token_file(p)?;
+                    // The rendered servers must let the autoscaler read /metrics with it.
+                    let auth =
+                        herd_server::auth::Auth::from_toml(tokens.as_deref().unwrap_or_default())
+                            .map_err(|e| anyhow::anyhow!("tokens file: {e}"))?;
+                    let mut h = axum::http::HeaderMap::new();
+                    h.insert(
+                        axum::http::header::AUTHORIZATION,
+                        format!("Bearer {token}")
+                            .parse()
+                            .context("the metrics token is not a valid header value")?,
+                    );
+                    if auth.check_metrics(&h).is_err() {
+                        bail!(
+                            "the tokens file (--tokens) does not let the token in {} read /metrics: append the [[token]] entry `herd token new --scope metrics` printed for it (scopes = [\"metrics\"])",
+                            p.display()
+                        );
+                    }
+                    Some(token)
+                }
+                None => {
+                    eprintln!("note: no --metrics-token-file: the autoscaler's metrics token is a placeholder, so it cannot read the servers' /metrics until you set one (see the README, Kubernetes)");
+                    None
+                }
+            };
             let defaults = ManifestOptions::default();
             let opts = ManifestOptions {
                 namespace: a.namespace,
@@ -350,6 +390,7 @@ pub fn run_k8s(cmd: K8sCommand) -> anyhow::Result<()> {
                 s3_secret_access_key: a.s3_secret_access_key,
                 redis_password: a.redis_password,
                 tokens: tokens.unwrap_or(defaults.tokens),
+                metrics_token: metrics_token.unwrap_or(defaults.metrics_token),
                 node_group_label: a.node_group_label,
                 fixed_group: a.fixed_group,
                 flexible_group: a.flexible_group,
@@ -429,6 +470,7 @@ async fn autoscale(args: AutoscaleArgs) -> anyhow::Result<()> {
     if args.interval.is_zero() {
         bail!("--interval must be above zero, e.g. 5s");
     }
+    let metrics_token = metrics_token(args.metrics_token_file.as_deref())?;
     // Fail fast on a pool without a queue URL, and on URLs herd-jobs does not know.
     let queues = JobsQueues {
         conns: tokio::sync::Mutex::new(HashMap::new()),
@@ -472,6 +514,7 @@ async fn autoscale(args: AutoscaleArgs) -> anyhow::Result<()> {
         worker_pools = policy.workers.len(),
         serving_pools = policy.serving.len(),
         schedules = policy.schedules.len(),
+        metrics_token = metrics_token.is_some(),
         "autoscaler starting"
     );
     let mut c = Controller::new(
@@ -480,7 +523,8 @@ async fn autoscale(args: AutoscaleArgs) -> anyhow::Result<()> {
         queues,
         args.queue_url.clone(),
         args.dry_run,
-    )?;
+    )?
+    .with_metrics_token(metrics_token);
 
     let mut ticker = tokio::time::interval(args.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -517,6 +561,22 @@ async fn autoscale(args: AutoscaleArgs) -> anyhow::Result<()> {
     };
     c.shutdown().await;
     result
+}
+
+/// The /metrics bearer token: --metrics-token-file / HERD_METRICS_TOKEN_FILE, else the
+/// HERD_METRICS_TOKEN variable; both at once is an error.
+fn metrics_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    let from_env = std::env::var("HERD_METRICS_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty());
+    match (file, from_env) {
+        (Some(_), Some(_)) => bail!(
+            "both --metrics-token-file (HERD_METRICS_TOKEN_FILE) and HERD_METRICS_TOKEN are set; keep one"
+        ),
+        (Some(p), None) => Ok(Some(herd_scale::metrics_text::read_token_file(p)?)),
+        (None, t) => Ok(t),
+    }
 }
 
 /// True when every worker pool decision shows zero workers, nothing waiting, nothing running.
