@@ -168,6 +168,10 @@ pub struct Core {
     state: Mutex<CacheState>,
     loaders: Arc<Semaphore>,
     counters: Counters,
+    /// Signatures read from files (metadata of unloaded models), per version.
+    sig_cache: Mutex<HashMap<Key, Signature>>,
+    /// Signature-only file reads that may run at once.
+    meta_reads: Semaphore,
 }
 
 impl Core {
@@ -190,6 +194,8 @@ impl Core {
                 overheads: Overheads::default(),
             }),
             counters: Counters::default(),
+            sig_cache: Mutex::new(HashMap::new()),
+            meta_reads: Semaphore::new(2),
         })
     }
 
@@ -519,9 +525,9 @@ impl Core {
             reason,
         };
         let path = self.source.artifact(name, version)?;
-        let file_size = std::fs::metadata(&path)
-            .map(|m| m.len())
-            .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        // The weights' bytes: the file plus its external-data files. No charge is ever below them,
+        // and a model whose weights alone exceed the budget is refused (507) before loading.
+        let file_size = weights_bytes(&path).map_err(fail)?;
         let instances_n = config.instances.max(1) as u64;
         // Reserve room before loading; the reservation is kept in the entry until the true-up.
         // When every loaded model is busy, wait a little for one to become idle (requests are
@@ -558,13 +564,43 @@ impl Core {
                 .map_err(|e| fail(e.to_string()))?;
             instances.push(inst);
         }
-        // A text pipeline wraps every instance around one shared tokenizer, inside the measured
-        // window so the tokenizer is charged with the model.
+        // A text pipeline shares one tokenizer between its instances, prepared inside the
+        // measured window so the tokenizer is charged with the model.
         let mut pipeline = None;
         if let Some(table) = &config.pipeline {
             let shared = crate::pipeline::prepare(table, &path, instances[0].signature())
                 .map_err(|reason| fail(format!("text pipeline: {reason}")))?;
-            pipeline = Some(shared.clone());
+            pipeline = Some(shared);
+        }
+        let loaded = memory::allocated_bytes();
+        // Working memory: one run at the largest shape a request can reach (max_batch_size rows,
+        // a pipeline's max_length tokens) grows the instance's ONNX Runtime arena to what any
+        // request will need; the growth, plus the run's inputs and outputs, is charged for each
+        // instance (each has its own arena).
+        let inputs = match &pipeline {
+            Some(p) => crate::pipeline::warmup_tensors(p, config.max_batch_size),
+            None => max_shape_inputs(instances[0].signature(), config.max_batch_size),
+        };
+        let io_in = tensors_bytes(&inputs);
+        let working_io = match instances[0].run(inputs) {
+            Ok(outputs) => io_in + tensors_bytes(&outputs),
+            Err(e) => {
+                tracing::warn!(model = %name, version = %version, error = %e,
+                    "warm-up at the largest shape failed; charging a one-row run");
+                let one = match &pipeline {
+                    Some(p) => crate::pipeline::warmup_tensors(p, 1),
+                    None => max_shape_inputs(instances[0].signature(), 1),
+                };
+                let io_in = tensors_bytes(&one);
+                let out = instances[0]
+                    .run(one)
+                    .map_err(|e| fail(format!("warm-up inference failed: {e}")))?;
+                io_in + tensors_bytes(&out)
+            }
+        };
+        let warmed = memory::allocated_bytes();
+        drop(guard);
+        if let Some(shared) = &pipeline {
             instances = instances
                 .into_iter()
                 .map(|i| {
@@ -573,11 +609,9 @@ impl Core {
                 })
                 .collect();
         }
-        let after = memory::allocated_bytes();
-        drop(guard);
-        let measured = match (before, after) {
-            (Some(b), Some(a)) => a.saturating_sub(b),
-            _ => 0,
+        let (measured, working) = match (before, loaded, warmed) {
+            (Some(b), Some(l), Some(w)) => (l.saturating_sub(b), w.saturating_sub(l) + working_io),
+            _ => (0, working_io),
         };
         let key = (name.to_string(), version.to_string());
         let (shared, created, stripped) = shared_weights(&instances);
@@ -593,8 +627,17 @@ impl Core {
             let per_instance =
                 st.overheads
                     .charge(file_size, measured / instances_n, reserved / instances_n);
-            per_instance * instances_n
+            (per_instance + working) * instances_n
         };
+        if charge > self.cfg.memory_budget {
+            return Err(CoreError::TooLarge {
+                model: name.to_string(),
+                needed: charge,
+                budget: self.cfg.memory_budget,
+            });
+        }
+        tracing::debug!(model = %name, version = %version, weights = file_size,
+            load = measured, working, charge, "measured");
         // True up: swap the reservation for the measured charge, evicting (or waiting for an
         // idle model to evict) if the measurement exceeds the reservation.
         let waiting_since = Instant::now();
@@ -626,12 +669,6 @@ impl Core {
         let signature = instances[0].signature().clone();
         if signature.outputs.is_empty() {
             return Err(fail("the model has no outputs".into()));
-        }
-        if config.warmup {
-            let inputs = warmup_inputs(&signature);
-            instances[0]
-                .run(inputs)
-                .map_err(|e| fail(format!("warm-up inference failed: {e}")))?;
         }
         Ok((instances, signature, charge, pipeline))
     }
@@ -782,33 +819,67 @@ impl Core {
         retired
     }
 
-    /// The signature of a model version: from the loaded model, else read from its file
-    /// (without loading it into the engine).
+    /// The signature of a model version as it is served, loaded or not: from the loaded model,
+    /// else from a signature-only read of its file (streaming; the weights are never read into
+    /// memory), cached per version; a text pipeline's (`text` in) either way.
     pub async fn signature(&self, name: &str, version: &str) -> Result<Signature, CoreError> {
         if let Some(m) = self.peek(name, version) {
             return Ok(m.model.signature.clone());
         }
-        let source = self.source.clone();
-        let (n, v) = (name.to_string(), version.to_string());
-        tokio::task::spawn_blocking(move || {
-            let path = source.artifact(&n, &v)?;
-            let bytes = std::fs::read(&path).map_err(|e| CoreError::LoadFailed {
-                model: n.clone(),
-                version: v.clone(),
-                reason: format!("{}: {e}", path.display()),
-            })?;
-            let sig = herd_onnx::read_signature(&bytes).map_err(|e| CoreError::LoadFailed {
-                model: n.clone(),
-                version: v.clone(),
-                reason: e.to_string(),
-            })?;
-            Ok(Signature {
-                inputs: sig.inputs,
-                outputs: sig.outputs,
-            })
-        })
-        .await
-        .map_err(|_| CoreError::ShuttingDown)?
+        let (entry, _) = self.resolve(name, Some(version))?;
+        let key: Key = (name.to_string(), version.to_string());
+        let fail = |reason: String| CoreError::LoadFailed {
+            model: name.to_string(),
+            version: version.to_string(),
+            reason,
+        };
+        let cached = self.sig_cache.lock().get(&key).cloned();
+        let inner = match cached {
+            Some(sig) => sig,
+            None => {
+                // A few reads at a time: 64 concurrent metadata requests read the file once or twice.
+                let _permit = self
+                    .meta_reads
+                    .acquire()
+                    .await
+                    .map_err(|_| CoreError::ShuttingDown)?;
+                let cached = self.sig_cache.lock().get(&key).cloned();
+                match cached {
+                    Some(sig) => sig,
+                    None => {
+                        let source = self.source.clone();
+                        let (n, v) = (name.to_string(), version.to_string());
+                        let sig = tokio::task::spawn_blocking(move || {
+                            let path = source.artifact(&n, &v)?;
+                            let scan = herd_onnx::scan_file(&path).map_err(|e| {
+                                CoreError::LoadFailed {
+                                    model: n.clone(),
+                                    version: v.clone(),
+                                    reason: e.to_string(),
+                                }
+                            })?;
+                            Ok::<_, CoreError>(Signature {
+                                inputs: scan.signature.inputs,
+                                outputs: scan.signature.outputs,
+                            })
+                        })
+                        .await
+                        .map_err(|_| CoreError::ShuttingDown)??;
+                        let mut cache = self.sig_cache.lock();
+                        if cache.len() >= 4096 {
+                            cache.clear();
+                        }
+                        cache.insert(key, sig.clone());
+                        sig
+                    }
+                }
+            }
+        };
+        match &entry.config.pipeline {
+            Some(table) => crate::pipeline::signature_for(table, &inner)
+                .map_err(|reason| fail(format!("text pipeline: {reason}"))),
+            None => Ok(inner),
+        }
     }
 
     /// State of a model version without loading it.
@@ -967,8 +1038,8 @@ impl Core {
                     );
                     let inputs = warmup_inputs(&m.model.signature);
                     let rows = m.model.signature.inputs.first().map(|_| 1);
-                    if let Ok(rx) = m.model.submit(inputs, rows) {
-                        let _ = rx.await;
+                    if let Ok(p) = m.model.submit(inputs, rows) {
+                        let _ = p.wait().await;
                     }
                 }
             }
@@ -1042,8 +1113,7 @@ async fn run_in_chunks(
     let total = match rows {
         Some(r) if r > max && m.batchable => r,
         _ => {
-            let rx = m.submit(inputs, rows)?;
-            return rx.await.map_err(|_| CoreError::ShuttingDown)?;
+            return m.submit(inputs, rows)?.wait().await;
         }
     };
     let mut acc = JobOutput {
@@ -1059,8 +1129,7 @@ async fn run_in_chunks(
             .iter()
             .map(|t| slice_rows(t, total, start, end))
             .collect();
-        let rx = m.submit(chunk, Some(end - start))?;
-        let out = rx.await.map_err(|_| CoreError::ShuttingDown)??;
+        let out = m.submit(chunk, Some(end - start))?.wait().await?;
         acc.queue += out.queue;
         acc.inference += out.inference;
         acc.batch_rows = acc.batch_rows.max(out.batch_rows);
@@ -1101,14 +1170,16 @@ impl Overheads {
         }
     }
 
-    /// The charge of one instance given its raw measurement; records the raw sample. One
-    /// window can also see other threads allocate or free, so once there are enough samples
-    /// the charge is kept within [median/2, 2 x median] of the overhead (plus the file), and
-    /// before that within twice the reservation.
-    fn charge(&mut self, file: u64, measured: u64, reserved: u64) -> u64 {
+    /// The charge of one instance given its raw measurement; records the raw sample. Never
+    /// below the weights' bytes (`file`, external data included): other threads freeing
+    /// memory during the window can hide some of a load, so once there are enough samples the
+    /// charge is at least the file plus half the usual overhead. Never capped from above: other
+    /// threads allocating during the window can only make a charge too high, which is safe,
+    /// while a cap would undercharge a model that really holds more (ONNX Runtime's arena).
+    fn charge(&mut self, file: u64, measured: u64, _reserved: u64) -> u64 {
         let charged = match self.median() {
-            Some(m) => measured.clamp(file + m / 2, file + 2 * m + 64 * 1024),
-            None => measured.clamp(file, (2 * reserved).max(file)),
+            Some(m) => measured.max(file + m / 2),
+            None => measured.max(file),
         };
         if self.samples.len() == Self::KEEP {
             self.samples.pop_front();
@@ -1168,15 +1239,62 @@ fn priority(policy: EvictionPolicy, clock: f64, e: &Entry) -> f64 {
     )
 }
 
+/// The bytes of the weights of the model file at `path`: the file and its external-data files.
+fn weights_bytes(path: &std::path::Path) -> Result<u64, String> {
+    let file = std::fs::metadata(path)
+        .map(|m| m.len())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // A file that is not ONNX is the engine's to report (with its own words) when it loads.
+    let Ok(scan) = herd_onnx::scan_file(path) else {
+        return Ok(file);
+    };
+    let mut total = file;
+    for p in scan.external_paths(path).map_err(|e| e.to_string())? {
+        let n = std::fs::metadata(&p).map(|m| m.len()).map_err(|e| {
+            format!(
+                "external data file {} (named by the model) cannot be read: {e}",
+                p.display()
+            )
+        })?;
+        total += n;
+    }
+    Ok(total)
+}
+
+/// Bytes held by tensors' buffers (BYTES: their contents).
+fn tensors_bytes(ts: &[Tensor]) -> u64 {
+    ts.iter()
+        .map(|t| match &t.data {
+            TensorData::Bytes(v) => v.iter().map(|b| b.len() as u64 + 24).sum::<u64>(),
+            d => (d.len() * d.datatype().element_size().unwrap_or(8)) as u64,
+        })
+        .sum()
+}
+
 /// Zero inputs with every dynamic dimension set to 1 (empty strings for BYTES).
 pub(crate) fn warmup_inputs(sig: &Signature) -> Vec<Tensor> {
+    shaped_inputs(sig, 1)
+}
+
+/// Zero inputs at the largest shape a request reaches: a dynamic first dimension at `rows`
+/// (requests are chunked to `max_batch_size` rows), other dynamic dimensions at 1.
+fn max_shape_inputs(sig: &Signature, rows: usize) -> Vec<Tensor> {
+    shaped_inputs(sig, rows.max(1))
+}
+
+fn shaped_inputs(sig: &Signature, rows: usize) -> Vec<Tensor> {
     sig.inputs
         .iter()
         .map(|m| {
             let shape: Vec<i64> = m
                 .shape
                 .iter()
-                .map(|d| if *d < 0 { 1 } else { *d })
+                .enumerate()
+                .map(|(i, d)| match (i, *d) {
+                    (0, d) if d < 0 => rows as i64,
+                    (_, d) if d < 0 => 1,
+                    (_, d) => d,
+                })
                 .collect();
             let n = Tensor::shape_elements(&shape).unwrap_or(0);
             let data = match m.datatype {

@@ -6,7 +6,7 @@
 //! max_queue_delay_ms = 0      # how long a batch may wait for more requests
 //! instances = 1               # runnable copies of the model (concurrent inferences)
 //! pinned = false              # preload at start, never evict
-//! warmup = false              # run one inference with zeros right after loading
+//! warmup = false              # (every load now runs one inference at the largest shape)
 //! warmup_interval_secs = 0    # and again every N seconds while loaded (0 = never)
 //! tenant = "acme"             # owner; bearer tokens of other tenants get 403
 //! labels = ["cat", "dog"]     # names for the class indices of `label_output`

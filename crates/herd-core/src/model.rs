@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herd_api::v2::{Tensor, TensorData};
-use herd_runtime::{Instance, RuntimeError, Signature};
+use herd_runtime::{Cancel, Instance, RuntimeError, Signature};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -19,6 +19,8 @@ use crate::CoreError;
 
 pub(crate) struct Job {
     pub inputs: Vec<Tensor>,
+    /// Fired when the request stops waiting (timeout, client gone).
+    pub cancel: Cancel,
     /// Rows in the first dimension when the request can join a batch.
     pub rows: Option<usize>,
     pub enqueued: Instant,
@@ -54,6 +56,7 @@ pub struct LoadedModel {
 pub(crate) struct InstancePool {
     instances: Mutex<Vec<Box<dyn Instance>>>,
     free: Arc<Semaphore>,
+    total: usize,
 }
 
 impl Drop for InstancePool {
@@ -73,16 +76,17 @@ impl InstancePool {
         InstancePool {
             instances: Mutex::new(instances),
             free: Arc::new(Semaphore::new(n)),
+            total: n,
         }
     }
 
     /// Runs `inputs` on a free instance (blocking; call on the blocking pool with a permit held).
-    fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
+    fn run(&self, inputs: Vec<Tensor>, cancel: &Cancel) -> Result<Vec<Tensor>, RuntimeError> {
         let mut inst =
             self.instances.lock().pop().ok_or_else(|| {
                 RuntimeError::Run("no free instance (internal error)".to_string())
             })?;
-        let r = inst.run(inputs);
+        let r = inst.run_cancellable(inputs, cancel);
         self.instances.lock().push(inst);
         r
     }
@@ -127,15 +131,19 @@ impl LoadedModel {
         }
     }
 
-    /// Queues a validated request; refuses at once when the queue is full.
+    /// Queues a validated request; refuses at once when the queue is full. Dropping the
+    /// returned [`Pending`] before its answer cancels the request: dropped from the queue, or
+    /// its run stopped.
     pub(crate) fn submit(
         &self,
         inputs: Vec<Tensor>,
         rows: Option<usize>,
-    ) -> Result<oneshot::Receiver<Result<JobOutput, CoreError>>, CoreError> {
+    ) -> Result<Pending, CoreError> {
         let (reply, rx) = oneshot::channel();
+        let cancel = Cancel::new();
         let job = Job {
             inputs,
+            cancel: cancel.clone(),
             rows,
             enqueued: Instant::now(),
             reply,
@@ -150,7 +158,10 @@ impl LoadedModel {
             });
         }
         match self.tx.try_send(job) {
-            Ok(()) => Ok(rx),
+            Ok(()) => Ok(Pending {
+                rx,
+                cancel: Some(cancel),
+            }),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.queued.fetch_sub(1, Ordering::Relaxed);
                 Err(CoreError::Overloaded {
@@ -172,6 +183,28 @@ impl LoadedModel {
     /// Instances currently free (for tests and the index).
     pub fn free_instances(&self) -> usize {
         self.pool.free.available_permits()
+    }
+}
+
+/// A queued request's answer to come. Dropped unanswered, it cancels the request.
+pub(crate) struct Pending {
+    rx: oneshot::Receiver<Result<JobOutput, CoreError>>,
+    cancel: Option<Cancel>,
+}
+
+impl Pending {
+    pub(crate) async fn wait(mut self) -> Result<JobOutput, CoreError> {
+        let r = (&mut self.rx).await;
+        self.cancel = None;
+        r.map_err(|_| CoreError::ShuttingDown)?
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(c) = self.cancel.take() {
+            c.cancel();
+        }
     }
 }
 
@@ -205,10 +238,13 @@ async fn batch_loop(
         if batchable && batch[0].rows.is_some() {
             let deadline = tokio::time::Instant::now() + settings.max_queue_delay;
             while rows < settings.max_batch_size {
+                // Wait for company only when it can come: another request is running on this
+                // model now. A lone request runs at once.
+                let others_running = pool.free.available_permits() < pool.total;
                 let next = match rx.try_recv() {
                     Ok(j) => Some(j),
                     Err(mpsc::error::TryRecvError::Empty)
-                        if !settings.max_queue_delay.is_zero() =>
+                        if !settings.max_queue_delay.is_zero() && others_running =>
                     {
                         tokio::time::timeout_at(deadline, rx.recv())
                             .await
@@ -235,7 +271,7 @@ async fn batch_loop(
         };
         queued.fetch_sub(batch.len(), Ordering::AcqRel);
         // Requests whose client went away are dropped here, before they cost an inference.
-        batch.retain(|j| !j.reply.is_closed());
+        batch.retain(|j| !j.reply.is_closed() && !j.cancel.is_cancelled());
         if batch.is_empty() {
             continue;
         }
@@ -244,6 +280,8 @@ async fn batch_loop(
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             run_batch(&model, &pool, batch);
+            // Give back what a large run freed, so resident memory comes back down.
+            herd_runtime::memory::trim();
         });
     }
 }
@@ -268,7 +306,7 @@ fn run_batch(model: &str, pool: &InstancePool, batch: Vec<Job>) {
         let job = batch.into_iter().next().expect("one job");
         let queue = started.duration_since(job.enqueued);
         let rows = job.rows.unwrap_or(1);
-        let r = pool.run(job.inputs);
+        let r = pool.run(job.inputs, &job.cancel);
         let inference = started.elapsed();
         let _ = job.reply.send(
             r.map(|outputs| JobOutput {
@@ -293,7 +331,18 @@ fn run_batch(model: &str, pool: &InstancePool, batch: Vec<Job>) {
         shape[0] = total as i64;
         merged.push(Tensor::new(first.name.clone(), shape, data));
     }
-    let result = pool.run(merged);
+    // The merged run stops only when every request in it is cancelled.
+    let cancel = Cancel::new();
+    let remaining = Arc::new(AtomicUsize::new(batch.len()));
+    for j in &batch {
+        let (cancel, remaining) = (cancel.clone(), remaining.clone());
+        j.cancel.on_cancel(move || {
+            if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                cancel.cancel();
+            }
+        });
+    }
+    let result = pool.run(merged, &cancel);
     let inference = started.elapsed();
     let outputs = match result {
         Ok(o) => o,

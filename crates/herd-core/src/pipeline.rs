@@ -19,7 +19,7 @@ use std::time::Instant;
 use herd_api::v2::{DataType, Tensor, TensorData, TensorMetadata};
 use herd_api::{ErrorCode, HasErrorCode};
 use herd_pipeline::{Binding, PipelineConfig, PipelineError, PipelineKind, Preprocessor};
-use herd_runtime::{Instance, RuntimeError, Signature};
+use herd_runtime::{Cancel, Instance, RuntimeError, Signature};
 
 pub const TEXT_INPUT: &str = "text";
 
@@ -30,27 +30,25 @@ pub(crate) struct PipelineShared {
     signature: Signature,
 }
 
-/// Reads the `[pipeline]` table, loads the tokenizer (from the version directory, else the
-/// model directory) and binds the config to the model's own signature.
-pub(crate) fn prepare(
-    table: &toml::Table,
-    model_file: &Path,
-    inner: &Signature,
-) -> Result<Arc<PipelineShared>, String> {
+fn parse(table: &toml::Table) -> Result<PipelineConfig, String> {
     let cfg: PipelineConfig = toml::Value::Table(table.clone())
         .try_into()
         .map_err(|e| format!("invalid [pipeline] table: {e}"))?;
     cfg.validate().map_err(|e| e.to_string())?;
-    let version_dir = model_file.parent().unwrap_or(Path::new("."));
-    let model_dir = version_dir.parent().unwrap_or(version_dir);
-    let dir = match cfg.tokenizer_path(version_dir) {
-        Ok(p) if p.is_file() => version_dir,
-        _ => model_dir,
-    };
-    let pre = Preprocessor::load(dir, &cfg).map_err(|e| e.to_string())?;
+    Ok(cfg)
+}
+
+/// The signature a pipeline serves, from its config and the model's own signature (no
+/// tokenizer needed): what metadata shows whether the model is loaded or not.
+pub(crate) fn signature_for(table: &toml::Table, inner: &Signature) -> Result<Signature, String> {
+    let cfg = parse(table)?;
     let binding = cfg
         .bind(&inner.inputs, &inner.outputs)
         .map_err(|e| e.to_string())?;
+    Ok(served_signature(&cfg, &binding))
+}
+
+fn served_signature(cfg: &PipelineConfig, binding: &Binding) -> Signature {
     let rows = |name: &str, datatype, shape| TensorMetadata {
         name: name.to_string(),
         datatype,
@@ -72,10 +70,31 @@ pub(crate) fn prepare(
         }
     };
     outputs.push(rows("token_count", DataType::I64, vec![-1]));
-    let signature = Signature {
+    Signature {
         inputs: vec![rows(TEXT_INPUT, DataType::Bytes, vec![-1])],
         outputs,
+    }
+}
+
+/// Reads the `[pipeline]` table, loads the tokenizer (from the version directory, else the
+/// model directory) and binds the config to the model's own signature.
+pub(crate) fn prepare(
+    table: &toml::Table,
+    model_file: &Path,
+    inner: &Signature,
+) -> Result<Arc<PipelineShared>, String> {
+    let cfg = parse(table)?;
+    let version_dir = model_file.parent().unwrap_or(Path::new("."));
+    let model_dir = version_dir.parent().unwrap_or(version_dir);
+    let dir = match cfg.tokenizer_path(version_dir) {
+        Ok(p) if p.is_file() => version_dir,
+        _ => model_dir,
     };
+    let pre = Preprocessor::load(dir, &cfg).map_err(|e| e.to_string())?;
+    let binding = cfg
+        .bind(&inner.inputs, &inner.outputs)
+        .map_err(|e| e.to_string())?;
+    let signature = served_signature(&cfg, &binding);
     Ok(Arc::new(PipelineShared {
         cfg,
         pre,
@@ -88,6 +107,22 @@ impl PipelineShared {
     pub(crate) fn pre(&self) -> &Preprocessor {
         &self.pre
     }
+}
+
+/// The inner model's inputs for `rows` texts of `max_length` tokens: the largest run of a
+/// pipeline (for measuring its working memory).
+pub(crate) fn warmup_tensors(p: &PipelineShared, rows: usize) -> Vec<Tensor> {
+    let rows = rows.max(1);
+    let len = p.pre.max_length();
+    let n = rows * len;
+    let enc = herd_pipeline::Encoded {
+        batch: rows,
+        seq_len: len,
+        input_ids: vec![0; n],
+        attention_mask: vec![1; n],
+        token_type_ids: vec![0; n],
+    };
+    enc.to_tensors(&p.binding)
 }
 
 /// Whether a `[pipeline]` table truncates long texts (its `truncation`, default true). Read
@@ -138,6 +173,17 @@ impl Instance for PipelineInstance {
     }
 
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
+        self.run_cancellable(inputs, &Cancel::new())
+    }
+
+    fn run_cancellable(
+        &mut self,
+        inputs: Vec<Tensor>,
+        cancel: &Cancel,
+    ) -> Result<Vec<Tensor>, RuntimeError> {
+        if cancel.is_cancelled() {
+            return Err(RuntimeError::Cancelled);
+        }
         let s = &self.shared;
         let text = inputs
             .into_iter()
@@ -171,7 +217,9 @@ impl Instance for PipelineInstance {
         let t0 = Instant::now();
         let enc = s.pre.encode(&refs).map_err(request_error)?;
         let t1 = Instant::now();
-        let outputs = self.inner.run(enc.to_tensors(&s.binding))?;
+        let outputs = self
+            .inner
+            .run_cancellable(enc.to_tensors(&s.binding), cancel)?;
         let t2 = Instant::now();
         metrics::histogram!("herd_pipeline_stage_seconds", "stage" => "tokenize")
             .record(t1.duration_since(t0).as_secs_f64());

@@ -301,3 +301,19 @@ async fn tensor_rows_are_chunked_and_bounded() {
     let e = core.infer(big).await.unwrap_err();
     assert!(e.to_string().contains("max_rows_per_request = 100"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_is_the_same_loaded_or_not_and_does_not_load() {
+    let repo = temp_repo();
+    write_pipeline(&repo, "p", "");
+    let core = core(&repo, RequestLimits::default());
+    let before = core.signature("p", "1").await.unwrap();
+    assert_eq!(core.state_of("p", "1"), herd_core::ModelState::Unloaded);
+    assert_eq!(before.inputs.len(), 1);
+    assert_eq!(before.inputs[0].name, "text");
+    core.infer(texts_req("p", &["hello".to_string()]))
+        .await
+        .unwrap();
+    let after = core.signature("p", "1").await.unwrap();
+    assert_eq!(before, after);
+}

@@ -1,7 +1,8 @@
 //! ONNX files without an inference engine.
 //!
 //! Owns: a hand-written `prost` model of the part of `onnx.proto` herd needs ([`proto`]), reading a
-//! model's input/output signature ([`read_signature`]), and writing tiny linear classifiers
+//! model's input/output signature ([`read_signature`], or streaming and signature-only from a file
+//! with [`scan_file`], which also lists external-data files), and writing tiny linear classifiers
 //! ([`LinearClassifier`]) and token-id text classifiers ([`TextClassifier`]) with pure-Rust
 //! reference `predict`s — what `herd demo` uses to write thousands of per-customer models.
 //! [`initializers`] plans the sharing of large initializers between models (keys, folding,
@@ -12,10 +13,12 @@ pub mod initializers;
 pub mod proto;
 
 mod classifier;
+mod scan;
 mod signature;
 mod text_classifier;
 
 pub use classifier::LinearClassifier;
+pub use scan::{scan, scan_file, FileScan};
 pub use signature::{data_type, read_signature, Signature};
 pub use text_classifier::TextClassifier;
 

@@ -178,6 +178,29 @@ pub struct TensorProto {
     pub uint64_data: Vec<u64>,
     #[prost(string, optional, tag = "12")]
     pub doc_string: Option<String>,
+    /// Where the data lives when `data_location` is EXTERNAL: `location`, `offset`, `length`.
+    #[prost(message, repeated, tag = "13")]
+    pub external_data: Vec<StringStringEntryProto>,
+    /// 0 = DEFAULT (in this message), 1 = EXTERNAL (`external_data`).
+    #[prost(int32, optional, tag = "14")]
+    pub data_location: Option<i32>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StringStringEntryProto {
+    #[prost(string, optional, tag = "1")]
+    pub key: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    pub value: Option<String>,
+}
+
+impl StringStringEntryProto {
+    pub fn new(key: &str, value: &str) -> Self {
+        StringStringEntryProto {
+            key: Some(key.to_string()),
+            value: Some(value.to_string()),
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

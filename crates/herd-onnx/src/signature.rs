@@ -25,7 +25,7 @@ pub struct Signature {
     pub producer: String,
 }
 
-const HINT: &str = "export the model to ONNX (for example with torch.onnx.export or tf2onnx) \
+pub(crate) const HINT: &str = "export the model to ONNX (for example with torch.onnx.export or tf2onnx) \
                     and upload the .onnx file itself";
 
 /// Parses `bytes` as an ONNX `ModelProto` and returns its signature.
@@ -64,20 +64,37 @@ pub fn read_signature(bytes: &[u8]) -> Result<Signature, OnnxError> {
         .filter_map(|o| o.version)
         .max()
         .unwrap_or(0);
-
     let initializers: HashSet<&str> = graph
         .initializer
         .iter()
         .filter_map(|t| t.name.as_deref())
         .collect();
-    let inputs = graph
-        .input
+    build(
+        ir_version,
+        opset,
+        model.producer_name.unwrap_or_default(),
+        &initializers,
+        &graph.input,
+        &graph.output,
+    )
+}
+
+/// The signature from the parts of a model that name it (shared by the in-memory and the
+/// streaming reader).
+pub(crate) fn build(
+    ir_version: i64,
+    opset: i64,
+    producer: String,
+    initializers: &HashSet<&str>,
+    inputs: &[ValueInfoProto],
+    outputs: &[ValueInfoProto],
+) -> Result<Signature, OnnxError> {
+    let inputs = inputs
         .iter()
         .filter(|v| !initializers.contains(v.name.as_deref().unwrap_or("")))
         .map(|v| tensor_metadata(v, "input"))
         .collect::<Result<Vec<_>, _>>()?;
-    let outputs = graph
-        .output
+    let outputs = outputs
         .iter()
         .map(|v| tensor_metadata(v, "output"))
         .collect::<Result<Vec<_>, _>>()?;
@@ -91,7 +108,7 @@ pub fn read_signature(bytes: &[u8]) -> Result<Signature, OnnxError> {
         outputs,
         ir_version,
         opset,
-        producer: model.producer_name.unwrap_or_default(),
+        producer,
     })
 }
 

@@ -9,6 +9,8 @@
 //! requires); the core keeps a small pool of instances per loaded model for concurrency.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use herd_api::v2::{Tensor, TensorMetadata};
 use herd_api::{ErrorCode, HasErrorCode};
@@ -52,6 +54,69 @@ pub trait Instance: Send {
     fn sharing(&self) -> shared::Sharing {
         shared::Sharing::default()
     }
+
+    /// Runs the model unless `cancel` fires first; an engine that can stop a run in progress
+    /// (ONNX Runtime's run-options terminate flag) does so and answers
+    /// [`RuntimeError::Cancelled`]. The default only checks before starting.
+    fn run_cancellable(
+        &mut self,
+        inputs: Vec<Tensor>,
+        cancel: &Cancel,
+    ) -> Result<Vec<Tensor>, RuntimeError> {
+        if cancel.is_cancelled() {
+            return Err(RuntimeError::Cancelled);
+        }
+        self.run(inputs)
+    }
+}
+
+type Hook = Box<dyn FnOnce() + Send>;
+
+/// A run's cancellation, shared by the request (which fires it when nobody waits for the answer
+/// any more: timeout, client gone) and the engine (which registers how to stop a run).
+#[derive(Clone, Default)]
+pub struct Cancel(Arc<CancelInner>);
+
+#[derive(Default)]
+struct CancelInner {
+    cancelled: AtomicBool,
+    hook: Mutex<Option<Hook>>,
+}
+
+impl Cancel {
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    /// Fires: marks the run cancelled and calls the registered hook (once).
+    pub fn cancel(&self) {
+        self.0.cancelled.store(true, Ordering::SeqCst);
+        let hook = self.0.hook.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = hook {
+            h();
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Registers what stops the run in progress (replacing an earlier hook); called at once if
+    /// already cancelled.
+    pub fn on_cancel(&self, hook: impl FnOnce() + Send + 'static) {
+        let mut slot = self.0.hook.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_cancelled() {
+            drop(slot);
+            hook();
+            return;
+        }
+        *slot = Some(Box::new(hook));
+    }
+
+    /// Removes the hook (the run is over).
+    pub fn clear(&self) {
+        self.0.hook.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +137,8 @@ pub enum RuntimeError {
     InvalidInput(String),
     #[error("inference failed: {0}")]
     Run(String),
+    #[error("the run was cancelled: nobody waits for its answer any more")]
+    Cancelled,
 }
 
 impl HasErrorCode for RuntimeError {
@@ -83,6 +150,7 @@ impl HasErrorCode for RuntimeError {
             | RuntimeError::LoadFailed { .. } => ErrorCode::ModelLoadFailed,
             RuntimeError::InvalidInput(_) => ErrorCode::InvalidInput,
             RuntimeError::Run(_) => ErrorCode::Internal,
+            RuntimeError::Cancelled => ErrorCode::Unavailable,
         }
     }
 }

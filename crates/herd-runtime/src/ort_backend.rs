@@ -1,15 +1,15 @@
 //! The ONNX Runtime backend.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use herd_api::v2::{DataType, Tensor, TensorData, TensorMetadata};
 use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::Session;
+use ort::session::{RunOptions, Session};
 use ort::value::{DynValue, TensorElementType, ValueType};
 
-use crate::{Backend, Instance, LoadOptions, RuntimeError, Signature};
+use crate::{Backend, Cancel, Instance, LoadOptions, RuntimeError, Signature};
 
 /// ONNX Runtime allows one environment per process; herd creates it once, with a global thread
 /// pool shared by every session (thousands of sessions must not mean thousands of pools).
@@ -37,6 +37,7 @@ impl OrtBackend {
                 .and_then(|p| p.with_inter_threads(1))
                 .and_then(|p| p.with_spin_control(false))
                 .map_err(|e| e.to_string())?;
+            crate::memory::tune_allocator();
             let env = builder
                 .with_name("herd")
                 .with_global_thread_pool(pool)
@@ -102,6 +103,11 @@ impl Backend for OrtBackend {
         let mut builder = Session::builder(&self.env)
             .map_err(|e| fail(e.to_string()))?
             .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| fail(e.to_string()))?
+            // Memory patterns are planned (and kept) per input shape; with dynamic shapes they
+            // only add to what each session holds. The arena stays on: the core grows it once to
+            // the largest run (max_batch_size x max length) and charges it to the model.
+            .with_memory_pattern(false)
             .map_err(|e| fail(e.to_string()))?;
         if opts.intra_threads > 0 {
             builder = builder
@@ -156,16 +162,36 @@ impl Instance for OrtInstance {
     }
 
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
+        self.run_cancellable(inputs, &Cancel::new())
+    }
+
+    fn run_cancellable(
+        &mut self,
+        inputs: Vec<Tensor>,
+        cancel: &Cancel,
+    ) -> Result<Vec<Tensor>, RuntimeError> {
+        if cancel.is_cancelled() {
+            return Err(RuntimeError::Cancelled);
+        }
         let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
         for t in inputs {
             let v = to_value(t.shape, t.data)
                 .map_err(|e| RuntimeError::InvalidInput(format!("input '{}': {e}", t.name)))?;
             values.push((t.name, v));
         }
-        let outputs = self
-            .session
-            .run(values)
-            .map_err(|e| RuntimeError::Run(e.to_string()))?;
+        let opts = Arc::new(RunOptions::new().map_err(|e| RuntimeError::Run(e.to_string()))?);
+        let stop = opts.clone();
+        // Firing the cancel sets ONNX Runtime's terminate flag: the run stops between operators.
+        cancel.on_cancel(move || {
+            let _ = stop.terminate();
+        });
+        let run = self.session.run_with_options(values, &*opts);
+        cancel.clear();
+        let outputs = match run {
+            Ok(o) => o,
+            Err(_) if cancel.is_cancelled() => return Err(RuntimeError::Cancelled),
+            Err(e) => return Err(RuntimeError::Run(e.to_string())),
+        };
         let mut result = Vec::with_capacity(self.signature.outputs.len());
         for meta in &self.signature.outputs {
             let value = outputs.get(&meta.name).ok_or_else(|| {

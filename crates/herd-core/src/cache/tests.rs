@@ -19,6 +19,8 @@ pub(crate) struct Seen {
     /// Rows of every run, in order.
     pub runs: Mutex<Vec<usize>>,
     pub loads: AtomicUsize,
+    /// Runs that saw their cancellation while running.
+    pub stopped: AtomicUsize,
 }
 
 /// A model `y = 2 * x` with input `x` FP32 `[-1, 2]` and output `y` FP32 `[-1, 2]`; each
@@ -64,6 +66,30 @@ impl Backend for FakeBackend {
 impl Instance for FakeInstance {
     fn signature(&self) -> &Signature {
         &self.sig
+    }
+    /// A run whose first value is -1 runs until it is cancelled (at most 20 s), like a long
+    /// ONNX Runtime run stopped by its terminate flag.
+    fn run_cancellable(
+        &mut self,
+        inputs: Vec<Tensor>,
+        cancel: &herd_runtime::Cancel,
+    ) -> Result<Vec<Tensor>, RuntimeError> {
+        if cancel.is_cancelled() {
+            return Err(RuntimeError::Cancelled);
+        }
+        let long = matches!(&inputs[0].data, TensorData::F32(v) if v.first() == Some(&-1.0));
+        if long {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            cancel.on_cancel(move || {
+                let _ = tx.send(());
+            });
+            if rx.recv_timeout(std::time::Duration::from_secs(20)).is_ok() {
+                self.seen.stopped.fetch_add(1, Ordering::SeqCst);
+                self.seen.runs.lock().push(inputs[0].shape[0] as usize);
+                return Err(RuntimeError::Cancelled);
+            }
+        }
+        self.run(inputs)
     }
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
         let x = &inputs[0];
@@ -168,7 +194,8 @@ async fn rows_above_max_batch_size_run_in_chunks_with_the_same_answer() {
     };
     let (core, seen) = core_with(CoreConfig::default(), &[("m", 100, cfg)], 0, "chunks");
     let out = core.infer(req("m", x(10))).await.unwrap();
-    assert_eq!(*seen.runs.lock(), vec![4, 4, 2]);
+    // The load's warm-up at the largest shape (max_batch_size rows), then the three chunks.
+    assert_eq!(*seen.runs.lock(), vec![4, 4, 4, 2]);
     let want: Vec<f32> = (0..20).map(|v| v as f32 * 2.0).collect();
     assert_eq!(out.outputs[0].shape, vec![10, 2]);
     assert_eq!(out.outputs[0].data, TensorData::F32(want));
@@ -205,6 +232,134 @@ async fn rows_limit_is_checked_before_any_run_with_per_model_override() {
     core.infer(req("small", x(5))).await.unwrap();
     let e = core.infer(req("small", x(6))).await.unwrap_err();
     assert!(e.to_string().contains("max_rows_per_request = 5"), "{e}");
-    // The refused requests never ran.
-    assert_eq!(*seen.runs.lock(), vec![8, 5]);
+    // The refused requests never ran (32: each load's warm-up at max_batch_size rows).
+    assert_eq!(*seen.runs.lock(), vec![32, 8, 32, 5]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charge_covers_the_weights_and_what_the_instances_hold() {
+    let one_mib = 1 << 20;
+    let two = ModelConfig {
+        instances: 2,
+        ..ModelConfig::default()
+    };
+    let (core, _) = core_with(
+        CoreConfig::default(),
+        &[("file", 3 * one_mib, ModelConfig::default()), ("held", 1000, two)],
+        0,
+        "charge",
+    );
+    // The fake backend allocates nothing for "file": its charge is still its file's bytes.
+    let m = core.get("file", None).await.unwrap();
+    assert!(m.charge >= 3 * one_mib as u64, "charge {}", m.charge);
+    drop(m);
+    let (core, _) = core_with(
+        CoreConfig::default(),
+        &[(
+            "held",
+            1000,
+            ModelConfig {
+                instances: 2,
+                ..ModelConfig::default()
+            },
+        )],
+        4 * one_mib,
+        "charge-held",
+    );
+    let m = core.get("held", None).await.unwrap();
+    // Two instances holding 4 MiB each (measured as allocation growth).
+    assert!(m.charge >= 8 * one_mib as u64, "charge {}", m.charge);
+    assert_eq!(core.stats().used_bytes, m.charge);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_larger_than_the_budget_is_refused_before_loading() {
+    let (core, seen) = core_with(
+        CoreConfig {
+            memory_budget: 1 << 20,
+            ..CoreConfig::default()
+        },
+        &[("big", 2 << 20, ModelConfig::default())],
+        0,
+        "toolarge",
+    );
+    let e = core.infer(req("big", x(1))).await.unwrap_err();
+    assert!(matches!(e, CoreError::TooLarge { .. }), "{e}");
+    assert_eq!(e.code().http_status(), 507);
+    assert_eq!(seen.loads.load(Ordering::SeqCst), 0, "loaded anyway");
+    assert_eq!(core.stats().used_bytes, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_data_files_are_charged_and_checked_before_loading() {
+    use herd_onnx::proto::{ModelProto, StringStringEntryProto};
+    use prost::Message;
+    let source = FakeSource::new("external");
+    // A real ONNX file whose weights live in weights.data (3 MiB).
+    let mut m =
+        ModelProto::decode(&herd_onnx::LinearClassifier::random(4, 2, 1).to_onnx("m")[..]).unwrap();
+    for t in &mut m.graph.as_mut().unwrap().initializer {
+        t.raw_data = None;
+        t.external_data = vec![StringStringEntryProto::new("location", "weights.data")];
+        t.data_location = Some(1);
+    }
+    std::fs::create_dir_all(source.dir.join("ext")).unwrap();
+    source.add("ext/model.onnx", 0, ModelConfig::default());
+    std::fs::write(source.dir.join("ext/model.onnx"), m.encode_to_vec()).unwrap();
+    std::fs::write(source.dir.join("ext/weights.data"), vec![0u8; 3 << 20]).unwrap();
+    let seen = Arc::new(Seen::default());
+    let backend = FakeBackend {
+        seen: seen.clone(),
+        held: 0,
+    };
+    let core = Core::new(
+        CoreConfig {
+            memory_budget: 2 << 20,
+            ..CoreConfig::default()
+        },
+        Arc::new(source),
+        Arc::new(backend),
+    );
+    let e = core.get("ext/model.onnx", None).await.err().unwrap();
+    assert!(matches!(e, CoreError::TooLarge { needed, .. } if needed >= 3 << 20), "{e}");
+    assert_eq!(seen.loads.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_request_stops_its_run_and_queued_requests_are_dropped() {
+    let (core, seen) = core_with(
+        CoreConfig {
+            request_timeout: std::time::Duration::from_millis(300),
+            ..CoreConfig::default()
+        },
+        &[("m", 100, ModelConfig::default())],
+        0,
+        "cancel",
+    );
+    core.get("m", None).await.unwrap();
+    seen.runs.lock().clear();
+    let long = vec![Tensor::new("x", vec![1, 2], TensorData::F32(vec![-1.0, 0.0]))];
+    // One long run holds the only instance; a second request queues behind it.
+    let c1 = core.clone();
+    let first = tokio::spawn(async move { c1.infer(req("m", long)).await });
+    let c2 = core.clone();
+    let second = tokio::spawn(async move { c2.infer(req("m", x(3))).await });
+    // When the second is queued, its client goes away (the task is dropped, as axum drops the
+    // handler of a closed connection).
+    for _ in 0..20_000 {
+        if core.queue_depths().iter().any(|(_, d)| *d == 1) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    second.abort();
+    assert!(second.await.unwrap_err().is_cancelled());
+    let e = first.await.unwrap().unwrap_err();
+    assert!(matches!(e, CoreError::Timeout { .. }), "{e}");
+    // The long run was stopped by the timeout (not after 20 s), and the queued request, whose
+    // caller is gone, never ran. A later request runs normally on the freed instance.
+    let out = core.infer(req("m", x(2))).await.unwrap();
+    assert_eq!(out.outputs[0].shape, vec![2, 2]);
+    assert_eq!(seen.stopped.load(Ordering::SeqCst), 1);
+    assert_eq!(*seen.runs.lock(), vec![1, 2], "the queued 3-row request ran");
 }
