@@ -25,6 +25,8 @@ type Key = (String, String);
 /// Instance creation is serialised process-wide (allocation counters are process-wide) so the
 /// allocation growth can be charged to one model.
 pub(crate) static MEASURE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Whether the engine has made its one-time allocations (see `load_blocking`).
+static PRIMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 type LoadResult = Option<Result<Arc<Served>, CoreError>>;
 /// Instances, their signature, their charge in bytes, and a text pipeline's shared part.
 type Loaded = (
@@ -555,6 +557,15 @@ impl Core {
             break;
         }
         let guard = MEASURE.lock().unwrap_or_else(|p| p.into_inner());
+        // The engine's one-time allocations (thread pools, kernel buffers) happen on its first
+        // load and run in the process; make them outside the measured window, so the first
+        // model is not charged for them (they are part of the server's fixed overhead).
+        if !PRIMED.swap(true, Ordering::SeqCst) {
+            if let Ok(mut inst) = self.backend.load(&path, &LoadOptions::default()) {
+                let inputs = max_shape_inputs(inst.signature(), config.max_batch_size);
+                let _ = inst.run(inputs);
+            }
+        }
         let before = memory::allocated_bytes();
         let mut instances: Vec<Box<dyn Instance>> = Vec::with_capacity(instances_n as usize);
         for _ in 0..instances_n {
@@ -582,6 +593,18 @@ impl Core {
             None => max_shape_inputs(instances[0].signature(), config.max_batch_size),
         };
         let io_in = tensors_bytes(&inputs);
+        // The run's memory is freed when it ends: sample the allocator's peak meanwhile.
+        let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let peak = Arc::new(AtomicU64::new(loaded.unwrap_or(0)));
+        let sampler = {
+            let (sampling, peak) = (sampling.clone(), peak.clone());
+            std::thread::spawn(move || {
+                while sampling.load(Ordering::Relaxed) {
+                    peak.fetch_max(memory::allocated_bytes().unwrap_or(0), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            })
+        };
         let working_io = match instances[0].run(inputs) {
             Ok(outputs) => io_in + tensors_bytes(&outputs),
             Err(e) => {
@@ -598,7 +621,9 @@ impl Core {
                 io_in + tensors_bytes(&out)
             }
         };
-        let warmed = memory::allocated_bytes();
+        sampling.store(false, Ordering::Relaxed);
+        let _ = sampler.join();
+        let warmed = memory::allocated_bytes().map(|w| w.max(peak.load(Ordering::Relaxed)));
         drop(guard);
         if let Some(shared) = &pipeline {
             instances = instances
@@ -851,13 +876,12 @@ impl Core {
                         let (n, v) = (name.to_string(), version.to_string());
                         let sig = tokio::task::spawn_blocking(move || {
                             let path = source.artifact(&n, &v)?;
-                            let scan = herd_onnx::scan_file(&path).map_err(|e| {
-                                CoreError::LoadFailed {
+                            let scan =
+                                herd_onnx::scan_file(&path).map_err(|e| CoreError::LoadFailed {
                                     model: n.clone(),
                                     version: v.clone(),
                                     reason: e.to_string(),
-                                }
-                            })?;
+                                })?;
                             Ok::<_, CoreError>(Signature {
                                 inputs: scan.signature.inputs,
                                 outputs: scan.signature.outputs,

@@ -70,7 +70,11 @@ impl<R: Read + Seek> Walker<R> {
         let mut v = 0u64;
         for i in 0..10 {
             let Some(b) = self.byte()? else {
-                return if i == 0 { Ok(None) } else { Err(bad("truncated varint")) };
+                return if i == 0 {
+                    Ok(None)
+                } else {
+                    Err(bad("truncated varint"))
+                };
             };
             v |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
@@ -172,7 +176,14 @@ pub fn scan<R: Read + Seek>(r: R, size: u64) -> Result<FileScan, OnnxError> {
                 graph_seen = true;
                 let n = w.len()?;
                 let end = w.pos + n;
-                graph(&mut w, end, &mut inputs, &mut outputs, &mut inits, &mut external)?;
+                graph(
+                    &mut w,
+                    end,
+                    &mut inputs,
+                    &mut outputs,
+                    &mut inits,
+                    &mut external,
+                )?;
             }
             (8, 2) => {
                 let n = w.len()?;
@@ -228,7 +239,8 @@ fn graph<R: Read + Seek>(
             }
             (11, 2) | (12, 2) => {
                 let n = w.len()?;
-                let v = ValueInfoProto::decode(&w.bytes(n)?[..]).map_err(|e| bad(&e.to_string()))?;
+                let v =
+                    ValueInfoProto::decode(&w.bytes(n)?[..]).map_err(|e| bad(&e.to_string()))?;
                 if field == 11 {
                     inputs.push(v)
                 } else {
@@ -311,7 +323,8 @@ mod tests {
     #[test]
     fn external_data_locations_are_listed_once_and_kept_inside() {
         use crate::proto::{GraphProto, ModelProto, TensorProto};
-        let mut m = ModelProto::decode(&LinearClassifier::random(4, 2, 1).to_onnx("m")[..]).unwrap();
+        let mut m =
+            ModelProto::decode(&LinearClassifier::random(4, 2, 1).to_onnx("m")[..]).unwrap();
         let g: &mut GraphProto = m.graph.as_mut().unwrap();
         for name in ["W", "b"] {
             let t: &mut TensorProto = g
@@ -336,6 +349,8 @@ mod tests {
             external_data: vec!["../../etc/passwd".into()],
             ..s
         };
-        assert!(evil.external_paths(Path::new("/repo/m/1/model.onnx")).is_err());
+        assert!(evil
+            .external_paths(Path::new("/repo/m/1/model.onnx"))
+            .is_err());
     }
 }

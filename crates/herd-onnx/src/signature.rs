@@ -25,7 +25,8 @@ pub struct Signature {
     pub producer: String,
 }
 
-pub(crate) const HINT: &str = "export the model to ONNX (for example with torch.onnx.export or tf2onnx) \
+pub(crate) const HINT: &str =
+    "export the model to ONNX (for example with torch.onnx.export or tf2onnx) \
                     and upload the .onnx file itself";
 
 /// Parses `bytes` as an ONNX `ModelProto` and returns its signature.

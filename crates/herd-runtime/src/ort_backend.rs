@@ -104,9 +104,13 @@ impl Backend for OrtBackend {
             .map_err(|e| fail(e.to_string()))?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(|e| fail(e.to_string()))?
-            // Memory patterns are planned (and kept) per input shape; with dynamic shapes they
-            // only add to what each session holds. The arena stays on: the core grows it once to
-            // the largest run (max_batch_size x max length) and charges it to the model.
+            // No CPU arena: an arena keeps the largest run's memory forever (and at least a
+            // megabyte per session, a lot for thousands of small models); without it a run's
+            // memory goes back to the allocator, which herd trims. The core charges each model
+            // the peak of a run at the largest shape. Memory patterns are planned (and kept)
+            // per input shape; with dynamic shapes they only add to what a session holds.
+            .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
+            .map_err(|e| fail(e.to_string()))?
             .with_memory_pattern(false)
             .map_err(|e| fail(e.to_string()))?;
         if opts.intra_threads > 0 {

@@ -245,7 +245,10 @@ async fn charge_covers_the_weights_and_what_the_instances_hold() {
     };
     let (core, _) = core_with(
         CoreConfig::default(),
-        &[("file", 3 * one_mib, ModelConfig::default()), ("held", 1000, two)],
+        &[
+            ("file", 3 * one_mib, ModelConfig::default()),
+            ("held", 1000, two),
+        ],
         0,
         "charge",
     );
@@ -321,7 +324,10 @@ async fn external_data_files_are_charged_and_checked_before_loading() {
         Arc::new(backend),
     );
     let e = core.get("ext/model.onnx", None).await.err().unwrap();
-    assert!(matches!(e, CoreError::TooLarge { needed, .. } if needed >= 3 << 20), "{e}");
+    assert!(
+        matches!(e, CoreError::TooLarge { needed, .. } if needed >= 3 << 20),
+        "{e}"
+    );
     assert_eq!(seen.loads.load(Ordering::SeqCst), 0);
 }
 
@@ -338,7 +344,11 @@ async fn a_timed_out_request_stops_its_run_and_queued_requests_are_dropped() {
     );
     core.get("m", None).await.unwrap();
     seen.runs.lock().clear();
-    let long = vec![Tensor::new("x", vec![1, 2], TensorData::F32(vec![-1.0, 0.0]))];
+    let long = vec![Tensor::new(
+        "x",
+        vec![1, 2],
+        TensorData::F32(vec![-1.0, 0.0]),
+    )];
     // One long run holds the only instance; a second request queues behind it.
     let c1 = core.clone();
     let first = tokio::spawn(async move { c1.infer(req("m", long)).await });
@@ -361,5 +371,9 @@ async fn a_timed_out_request_stops_its_run_and_queued_requests_are_dropped() {
     let out = core.infer(req("m", x(2))).await.unwrap();
     assert_eq!(out.outputs[0].shape, vec![2, 2]);
     assert_eq!(seen.stopped.load(Ordering::SeqCst), 1);
-    assert_eq!(*seen.runs.lock(), vec![1, 2], "the queued 3-row request ran");
+    assert_eq!(
+        *seen.runs.lock(),
+        vec![1, 2],
+        "the queued 3-row request ran"
+    );
 }
