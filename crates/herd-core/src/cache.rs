@@ -104,6 +104,8 @@ pub struct IndexEntry {
     pub charge: u64,
     /// Bytes of the weights it shares with other models (charged once for all of them).
     pub shared_bytes: u64,
+    /// Seconds its last load took (0 when never loaded).
+    pub load_secs: f64,
 }
 
 /// Counters of the cache since start.
@@ -949,6 +951,7 @@ impl Core {
                     state: ModelState::Failed(reason.unwrap_or_else(|| "no versions".into())),
                     charge: 0,
                     shared_bytes: 0,
+                    load_secs: 0.0,
                 });
                 continue;
             }
@@ -968,6 +971,7 @@ impl Core {
                     shared_bytes: e
                         .map(|e| e.shared.iter().map(|(_, b)| b).sum())
                         .unwrap_or(0),
+                    load_secs: e.map(|e| e.load_secs).unwrap_or(0.0),
                 });
             }
         }

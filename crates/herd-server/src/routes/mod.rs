@@ -8,6 +8,7 @@ mod openai;
 pub mod registry;
 mod repository;
 mod stats;
+mod ui;
 
 use std::time::Duration;
 
@@ -59,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(openai::list_models))
         .route("/v1/models/{model}", get(openai::get_model))
         .route("/metrics", get(metrics::render))
+        .merge(ui::router(state.clone()))
         .fallback(health::not_found)
         .with_state(state)
 }

@@ -1,0 +1,161 @@
+//! The dashboard: a real server on port 0, real ONNX Runtime, real models written by `herd-onnx`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use herd_core::{Core, CoreConfig, DirectorySource};
+use herd_onnx::LinearClassifier;
+use herd_runtime::OrtBackend;
+use herd_server::auth::{hash_token, Auth};
+use herd_server::AppState;
+use serde_json::Value;
+
+fn temp_repo(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("herd-ui-test-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write_model(repo: &Path, name: &str, seed: u64) {
+    let d = repo.join(name).join("1");
+    std::fs::create_dir_all(&d).unwrap();
+    let bytes = LinearClassifier::random(8, 3, seed).to_onnx(name);
+    std::fs::write(d.join("model.onnx"), bytes).unwrap();
+}
+
+async fn start(repo: &Path, auth: Auth) -> (String, Arc<Core>) {
+    let backend = Arc::new(OrtBackend::new(None, 1).expect(
+        "ONNX Runtime library not found: run `cargo run -p herd -- runtime install` (scripts/test.sh does)",
+    ));
+    let source = Arc::new(DirectorySource::new(repo).unwrap());
+    let cfg = CoreConfig {
+        memory_budget: 1 << 30,
+        ..CoreConfig::default()
+    };
+    let core = Core::new(cfg, source, backend);
+    let state = AppState::new(
+        core.clone(),
+        Arc::new(auth),
+        herd_server::telemetry::init_metrics(),
+    );
+    state.health.mark_started();
+    let app = herd_server::app(state, 1 << 20);
+    let (addr, _h) = herd_server::spawn(app, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    (format!("http://{addr}"), core)
+}
+
+/// The value of one series in Prometheus text.
+fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dashboard_page_and_state_follow_tokens_and_metrics() {
+    let repo = temp_repo("a");
+    for (i, name) in ["alpha", "beta", "gamma", "delta"].iter().enumerate() {
+        write_model(&repo, name, i as u64 + 1);
+    }
+    std::fs::write(repo.join("beta").join("config.toml"), "tenant = \"acme\"").unwrap();
+    let text = format!(
+        "[[token]]\nsha256 = \"{}\"\ntenant = \"acme\"\n[[token]]\nsha256 = \"{}\"\nadmin = true\n",
+        hash_token("acme-token"),
+        hash_token("admin-token"),
+    );
+    let (url, _core) = start(&repo, Auth::from_toml(&text).unwrap()).await;
+    let client = reqwest::Client::new();
+
+    // The page is public static HTML, embedded, nothing fetched from elsewhere.
+    let r = client.get(format!("{url}/ui")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let html = r.text().await.unwrap();
+    assert!(html.contains("id=\"loaded-models\""), "{html}");
+    assert!(html.contains("/ui/api/state"));
+    assert!(
+        !html.contains("https://"),
+        "the page must not fetch anything"
+    );
+
+    // The state names every tenant's models: admin only.
+    let state = |token: Option<&'static str>| {
+        let mut r = client.get(format!("{url}/ui/api/state"));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(state(None).await.unwrap().status(), 401);
+    assert_eq!(state(Some("wrong")).await.unwrap().status(), 401);
+    assert_eq!(state(Some("acme-token")).await.unwrap().status(), 403);
+
+    for name in ["alpha", "beta", "gamma"] {
+        let r = client
+            .post(format!("{url}/v2/repository/models/{name}/load"))
+            .bearer_auth("admin-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{name}");
+    }
+    let r = state(Some("admin-token")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let s: Value = r.json().await.unwrap();
+    let metrics = client
+        .get(format!("{url}/metrics"))
+        .bearer_auth("admin-token")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let loaded = series(&metrics, "herd_cache_loaded_models").expect("herd_cache_loaded_models");
+    assert_eq!(loaded, 3.0);
+    assert_eq!(s["cache"]["loaded_models"].as_f64(), Some(loaded), "{s}");
+    assert_eq!(
+        s["cache"]["used_bytes"].as_f64(),
+        series(&metrics, "herd_cache_memory_used_bytes")
+    );
+    assert_eq!(s["cache"]["budget_bytes"].as_u64(), Some(1 << 30));
+
+    let models = s["models"].as_array().unwrap();
+    assert_eq!(models.len(), 4, "{s}");
+    let model = |n: &str| models.iter().find(|m| m["name"] == n).unwrap();
+    for n in ["alpha", "beta", "gamma"] {
+        assert_eq!(model(n)["state"], "READY");
+        assert!(model(n)["charge_bytes"].as_u64().unwrap() > 0, "{s}");
+        assert!(model(n)["load_seconds"].as_f64().unwrap() > 0.0, "{s}");
+    }
+    assert_eq!(model("delta")["state"], "UNLOADED");
+    assert_eq!(model("delta")["charge_bytes"], 0);
+    assert_eq!(model("beta")["tenant"], "acme");
+    assert!(model("alpha")["tenant"].is_null());
+    // The sampler takes its first sample at start.
+    assert!(!s["history"].as_array().unwrap().is_empty(), "{s}");
+    let _ = std::fs::remove_dir_all(&repo);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_tokens_the_state_is_open() {
+    let repo = temp_repo("b");
+    write_model(&repo, "solo", 7);
+    let (url, _core) = start(&repo, Auth::open()).await;
+    let s: Value = reqwest::get(format!("{url}/ui/api/state"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(s["cache"]["loaded_models"], 0);
+    assert_eq!(s["models"][0]["name"], "solo");
+    assert_eq!(s["models"][0]["state"], "UNLOADED");
+    let _ = std::fs::remove_dir_all(&repo);
+}
