@@ -645,9 +645,11 @@ impl Core {
         let charge = if !shared.is_empty() {
             // Shared weights are charged once for all their users (`shared_used`); this model
             // is charged what it allocated beyond the shared weights it created.
+            // Working memory is each instance's own, shared weights or not.
             measured
                 .saturating_sub(created)
                 .max(file_size.saturating_sub(stripped) * instances_n)
+                + working * instances_n
         } else {
             let mut st = self.state.lock();
             let reserved = st.entries.get(&key).map(|e| e.charge).unwrap_or(0);
