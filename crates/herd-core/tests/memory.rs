@@ -50,7 +50,7 @@ async fn minilm_charge_vs_resident_memory() {
     let backend = Arc::new(OrtBackend::new(None, 0).unwrap());
     let core = Core::new(
         CoreConfig {
-            memory_budget: 1 << 30,
+            memory_budget: 4 << 30,
             ..CoreConfig::default()
         },
         Arc::new(DirectorySource::new(&repo).unwrap()),
