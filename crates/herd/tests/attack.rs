@@ -749,7 +749,6 @@ fn rows_far_above_max_batch_size() {
 }
 
 #[test]
-#[ignore = "waiting for i8a: external-data files charged, 507 before loading"]
 fn external_data_model_larger_than_the_budget() {
     attack("external-data model larger than the budget", |s| {
         let body =
@@ -844,7 +843,6 @@ fn thousands_of_idle_half_open_connections() {
 }
 
 #[test]
-#[ignore = "waiting for i8a: signature-only metadata (today each read decodes the whole 128 MiB file)"]
 fn sixty_four_concurrent_metadata_reads_of_a_large_model() {
     attack("64 concurrent metadata reads of a 128 MiB model", |s| {
         let handles: Vec<_> = (0..64)
@@ -881,7 +879,6 @@ fn cpu_ticks(pid: u32) -> u64 {
 }
 
 #[test]
-#[ignore = "waiting for i8a: cancellation of queued and running work when the client disconnects"]
 fn a_request_cancelled_by_its_client_mid_run() {
     attack("a request cancelled by its client mid-run", |s| {
         // The largest request the limits allow, sent and abandoned once it is running.
