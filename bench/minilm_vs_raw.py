@@ -84,6 +84,7 @@ def raw_backend(threads):
 
     model, tok_path = model_files()
     tok = Tokenizer.from_file(str(tok_path))
+    tok.no_padding()  # tokenizer.json pads to 128; one sentence needs no padding (as herd)
     tok.enable_truncation(256)
     so = ort.SessionOptions()
     if threads:
