@@ -87,8 +87,6 @@ async fn starts_workers_with_their_ids_and_stops_only_the_chosen_ones() {
             tail,
             vec![
                 "worker",
-                "--queue-url",
-                "sqlite://fallback.db",
                 "--queue",
                 "q",
                 "--worker-id",
@@ -96,6 +94,18 @@ async fn starts_workers_with_their_ids_and_stops_only_the_chosen_ones() {
                 "--idle-exit",
                 "45s"
             ]
+        );
+        // The queue URL (it may hold a password) goes through the environment, never argv.
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        assert!(
+            environ
+                .split(|b| *b == 0)
+                .any(|kv| kv == b"HERD_QUEUE_URL=sqlite://fallback.db"),
+            "worker {id} has HERD_QUEUE_URL in its environment"
+        );
+        assert!(
+            !args.iter().any(|a| a.contains("fallback.db")),
+            "no URL in argv"
         );
     }
 
