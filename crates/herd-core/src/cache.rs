@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use herd_api::v2::{DataType, Tensor, TensorData};
@@ -43,6 +43,36 @@ pub struct Served {
     pub charge: u64,
     /// The tokenizer side of a text pipeline (to count a request's tokens before running it).
     pub(crate) pipeline: Option<Arc<PipelineShared>>,
+    /// Set when the model left the cache while requests still held it: its charge stays in the
+    /// budget until this (the last field, dropped after the instances) goes with the last holder.
+    release: Mutex<Option<Ticket>>,
+}
+
+/// Gives a retired model's charge back to its core when the model's last holder drops it.
+struct Ticket {
+    core: Weak<Core>,
+    id: u64,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(core) = self.core.upgrade() {
+            let mut st = core.state.lock();
+            if let Some(r) = st.retiring.remove(&self.id) {
+                st.used = st.used.saturating_sub(r.charge);
+                tracing::debug!(model = %r.key.0, version = %r.key.1, charge = r.charge,
+                    "retired model released by its last request");
+            }
+            core.publish(&st);
+        }
+    }
+}
+
+/// A model out of the cache that requests still run on: still charged (see [`Ticket`]).
+struct Retiring {
+    key: Key,
+    charge: u64,
+    shared: Arc<[(herd_runtime::shared::Key, u64)]>,
 }
 
 enum Slot {
@@ -62,6 +92,8 @@ struct Entry {
     last_used: u64,
     load_secs: f64,
     priority: f64,
+    /// The source stopped serving this version while it loaded: retire it when the load ends.
+    stale: bool,
 }
 
 struct CacheState {
@@ -73,6 +105,9 @@ struct CacheState {
     tick: u64,
     /// Recent measured per-instance overheads (measured size minus file size).
     overheads: Overheads,
+    /// Models out of the cache that requests still hold (their charges are in `used`).
+    retiring: HashMap<u64, Retiring>,
+    next_ticket: u64,
 }
 
 /// State of one model version, as the repository index shows it.
@@ -176,6 +211,8 @@ pub struct Core {
     sig_cache: Mutex<HashMap<Key, Signature>>,
     /// Signature-only file reads that may run at once.
     meta_reads: Semaphore,
+    /// The source's generation the cache last followed (see [`Core::follow_source`]).
+    seen_generation: AtomicU64,
 }
 
 impl Core {
@@ -188,7 +225,6 @@ impl Core {
         Arc::new(Core {
             loaders: Arc::new(Semaphore::new(cfg.load_concurrency.max(1))),
             cfg,
-            source,
             backend,
             state: Mutex::new(CacheState {
                 entries: HashMap::new(),
@@ -196,10 +232,14 @@ impl Core {
                 clock: 0.0,
                 tick: 0,
                 overheads: Overheads::default(),
+                retiring: HashMap::new(),
+                next_ticket: 0,
             }),
             counters: Counters::default(),
             sig_cache: Mutex::new(HashMap::new()),
             meta_reads: Semaphore::new(2),
+            seen_generation: AtomicU64::new(source.generation()),
+            source,
         })
     }
 
@@ -262,6 +302,7 @@ impl Core {
             mut inputs,
             outputs: wanted_outputs,
         } = req;
+        self.follow_source();
         let (entry, version) = self.resolve(&name, version.as_deref())?;
         let limits = self.cfg.limits.for_model(&entry.config);
         // Text limits first: before the model loads and before any text reaches a tokenizer.
@@ -331,6 +372,7 @@ impl Core {
         name: &str,
         version: Option<&str>,
     ) -> Result<Arc<Served>, CoreError> {
+        self.follow_source();
         let (entry, version) = self.resolve(name, version)?;
         self.get_resolved(entry, version).await
     }
@@ -399,6 +441,7 @@ impl Core {
                 last_used: st.tick,
                 load_secs: 0.0,
                 priority: 0.0,
+                stale: false,
             },
         );
         let core = self.clone();
@@ -417,6 +460,7 @@ impl Core {
         config: ModelConfig,
     ) -> Result<Arc<Served>, CoreError> {
         let (name, version) = key.clone();
+        let generation = self.source.generation();
         let _slot = self
             .loaders
             .clone()
@@ -436,6 +480,13 @@ impl Core {
                 reason: format!("the loader crashed: {e}"),
             }),
         };
+        // Whether the source still serves this version (checked off the lock; a switch after
+        // this check marks the entry stale, see `retire_unserved`).
+        let still_served = generation == self.source.generation()
+            || self
+                .source
+                .get(&name)
+                .is_ok_and(|e| e.versions.contains(&version));
         let mut st = self.state.lock();
         // The reservation lives in the entry, so an unload during the load has already returned it.
         let reserved = st.entries.get(&key).map(|e| e.charge).unwrap_or(0);
@@ -465,6 +516,7 @@ impl Core {
                     config: config.clone(),
                     charge,
                     pipeline,
+                    release: Mutex::new(None),
                 });
                 let clock = st.clock;
                 let policy = self.cfg.policy;
@@ -488,8 +540,19 @@ impl Core {
                     return Ok(served);
                 }
                 // The accounting was settled by the loader (reservation -> measured charge).
-                self.publish(&st);
                 tracing::info!(model = %name, version = %version, charge, secs, "model loaded");
+                // A version the source stopped serving during the load answers its waiters and
+                // leaves the cache at once (charged until they finish).
+                let gone = st.entries.get(&key).is_some_and(|e| e.stale)
+                    || (generation != self.source.generation() && !still_served);
+                let out = if gone {
+                    self.take_out(&mut st, &key)
+                } else {
+                    None
+                };
+                self.publish(&st);
+                drop(st);
+                drop(out);
                 Ok(served)
             }
             Err(error) => {
@@ -802,28 +865,115 @@ impl Core {
 
     /// Unloads every version of a model. Requests already running finish; memory returns when
     /// the last one does. Returns whether anything was loaded.
-    pub fn unload_model(&self, name: &str) -> Result<bool, CoreError> {
+    pub fn unload_model(self: &Arc<Self>, name: &str) -> Result<bool, CoreError> {
         let mut st = self.state.lock();
         let keys: Vec<Key> = st.entries.keys().filter(|k| k.0 == name).cloned().collect();
         if keys.is_empty() {
             // Unknown models are an error; known but unloaded ones are fine.
             self.source.get(name)?;
         }
-        let mut any = false;
+        let mut out = Vec::new();
         for k in keys {
-            if let Some(e) = st.entries.remove(&k) {
-                st.used = st.used.saturating_sub(e.charge);
-                any |= matches!(e.slot, Slot::Ready(_));
-            }
+            out.extend(self.take_out(&mut st, &k));
         }
+        let any = out.iter().any(|e| matches!(e.slot, Slot::Ready(_)));
         self.publish(&st);
+        drop(st);
+        drop(out);
         Ok(any)
     }
 
+    /// Removes an entry. A ready model that requests still hold stays charged until the last
+    /// of them drops it (a [`Ticket`]); anything else gives its charge back now. The entry is
+    /// returned so the caller drops it after releasing the lock (a ticket takes the lock).
+    fn take_out(self: &Arc<Self>, st: &mut CacheState, key: &Key) -> Option<Entry> {
+        let e = st.entries.remove(key)?;
+        match &e.slot {
+            Slot::Ready(m) if Arc::strong_count(m) > 1 => {
+                st.next_ticket += 1;
+                let id = st.next_ticket;
+                st.retiring.insert(
+                    id,
+                    Retiring {
+                        key: key.clone(),
+                        charge: e.charge,
+                        shared: e.shared.clone(),
+                    },
+                );
+                *m.release.lock() = Some(Ticket {
+                    core: Arc::downgrade(self),
+                    id,
+                });
+            }
+            _ => st.used = st.used.saturating_sub(e.charge),
+        }
+        Some(e)
+    }
+
+    /// Follows the source: when its [`ModelSource::generation`] moved since the last call,
+    /// retires what it no longer serves. Cheap otherwise (one atomic read); called on every
+    /// request and by [`Core::spawn_follow_source`].
+    pub fn follow_source(self: &Arc<Self>) -> usize {
+        let g = self.source.generation();
+        if self.seen_generation.load(Ordering::Acquire) == g
+            || self.seen_generation.swap(g, Ordering::AcqRel) == g
+        {
+            return 0;
+        }
+        let retired = self.retire_unserved();
+        if retired > 0 {
+            tracing::info!(
+                generation = g,
+                retired,
+                "retired versions the source no longer serves"
+            );
+        }
+        retired
+    }
+
+    /// Background task: follows the source's generation without waiting for a request (woken
+    /// by [`ModelSource::changes`] when the source has it, else every second). Runs until the
+    /// core is dropped.
+    pub fn spawn_follow_source(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        let mut changes = self.source.changes();
+        tokio::spawn(async move {
+            loop {
+                match &mut changes {
+                    Some(rx) => {
+                        if rx.changed().await.is_err() {
+                            changes = None;
+                        }
+                    }
+                    None => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+                let Some(core) = weak.upgrade() else { break };
+                core.follow_source();
+            }
+        })
+    }
+
+    /// Bytes still charged for models that left the cache while requests held them.
+    pub fn retiring_bytes(&self) -> u64 {
+        self.state.lock().retiring.values().map(|r| r.charge).sum()
+    }
+
+    /// Every (model, version) the cache holds now: loaded, loading, failed, or retired but
+    /// still running requests (e.g. so a source does not delete their files).
+    pub fn resident(&self) -> Vec<(String, String)> {
+        let st = self.state.lock();
+        st.entries
+            .keys()
+            .chain(st.retiring.values().map(|r| &r.key))
+            .cloned()
+            .collect()
+    }
+
     /// Drops loaded versions that the source no longer serves (after a release switch). Loads
-    /// still in progress are left alone (their waiters get an answer); requests running on a
-    /// retired version finish on it. Returns how many were retired.
-    pub fn retire_unserved(&self) -> usize {
+    /// still in progress finish (their waiters get an answer) and leave the cache then; requests
+    /// running on a retired version finish on it, and its charge stays until the last one
+    /// drops it. Returns how many were retired.
+    pub fn retire_unserved(self: &Arc<Self>) -> usize {
         let keys: Vec<Key> = self.state.lock().entries.keys().cloned().collect();
         let stale: Vec<Key> = keys
             .into_iter()
@@ -833,18 +983,21 @@ impl Core {
             })
             .collect();
         let mut st = self.state.lock();
-        let mut retired = 0;
+        let mut out = Vec::new();
         for k in &stale {
-            // A load in progress has waiters: let it finish; the next call retires it.
-            if matches!(st.entries.get(k).map(|e| &e.slot), Some(Slot::Loading(_))) {
-                continue;
+            // A load in progress has waiters: let it finish; it leaves the cache when it ends.
+            if let Some(e) = st.entries.get_mut(k) {
+                if matches!(e.slot, Slot::Loading(_)) {
+                    e.stale = true;
+                    continue;
+                }
             }
-            if let Some(e) = st.entries.remove(k) {
-                st.used = st.used.saturating_sub(e.charge);
-                retired += 1;
-            }
+            out.extend(self.take_out(&mut st, k));
         }
+        let retired = out.len();
         self.publish(&st);
+        drop(st);
+        drop(out);
         retired
     }
 
@@ -1224,8 +1377,9 @@ impl Overheads {
 fn shared_used(st: &CacheState) -> u64 {
     let mut seen = std::collections::HashSet::new();
     let mut total = 0;
-    for e in st.entries.values() {
-        for (k, b) in e.shared.iter() {
+    let users = st.entries.values().map(|e| &e.shared);
+    for shared in users.chain(st.retiring.values().map(|r| &r.shared)) {
+        for (k, b) in shared.iter() {
             if seen.insert(k) {
                 total += b;
             }

@@ -36,9 +36,15 @@ pub trait ModelSource: Send + Sync + 'static {
     fn get(&self, name: &str) -> Result<ModelEntry, CoreError>;
     /// The local path of a served version's ONNX file (fetching it first if needed).
     fn artifact(&self, name: &str, version: &str) -> Result<PathBuf, CoreError>;
-    /// A number that changes whenever the served set changes (e.g. a release switch).
+    /// A number that changes whenever the served set changes (e.g. a release switch). The core
+    /// follows it itself: after a change it retires the versions the source no longer serves.
     fn generation(&self) -> u64 {
         0
+    }
+    /// Optional: a receiver woken on each new generation, so the core follows a switch at once
+    /// rather than at its next request or poll.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
     }
 }
 

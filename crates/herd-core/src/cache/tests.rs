@@ -377,3 +377,174 @@ async fn a_timed_out_request_stops_its_run_and_queued_requests_are_dropped() {
         "the queued 3-row request ran"
     );
 }
+
+/// One model `m` whose served versions switch like a registry channel's release: each switch
+/// bumps the generation (and wakes `changes()`). Loads of versions in `gated` wait until the
+/// gate opens.
+struct SwitchSource {
+    file: PathBuf,
+    versions: Mutex<Vec<String>>,
+    generation: std::sync::atomic::AtomicU64,
+    tx: tokio::sync::watch::Sender<u64>,
+    gated: Mutex<Vec<String>>,
+    open: std::sync::atomic::AtomicBool,
+}
+
+impl SwitchSource {
+    fn new(tag: &str, version: &str) -> Arc<SwitchSource> {
+        let src = FakeSource::new(tag);
+        src.add("m", 1000, ModelConfig::default());
+        Arc::new(SwitchSource {
+            file: src.dir.join("m"),
+            versions: Mutex::new(vec![version.to_string()]),
+            generation: std::sync::atomic::AtomicU64::new(1),
+            tx: tokio::sync::watch::channel(1).0,
+            gated: Mutex::new(Vec::new()),
+            open: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    fn switch_to(&self, version: &str) {
+        *self.versions.lock() = vec![version.to_string()];
+        let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.tx.send_replace(g);
+    }
+}
+
+impl ModelSource for SwitchSource {
+    fn list(&self) -> Result<Vec<ModelEntry>, CoreError> {
+        Ok(vec![self.get("m")?])
+    }
+    fn get(&self, name: &str) -> Result<ModelEntry, CoreError> {
+        if name != "m" {
+            return Err(CoreError::ModelNotFound(name.to_string()));
+        }
+        Ok(ModelEntry {
+            name: name.to_string(),
+            versions: self.versions.lock().clone(),
+            config: ModelConfig::default(),
+        })
+    }
+    fn artifact(&self, _name: &str, version: &str) -> Result<PathBuf, CoreError> {
+        if self.gated.lock().iter().any(|v| v == version) {
+            // Runs on the loader pool (a blocking thread).
+            while !self.open.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        Ok(self.file.clone())
+    }
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.tx.subscribe())
+    }
+}
+
+fn switch_core(src: &Arc<SwitchSource>, held: usize) -> Arc<Core> {
+    let backend = FakeBackend {
+        seen: Arc::new(Seen::default()),
+        held,
+    };
+    Core::new(CoreConfig::default(), src.clone(), Arc::new(backend))
+}
+
+/// Polls (bounded, no wall-clock assertion) until `cond` holds.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..10_000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_leaves_the_served_set_is_charged_until_its_last_request_ends() {
+    let src = SwitchSource::new("retire-refcount", "1");
+    let core = switch_core(&src, 256 << 10);
+    // A request running on version 1 (what `infer` holds while it runs).
+    let old = core.get("m", None).await.unwrap();
+    assert_eq!(old.model.version, "1");
+    let c1 = old.charge;
+    assert_eq!(core.stats().used_bytes, c1);
+
+    // The release switches; the next request follows the new generation itself: version 1
+    // leaves the cache but stays charged while `old` runs; version 2 loads next to it.
+    src.switch_to("2");
+    let out = core.infer(req("m", x(1))).await.unwrap();
+    assert_eq!(out.version, "2");
+    assert_eq!(core.state_of("m", "1"), ModelState::Unloaded);
+    let c2 = core.peek("m", "2").unwrap().charge;
+    assert_eq!(core.retiring_bytes(), c1);
+    assert_eq!(
+        core.stats().used_bytes,
+        c1 + c2,
+        "old version uncharged early"
+    );
+    assert!(core.resident().contains(&("m".into(), "1".into())));
+    // A second holder of the old version keeps the charge until it goes too.
+    let old2 = old.clone();
+    drop(old);
+    assert_eq!(core.stats().used_bytes, c1 + c2);
+    drop(old2);
+    // The last request on version 1 finished: its charge is gone at once.
+    assert_eq!(core.retiring_bytes(), 0);
+    assert_eq!(core.stats().used_bytes, c2);
+    assert!(!core.resident().contains(&("m".into(), "1".into())));
+
+    // A model nobody holds is uncharged when it leaves (no ticket needed): unload it.
+    assert!(core.unload_model("m").unwrap());
+    assert_eq!(core.stats().used_bytes, 0);
+    // Unload while a request holds it: charged until the request ends.
+    let held = core.get("m", None).await.unwrap();
+    assert!(core.unload_model("m").unwrap());
+    assert_eq!(core.stats().used_bytes, held.charge);
+    drop(held);
+    assert_eq!(core.stats().used_bytes, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_of_an_old_version_in_progress_at_the_switch_leaves_the_cache_when_done() {
+    let src = SwitchSource::new("retire-loading", "1");
+    src.gated.lock().push("1".into());
+    let core = switch_core(&src, 0);
+    let c = core.clone();
+    let loading = tokio::spawn(async move { c.get("m", None).await });
+    eventually("v1 loading", || {
+        core.state_of("m", "1") == ModelState::Loading
+    })
+    .await;
+    src.switch_to("2");
+    // The core follows the switch while version 1 still loads: nothing retired yet.
+    assert_eq!(core.follow_source(), 0);
+    src.open.store(true, Ordering::SeqCst);
+    // The waiter gets its answer on version 1, which then is not kept in the cache.
+    let served = loading.await.unwrap().unwrap();
+    assert_eq!(served.model.version, "1");
+    assert_eq!(core.state_of("m", "1"), ModelState::Unloaded);
+    assert_eq!(core.stats().used_bytes, served.charge);
+    drop(served);
+    assert_eq!(core.stats().used_bytes, 0);
+    assert_eq!(core.stats().loaded_models, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_core_follows_a_new_generation_without_a_request() {
+    let src = SwitchSource::new("follow", "1");
+    let core = switch_core(&src, 0);
+    let follower = core.spawn_follow_source();
+    core.get("m", None).await.unwrap();
+    assert_eq!(core.state_of("m", "1"), ModelState::Ready);
+    src.switch_to("2");
+    // No request, no watcher calling in: the core's own follower retires version 1.
+    eventually("v1 retired", || {
+        core.state_of("m", "1") == ModelState::Unloaded
+    })
+    .await;
+    assert_eq!(core.stats().used_bytes, 0);
+    assert_eq!(core.stats().loaded_models, 0);
+    follower.abort();
+}

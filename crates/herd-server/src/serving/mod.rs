@@ -4,12 +4,12 @@
 //! channel watcher with its swap-and-retire policy. `herd serve` only parses its flags into
 //! [`ServeSettings`] and calls [`serve`].
 //!
-//! Swap policy: after the watcher switched the served set, the versions that left it are retired
-//! at once (`Core::retire_unserved`): loads in progress are left to finish and requests running
-//! on a retired version keep their instance until they finish (the instance is reference
-//! counted; its memory returns when the last request drops it). One more retire runs after the
-//! request timeout, for a request that resolved an old version just before the switch and
-//! loaded it after the first retire.
+//! Swap policy: the watcher only switches the source's served set (a new generation); the core
+//! follows the generation itself (`Core::follow_source`, woken by the source's `changes()` and
+//! checked on every request): versions that left the set leave the cache at once, loads in
+//! progress finish for their waiters and leave then, and a version that requests still run on
+//! stays charged until the last of them finishes (reference counted), then its charge and memory
+//! go. After a switch the bundle cache is pruned of bundles nothing serves or holds.
 
 pub mod export;
 pub mod registry_source;
@@ -149,6 +149,7 @@ impl Server {
         // Ready (GET /v2/health/ready) once the pinned models are loaded.
         state.start();
         core.spawn_warmup_loop();
+        core.spawn_follow_source();
         Ok(Server {
             state,
             core,
@@ -219,31 +220,15 @@ pub async fn open_channel(s: &RegistrySettings) -> Result<Option<Arc<RegistrySou
     Ok(Some(src))
 }
 
-/// Watches the channel; after each switch applies the swap policy of the module docs.
+/// Watches the channel (the core follows each switch itself, see the module docs).
 pub fn watch(
     src: &Arc<RegistrySource>,
     core: Arc<Core>,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
     let me = src.clone();
-    let grace = core.config().request_timeout + Duration::from_secs(1);
     src.spawn_watch(every, move || {
-        let generation = me.generation();
-        let retired = core.retire_unserved();
-        tracing::info!(
-            release = %me.release().short_id,
-            retired,
-            "now serving the new release"
-        );
-        let (me, core) = (me.clone(), core.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            if me.generation() == generation {
-                let late = core.retire_unserved();
-                if late > 0 {
-                    tracing::info!(retired = late, "late loads of old versions retired");
-                }
-            }
-        });
+        tracing::info!(release = %me.release().short_id, "now serving the new release");
+        let _ = &core;
     })
 }

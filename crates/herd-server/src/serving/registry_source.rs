@@ -50,6 +50,8 @@ pub struct RegistrySource {
     /// (model, version) -> digest of everything served since start.
     digests: RwLock<HashMap<(String, String), String>>,
     generation: AtomicU64,
+    /// Wakes the core on each new generation (`ModelSource::changes`).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl RegistrySource {
@@ -91,6 +93,7 @@ impl RegistrySource {
             served: RwLock::new(Arc::new(served)),
             digests: RwLock::new(digests),
             generation: AtomicU64::new(1),
+            changes: tokio::sync::watch::channel(1).0,
         }))
     }
 
@@ -145,7 +148,8 @@ impl RegistrySource {
             served.entries.len(),
         );
         *self.served.write() = Arc::new(served);
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.changes.send_replace(generation);
         let secs = started.elapsed().as_secs_f64();
         metrics::histogram!("herd_registry_swap_seconds").record(secs);
         metrics::counter!("herd_registry_swaps_total").increment(1);
@@ -332,6 +336,10 @@ impl ModelSource for RegistrySource {
 
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.changes.subscribe())
     }
 }
 
