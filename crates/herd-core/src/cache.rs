@@ -94,6 +94,8 @@ struct Entry {
     priority: f64,
     /// The source stopped serving this version while it loaded: retire it when the load ends.
     stale: bool,
+    /// Lookups that found it loaded or loading (the cache's `hits`, per model) since it entered.
+    hits: u64,
 }
 
 struct CacheState {
@@ -141,6 +143,8 @@ pub struct IndexEntry {
     pub shared_bytes: u64,
     /// Seconds its last load took (0 when never loaded).
     pub load_secs: f64,
+    /// Cache hits since it was last loaded (requests that found it loaded or loading).
+    pub hits: u64,
 }
 
 /// Counters of the cache since start.
@@ -396,11 +400,13 @@ impl Core {
                         e.freq += 1;
                         e.last_used = tick;
                         e.priority = priority(policy, clock, e);
+                        e.hits += 1;
                         self.counters.hits.fetch_add(1, Ordering::Relaxed);
                         metrics::counter!("herd_cache_hits_total").increment(1);
                         return Ok(m);
                     }
                     Slot::Loading(rx) => {
+                        e.hits += 1;
                         self.counters.hits.fetch_add(1, Ordering::Relaxed);
                         metrics::counter!("herd_cache_hits_total").increment(1);
                         rx.clone()
@@ -442,6 +448,7 @@ impl Core {
                 load_secs: 0.0,
                 priority: 0.0,
                 stale: false,
+                hits: 0,
             },
         );
         let core = self.clone();
@@ -1107,6 +1114,7 @@ impl Core {
                     charge: 0,
                     shared_bytes: 0,
                     load_secs: 0.0,
+                    hits: 0,
                 });
                 continue;
             }
@@ -1127,6 +1135,7 @@ impl Core {
                         .map(|e| e.shared.iter().map(|(_, b)| b).sum())
                         .unwrap_or(0),
                     load_secs: e.map(|e| e.load_secs).unwrap_or(0.0),
+                    hits: e.map(|e| e.hits).unwrap_or(0),
                 });
             }
         }

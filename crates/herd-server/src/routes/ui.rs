@@ -148,7 +148,7 @@ async fn api_state(State(s): State<UiState>, headers: HeaderMap) -> Result<Json<
                 "reason": match &e.state { ModelState::Failed(r) => Some(r.clone()), _ => None },
                 "charge_bytes": e.charge,
                 "load_seconds": e.load_secs,
-                "hits": st.map(|m| m.inference_stats.cache_hit.count).unwrap_or(0),
+                "hits": e.hits,
                 "inferences": st.map(|m| m.inference_count).unwrap_or(0),
                 "last_inference_ms": st.map(|m| m.last_inference).unwrap_or(0),
                 "tenant": tenant,
