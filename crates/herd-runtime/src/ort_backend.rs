@@ -91,10 +91,15 @@ impl Backend for OrtBackend {
         };
         if let Some(store) = &self.shared {
             if let Some(s) = crate::shared::load(&self.env, store, path, opts)? {
-                let signature = signature_of(&s.session).map_err(fail)?;
+                let signature = match &s.trunk {
+                    Some(t) => split_signature(t, &s.session),
+                    None => signature_of(&s.session),
+                }
+                .map_err(fail)?;
                 return Ok(Box::new(OrtInstance {
                     session: s.session,
                     signature,
+                    trunk: s.trunk,
                     _shared: s.weights,
                     sharing: s.sharing,
                 }));
@@ -127,6 +132,7 @@ impl Backend for OrtBackend {
         Ok(Box::new(OrtInstance {
             session,
             signature,
+            trunk: None,
             _shared: Vec::new(),
             sharing: Default::default(),
         }))
@@ -148,9 +154,37 @@ fn signature_of(session: &Session) -> Result<Signature, String> {
     })
 }
 
+/// The signature of a model split into a shared trunk and `head`: the model's own inputs
+/// (from whichever part reads them, in the model's order) and the head's outputs.
+fn split_signature(t: &crate::shared::TrunkUse, head: &Session) -> Result<Signature, String> {
+    let mut known: Vec<(String, ValueType)> = t.input_meta();
+    known.extend(
+        head.inputs()
+            .iter()
+            .map(|o| (o.name().to_string(), o.dtype().clone())),
+    );
+    let inputs = t
+        .inputs
+        .iter()
+        .map(|n| {
+            let (_, ty) = known
+                .iter()
+                .find(|(k, _)| k == n)
+                .ok_or_else(|| format!("input '{n}' is read by neither part of the model"))?;
+            outlet_meta(n, ty)
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Signature {
+        inputs,
+        outputs: signature_of(head)?.outputs,
+    })
+}
+
 struct OrtInstance {
+    /// The model's session; the head's when the model runs on a shared trunk.
     session: Session,
     signature: Signature,
+    trunk: Option<crate::shared::TrunkUse>,
     /// Keeps the shared weights the session uses alive (dropped after the session).
     _shared: Vec<std::sync::Arc<crate::shared::SharedWeight>>,
     sharing: crate::shared::Sharing,
@@ -177,18 +211,43 @@ impl Instance for OrtInstance {
         if cancel.is_cancelled() {
             return Err(RuntimeError::Cancelled);
         }
-        let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
-        for t in inputs {
-            let v = to_value(t.shape, t.data)
-                .map_err(|e| RuntimeError::InvalidInput(format!("input '{}': {e}", t.name)))?;
-            values.push((t.name, v));
-        }
+        let convert = |t: Tensor| {
+            to_value(t.shape, t.data)
+                .map_err(|e| RuntimeError::InvalidInput(format!("input '{}': {e}", t.name)))
+        };
+        // A model on a shared trunk converts its inputs as the trunk run takes them.
+        let (mut values, pending) = match &self.trunk {
+            Some(_) => (Vec::new(), inputs),
+            None => {
+                let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
+                for t in inputs {
+                    let name = t.name.clone();
+                    values.push((name, convert(t)?));
+                }
+                (values, Vec::new())
+            }
+        };
         let opts = Arc::new(RunOptions::new().map_err(|e| RuntimeError::Run(e.to_string()))?);
         let stop = opts.clone();
         // Firing the cancel sets ONNX Runtime's terminate flag: the run stops between operators.
         cancel.on_cancel(move || {
             let _ = stop.terminate();
         });
+        if let Some(t) = &self.trunk {
+            // The shared trunk first; its boundary tensors feed this model's head.
+            let named = pending.into_iter().map(|t| (t.name.clone(), t)).collect();
+            match t.run_trunk(named, convert, &opts) {
+                Ok(v) => values = v,
+                Err(e) => {
+                    cancel.clear();
+                    return Err(if cancel.is_cancelled() {
+                        RuntimeError::Cancelled
+                    } else {
+                        e
+                    });
+                }
+            }
+        }
         let run = self.session.run_with_options(values, &*opts);
         cancel.clear();
         let outputs = match run {

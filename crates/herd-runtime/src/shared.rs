@@ -36,6 +36,15 @@ pub fn enabled_by_env() -> bool {
     )
 }
 
+/// Shared trunk sessions are on unless `HERD_SHARED_TRUNKS` is `off`/`0`/`false` (for
+/// comparisons: then every model has a whole session of its own, on shared tensors).
+pub fn trunks_enabled_by_env() -> bool {
+    !matches!(
+        std::env::var("HERD_SHARED_TRUNKS").as_deref(),
+        Ok("off" | "0" | "false")
+    )
+}
+
 /// What a loaded instance shares with others (for the cache's accounting).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sharing {
@@ -57,20 +66,46 @@ impl Sharing {
 /// One shared tensor. Dropping the last `Arc` frees it.
 pub struct SharedWeight {
     key: Key,
-    value: Arc<DynValue>,
+    /// `None` only while dropping.
+    value: Option<Arc<DynValue>>,
     bytes: u64,
     resident: Arc<AtomicU64>,
+}
+
+impl SharedWeight {
+    fn value(&self) -> &Arc<DynValue> {
+        self.value.as_ref().expect("a shared weight has its value until dropped")
+    }
 }
 
 impl Drop for SharedWeight {
     fn drop(&mut self) {
         self.resident.fetch_sub(self.bytes, Ordering::Relaxed);
+        drop(self.value.take());
+        // The last user of a large tensor is gone: hand its pages back now, so resident
+        // memory drops with the charge (freed chunks inside the heap are otherwise kept).
+        if self.bytes >= 1 << 20 {
+            release_free_memory();
+        }
+    }
+}
+
+/// Returns the allocator's free pages to the system (glibc `malloc_trim`).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
 /// The process's shared tensors, by content key.
 pub struct SharedStore {
     map: Mutex<HashMap<Key, Weak<SharedWeight>>>,
+    /// Trunk sessions shared by models whose graphs begin with the same computation.
+    trunks: Mutex<HashMap<Key, Weak<Trunk>>>,
+    /// Whether models are split into a shared trunk and a head of their own.
+    split: bool,
     resident: Arc<AtomicU64>,
     threshold: usize,
     dir: Mutex<Option<PathBuf>>,
@@ -81,6 +116,8 @@ impl SharedStore {
     pub fn new(threshold: usize) -> SharedStore {
         SharedStore {
             map: Mutex::new(HashMap::new()),
+            trunks: Mutex::new(HashMap::new()),
+            split: trunks_enabled_by_env(),
             resident: Arc::new(AtomicU64::new(0)),
             threshold,
             dir: Mutex::new(None),
@@ -118,12 +155,36 @@ impl SharedStore {
         self.resident.fetch_add(bytes, Ordering::Relaxed);
         let w = Arc::new(SharedWeight {
             key,
-            value: Arc::new(value),
+            value: Some(Arc::new(value)),
             bytes,
             resident: self.resident.clone(),
         });
         map.insert(key, Arc::downgrade(&w));
         (w, true)
+    }
+
+    /// Number of trunk sessions alive now.
+    pub fn trunks(&self) -> usize {
+        let map = self.trunks.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().filter(|w| w.strong_count() > 0).count()
+    }
+
+    fn get_trunk(&self, key: &Key) -> Option<Arc<Trunk>> {
+        let map = self.trunks.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key).and_then(Weak::upgrade)
+    }
+
+    fn insert_trunk(&self, t: Trunk) -> (Arc<Trunk>, bool) {
+        let mut map = self.trunks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = map.get(&t.key).and_then(Weak::upgrade) {
+            return (w, false);
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        self.resident.fetch_add(t.bytes, Ordering::Relaxed);
+        let key = t.key;
+        let t = Arc::new(t);
+        map.insert(key, Arc::downgrade(&t));
+        (t, true)
     }
 
     /// A private directory holding the never-read placeholder file that ONNX Runtime wants to
@@ -156,11 +217,158 @@ impl Drop for SharedStore {
     }
 }
 
+/// The first part of some models' graphs, one ONNX Runtime session for all of them (see
+/// [`herd_onnx::initializers::Split`]): per-customer models of one base run the base here and
+/// only their own head in a session of their own. Runs take turns (`Mutex`); each run uses the
+/// process's intra-op thread pool. Dropping the last user frees the session, then its tensors.
+pub struct Trunk {
+    key: Key,
+    session: Mutex<Session>,
+    /// Graph inputs the trunk reads.
+    inputs: Vec<String>,
+    /// The boundary: trunk outputs the heads read.
+    outputs: Vec<String>,
+    /// Heap bytes the trunk's session took when it was built (charged once, like a tensor).
+    bytes: u64,
+    resident: Arc<AtomicU64>,
+    /// Tensors the trunk's session uses (dropped after it).
+    _weights: Vec<Arc<SharedWeight>>,
+}
+
+impl Drop for Trunk {
+    fn drop(&mut self) {
+        self.resident.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// How a split model runs: the shared trunk, then its own head.
+pub(crate) struct TrunkUse {
+    pub trunk: Arc<Trunk>,
+    /// Graph inputs the head reads directly.
+    pub head_inputs: Vec<String>,
+    /// All the model's graph inputs, in order (the model's signature).
+    pub inputs: Vec<String>,
+}
+
+impl TrunkUse {
+    /// Runs the trunk on the inputs it reads and returns the head's inputs: the graph inputs
+    /// the head reads and the boundary tensors.
+    pub fn run_trunk(
+        &self,
+        inputs: Vec<(String, herd_api::v2::Tensor)>,
+        to_value: impl Fn(herd_api::v2::Tensor) -> Result<DynValue, RuntimeError>,
+        opts: &ort::session::RunOptions,
+    ) -> Result<Vec<(String, DynValue)>, RuntimeError> {
+        let mut trunk_in = Vec::with_capacity(self.trunk.inputs.len());
+        let mut head_in = Vec::with_capacity(self.head_inputs.len() + self.trunk.outputs.len());
+        for (name, t) in inputs {
+            let (to_trunk, to_head) = (
+                self.trunk.inputs.contains(&name),
+                self.head_inputs.contains(&name),
+            );
+            if to_trunk && to_head {
+                trunk_in.push((name.clone(), to_value(t.clone())?));
+                head_in.push((name, to_value(t)?));
+            } else if to_trunk {
+                trunk_in.push((name, to_value(t)?));
+            } else if to_head {
+                head_in.push((name, to_value(t)?));
+            }
+        }
+        let mut session = self
+            .trunk
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut out = session
+            .run_with_options(trunk_in, opts)
+            .map_err(|e| RuntimeError::Run(e.to_string()))?;
+        for b in &self.trunk.outputs {
+            let v = out.remove(b.as_str()).ok_or_else(|| {
+                RuntimeError::Run(format!("the shared trunk did not produce '{b}'"))
+            })?;
+            head_in.push((b.clone(), v));
+        }
+        Ok(head_in)
+    }
+
+    /// Input metadata of the trunk's session, by name.
+    pub fn input_meta(&self) -> Vec<(String, ValueType)> {
+        let session = self
+            .trunk
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        session
+            .inputs()
+            .iter()
+            .map(|o| (o.name().to_string(), o.dtype().clone()))
+            .collect()
+    }
+}
+
 /// A session built on shared tensors, and the handles that keep them alive.
 pub(crate) struct SharedSession {
     pub session: Session,
     pub weights: Vec<Arc<SharedWeight>>,
     pub sharing: Sharing,
+    /// Set when the model runs on a shared trunk (`session` is then its head).
+    pub trunk: Option<TrunkUse>,
+}
+
+/// Builds a session of `model` whose placeholders are the `weights` (by name).
+fn build_session(
+    env: &Environment,
+    store: &SharedStore,
+    model: &[u8],
+    weights: &[(&str, &Arc<SharedWeight>)],
+    opts: &LoadOptions,
+) -> Result<Session, String> {
+    let file = if weights.is_empty() {
+        None
+    } else {
+        let dir = store.work_dir()?;
+        let file = dir.join(format!(
+            "m{}.onnx",
+            store.seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&file, model).map_err(|e| format!("{}: {e}", file.display()))?;
+        Some(file)
+    };
+    let built = (|| -> Result<Session, String> {
+        let s = |e: ort::Error<ort::session::builder::SessionBuilder>| e.to_string();
+        let mut b = Session::builder(env)
+            .map_err(|e| e.to_string())?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(s)?
+            .with_prepacking(false)
+            .map_err(s)?
+            // As for unshared models (ort_backend.rs): no arena, no per-shape memory patterns.
+            .with_execution_providers([ort::ep::CPU::default()
+                .with_arena_allocator(false)
+                .build()])
+            .map_err(s)?
+            .with_memory_pattern(false)
+            .map_err(s)?;
+        if opts.intra_threads > 0 {
+            b = b
+                .with_independent_thread_pool()
+                .map_err(s)?
+                .with_intra_threads(opts.intra_threads)
+                .map_err(s)?;
+        }
+        for (name, w) in weights {
+            b = b.with_initializer(*name, w.value().clone()).map_err(s)?;
+        }
+        match &file {
+            Some(f) => b.commit_from_file(f).map_err(|e| e.to_string()),
+            None => b.commit_from_memory(model).map_err(|e| e.to_string()),
+        }
+    })();
+    if let Some(f) = file {
+        let _ = std::fs::remove_file(f);
+    }
+    built
 }
 
 /// Loads `path` with its large tensors shared through `store`. `Ok(None)`: nothing to share
@@ -188,9 +396,14 @@ pub(crate) fn load(
     }
     let mut weights: Vec<(String, Arc<SharedWeight>)> = Vec::new();
     let mut created = 0u64;
+    // Tensors another model already holds: where the model may join a shared trunk.
+    let mut resident: std::collections::HashSet<Key> = Default::default();
     for r in &plan.raw_shared {
         let w = match store.get(&r.key) {
-            Some(w) => w,
+            Some(w) => {
+                resident.insert(r.key);
+                w
+            }
             None => {
                 let value = tensor_from_le(r.elem_type, &r.dims, &bytes[r.data.clone()])
                     .map_err(|e| fail(format!("shared initializer '{}': {e}", r.name)))?;
@@ -208,8 +421,11 @@ pub(crate) fn load(
     let mut fold_weights: Vec<Option<Arc<SharedWeight>>> = Vec::with_capacity(plan.folds.len());
     for (i, f) in plan.folds.iter().enumerate() {
         let w = store.get(&f.key);
-        if w.is_none() {
-            missing.push(i);
+        match w {
+            None => missing.push(i),
+            Some(_) => {
+                resident.insert(f.key);
+            }
         }
         fold_weights.push(w);
     }
@@ -246,7 +462,7 @@ pub(crate) fn load(
     let placeholders: Vec<Placeholder> = weights
         .iter()
         .map(|(name, w)| {
-            let (elem, dims) = describe(&w.value).expect("shared values are tensors");
+            let (elem, dims) = describe(w.value()).expect("shared values are tensors");
             Placeholder {
                 name: name.clone(),
                 elem_type: elem,
@@ -255,36 +471,20 @@ pub(crate) fn load(
             }
         })
         .collect();
+    if store.split {
+        if let Some(split) = plan.split(&bytes, |k| resident.contains(k)) {
+            let s = load_split(env, store, &bytes, &plan, &split, &weights, &placeholders, opts)
+                .map_err(fail)?;
+            let mut sharing = s.sharing;
+            sharing.created_bytes += created;
+            return Ok(Some(SharedSession { sharing, ..s }));
+        }
+    }
     let stripped = plan.rewrite(&bytes, &placeholders);
     drop(bytes);
-    let dir = store.work_dir().map_err(fail)?;
-    let file = dir.join(format!(
-        "m{}.onnx",
-        store.seq.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::write(&file, &stripped).map_err(|e| fail(format!("{}: {e}", file.display())))?;
-    let built = (|| -> Result<Session, String> {
-        let s = |e: ort::Error<ort::session::builder::SessionBuilder>| e.to_string();
-        let mut b = Session::builder(env)
-            .map_err(|e| e.to_string())?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(s)?
-            .with_prepacking(false)
-            .map_err(s)?;
-        if opts.intra_threads > 0 {
-            b = b
-                .with_independent_thread_pool()
-                .map_err(s)?
-                .with_intra_threads(opts.intra_threads)
-                .map_err(s)?;
-        }
-        for (name, w) in &weights {
-            b = b.with_initializer(name, w.value.clone()).map_err(s)?;
-        }
-        b.commit_from_file(&file).map_err(|e| e.to_string())
-    })();
-    let _ = std::fs::remove_file(&file);
-    let session = built.map_err(fail)?;
+    let named: Vec<(&str, &Arc<SharedWeight>)> =
+        weights.iter().map(|(n, w)| (n.as_str(), w)).collect();
+    let session = build_session(env, store, &stripped, &named, opts).map_err(fail)?;
     let sharing = Sharing {
         weights: weights.iter().map(|(_, w)| (w.key, w.bytes)).collect(),
         created_bytes: created,
@@ -294,7 +494,110 @@ pub(crate) fn load(
         session,
         weights: weights.into_iter().map(|(_, w)| w).collect(),
         sharing,
+        trunk: None,
     }))
+}
+
+/// Loads a model as a head on a shared trunk (reused, or built now). The returned sharing's
+/// `created_bytes` counts the trunk when this load built it (the caller adds its tensors).
+#[allow(clippy::too_many_arguments)]
+fn load_split(
+    env: &Environment,
+    store: &SharedStore,
+    bytes: &[u8],
+    plan: &initializers::Analysis,
+    split: &initializers::Split,
+    weights: &[(String, Arc<SharedWeight>)],
+    placeholders: &[Placeholder],
+    opts: &LoadOptions,
+) -> Result<SharedSession, String> {
+    let pick = |names: &[String]| -> Vec<(&str, &Arc<SharedWeight>)> {
+        weights
+            .iter()
+            .filter(|(n, _)| names.contains(n))
+            .map(|(n, w)| (n.as_str(), w))
+            .collect()
+    };
+    let mut created = 0;
+    let trunk = match store.get_trunk(&split.key) {
+        Some(t) => t,
+        None => {
+            let model = plan.trunk_model(bytes, split, placeholders);
+            let named = pick(&split.trunk_shared);
+            let before = crate::memory::allocated_bytes();
+            let session = build_session(env, store, &model, &named, opts)
+                .map_err(|e| format!("shared trunk: {e}"))?;
+            let after = crate::memory::allocated_bytes();
+            let measured = match (before, after) {
+                (Some(b), Some(a)) => a.saturating_sub(b),
+                _ => model.len() as u64,
+            };
+            let trunk = Trunk {
+                key: split.key,
+                inputs: split.trunk_inputs.clone(),
+                outputs: split.boundary.clone(),
+                bytes: measured.max(model.len() as u64),
+                resident: store.resident.clone(),
+                _weights: named.iter().map(|(_, w)| Arc::clone(w)).collect(),
+                session: Mutex::new(session),
+            };
+            let (t, new) = store.insert_trunk(trunk);
+            if new {
+                created += t.bytes;
+            }
+            t
+        }
+    };
+    // The head's inputs from the trunk are typed as the trunk's session reports them.
+    let types: Vec<i32> = {
+        let session = trunk.session.lock().unwrap_or_else(|p| p.into_inner());
+        split
+            .boundary
+            .iter()
+            .map(|b| {
+                session
+                    .outputs()
+                    .iter()
+                    .find(|o| o.name() == b)
+                    .and_then(|o| describe_type(o.dtype()))
+                    .ok_or_else(|| format!("shared trunk output '{b}' is not a numeric tensor"))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let head_model = plan.head_model(bytes, split, &types, placeholders);
+    let head_named = pick(&split.head_shared);
+    let session = build_session(env, store, &head_model, &head_named, opts)?;
+    let mut used: Vec<(Key, u64)> = trunk
+        ._weights
+        .iter()
+        .chain(head_named.iter().map(|(_, w)| *w))
+        .map(|w| (w.key, w.bytes))
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    used.push((trunk.key, trunk.bytes));
+    let sharing = Sharing {
+        weights: used,
+        created_bytes: created,
+        stripped_file_bytes: (bytes.len() as u64).saturating_sub(head_model.len() as u64),
+    };
+    Ok(SharedSession {
+        session,
+        weights: head_named.iter().map(|(_, w)| Arc::clone(w)).collect(),
+        sharing,
+        trunk: Some(TrunkUse {
+            trunk,
+            head_inputs: split.head_inputs.clone(),
+            inputs: split.inputs.clone(),
+        }),
+    })
+}
+
+fn describe_type(t: &ValueType) -> Option<i32> {
+    match t {
+        ValueType::Tensor { ty, .. } => onnx_elem(*ty),
+        _ => None,
+    }
 }
 
 /// ONNX element type and dims of a tensor value.

@@ -111,16 +111,19 @@ fn out(t: &[Tensor]) -> Vec<f32> {
 }
 
 #[test]
-fn customers_share_one_folded_encoder_and_answer_as_when_alone() {
+fn customers_share_one_folded_encoder_and_one_trunk_and_answer_as_when_alone() {
     let dir = std::env::temp_dir().join(format!("herd-shared-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let a = customer(&dir, 1);
     let b = customer(&dir, 2);
+    let c = customer(&dir, 3);
     let shared = backend();
     let alone = backend().without_sharing();
     let store = shared.shared_store().expect("sharing is on by default");
     let opts = LoadOptions::default();
+    let encoder = (N * N * 4) as u64;
 
+    // The first customer: a whole session of its own on the shared (folded) encoder.
     let mut ia = shared.load(&a, &opts).unwrap();
     let sa = ia.sharing();
     assert_eq!(
@@ -128,19 +131,30 @@ fn customers_share_one_folded_encoder_and_answer_as_when_alone() {
         1,
         "one folded tensor: the dequantised encoder"
     );
-    assert_eq!(sa.created_bytes, (N * N * 4) as u64);
+    assert_eq!(sa.created_bytes, encoder);
     assert!(sa.stripped_file_bytes >= (N * N) as u64);
+    assert_eq!(store.trunks(), 0);
+    // The second finds the encoder resident: it runs the encoder's part of its graph on a
+    // shared trunk session (built now) and only its head in a session of its own.
     let mut ib = shared.load(&b, &opts).unwrap();
     let sb = ib.sharing();
-    assert_eq!(sb.weights, sa.weights, "the same key and bytes");
-    assert_eq!(
-        sb.created_bytes, 0,
-        "the second customer reuses the encoder"
-    );
-    assert_eq!(store.resident_bytes(), (N * N * 4) as u64);
+    assert_eq!(store.trunks(), 1);
+    assert_eq!(sb.weights.len(), 2, "the encoder and the trunk: {sb:?}");
+    assert_eq!(sb.weights[0], sa.weights[0], "the same encoder key and bytes");
+    let trunk = sb.weights[1];
+    assert!(trunk.1 > 0);
+    assert_eq!(sb.created_bytes, trunk.1, "b created the trunk, not the encoder");
+    // The third reuses both.
+    let mut ic = shared.load(&c, &opts).unwrap();
+    let sc = ic.sharing();
+    assert_eq!(sc.weights, sb.weights);
+    assert_eq!(sc.created_bytes, 0, "nothing new");
+    assert_eq!(store.trunks(), 1);
+    assert_eq!(store.resident_bytes(), encoder + trunk.1);
     assert_eq!(store.len(), 1);
+    assert_eq!(ic.signature(), ia.signature(), "the model's own inputs and outputs");
 
-    for (inst, path) in [(&mut ia, &a), (&mut ib, &b)] {
+    for (inst, path) in [(&mut ia, &a), (&mut ib, &b), (&mut ic, &c)] {
         let got = out(&inst.run(input()).unwrap());
         let mut plain = alone.load(path, &opts).unwrap();
         assert!(plain.sharing().weights.is_empty());
@@ -153,20 +167,18 @@ fn customers_share_one_folded_encoder_and_answer_as_when_alone() {
             );
         }
     }
-    // The two customers differ (their heads do).
+    // The customers differ (their heads do).
     assert_ne!(
-        out(&ia.run(input()).unwrap()),
-        out(&ib.run(input()).unwrap())
+        out(&ib.run(input()).unwrap()),
+        out(&ic.run(input()).unwrap())
     );
 
     drop(ia);
-    assert_eq!(
-        store.resident_bytes(),
-        (N * N * 4) as u64,
-        "b still uses it"
-    );
     drop(ib);
-    assert_eq!(store.resident_bytes(), 0, "freed with its last user");
+    assert_eq!(store.resident_bytes(), encoder + trunk.1, "c still uses both");
+    drop(ic);
+    assert_eq!(store.resident_bytes(), 0, "freed with their last user");
+    assert_eq!(store.trunks(), 0);
     assert!(store.is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
