@@ -74,7 +74,9 @@ pub struct SharedWeight {
 
 impl SharedWeight {
     fn value(&self) -> &Arc<DynValue> {
-        self.value.as_ref().expect("a shared weight has its value until dropped")
+        self.value
+            .as_ref()
+            .expect("a shared weight has its value until dropped")
     }
 }
 
@@ -275,11 +277,7 @@ impl TrunkUse {
                 head_in.push((name, to_value(t)?));
             }
         }
-        let mut session = self
-            .trunk
-            .session
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut session = self.trunk.session.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = session
             .run_with_options(trunk_in, opts)
             .map_err(|e| RuntimeError::Run(e.to_string()))?;
@@ -294,11 +292,7 @@ impl TrunkUse {
 
     /// Input metadata of the trunk's session, by name.
     pub fn input_meta(&self) -> Vec<(String, ValueType)> {
-        let session = self
-            .trunk
-            .session
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let session = self.trunk.session.lock().unwrap_or_else(|p| p.into_inner());
         session
             .inputs()
             .iter()
@@ -344,9 +338,7 @@ fn build_session(
             .with_prepacking(false)
             .map_err(s)?
             // As for unshared models (ort_backend.rs): no arena, no per-shape memory patterns.
-            .with_execution_providers([ort::ep::CPU::default()
-                .with_arena_allocator(false)
-                .build()])
+            .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
             .map_err(s)?
             .with_memory_pattern(false)
             .map_err(s)?;
@@ -473,8 +465,17 @@ pub(crate) fn load(
         .collect();
     if store.split {
         if let Some(split) = plan.split(&bytes, |k| resident.contains(k)) {
-            let s = load_split(env, store, &bytes, &plan, &split, &weights, &placeholders, opts)
-                .map_err(fail)?;
+            let s = load_split(
+                env,
+                store,
+                &bytes,
+                &plan,
+                &split,
+                &weights,
+                &placeholders,
+                opts,
+            )
+            .map_err(fail)?;
             let mut sharing = s.sharing;
             sharing.created_bytes += created;
             return Ok(Some(SharedSession { sharing, ..s }));

@@ -140,10 +140,16 @@ fn customers_share_one_folded_encoder_and_one_trunk_and_answer_as_when_alone() {
     let sb = ib.sharing();
     assert_eq!(store.trunks(), 1);
     assert_eq!(sb.weights.len(), 2, "the encoder and the trunk: {sb:?}");
-    assert_eq!(sb.weights[0], sa.weights[0], "the same encoder key and bytes");
+    assert_eq!(
+        sb.weights[0], sa.weights[0],
+        "the same encoder key and bytes"
+    );
     let trunk = sb.weights[1];
     assert!(trunk.1 > 0);
-    assert_eq!(sb.created_bytes, trunk.1, "b created the trunk, not the encoder");
+    assert_eq!(
+        sb.created_bytes, trunk.1,
+        "b created the trunk, not the encoder"
+    );
     // The third reuses both.
     let mut ic = shared.load(&c, &opts).unwrap();
     let sc = ic.sharing();
@@ -152,7 +158,11 @@ fn customers_share_one_folded_encoder_and_one_trunk_and_answer_as_when_alone() {
     assert_eq!(store.trunks(), 1);
     assert_eq!(store.resident_bytes(), encoder + trunk.1);
     assert_eq!(store.len(), 1);
-    assert_eq!(ic.signature(), ia.signature(), "the model's own inputs and outputs");
+    assert_eq!(
+        ic.signature(),
+        ia.signature(),
+        "the model's own inputs and outputs"
+    );
 
     for (inst, path) in [(&mut ia, &a), (&mut ib, &b), (&mut ic, &c)] {
         let got = out(&inst.run(input()).unwrap());
@@ -175,7 +185,11 @@ fn customers_share_one_folded_encoder_and_one_trunk_and_answer_as_when_alone() {
 
     drop(ia);
     drop(ib);
-    assert_eq!(store.resident_bytes(), encoder + trunk.1, "c still uses both");
+    assert_eq!(
+        store.resident_bytes(),
+        encoder + trunk.1,
+        "c still uses both"
+    );
     drop(ic);
     assert_eq!(store.resident_bytes(), 0, "freed with their last user");
     assert_eq!(store.trunks(), 0);
