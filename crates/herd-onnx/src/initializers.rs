@@ -1188,7 +1188,8 @@ mod tests {
             dims: vec![300, 300],
             bytes: 360_000,
         };
-        let trunk = ModelProto::decode(&pa.trunk_model(&a, &sa, &[w.clone()])[..]).unwrap();
+        let trunk =
+            ModelProto::decode(&pa.trunk_model(&a, &sa, std::slice::from_ref(&w))[..]).unwrap();
         let g = trunk.graph.unwrap();
         let ops: Vec<_> = g.node.iter().map(|n| n.op_type.clone().unwrap()).collect();
         assert_eq!(ops, ["MatMul"]);
