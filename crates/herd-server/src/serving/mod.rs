@@ -71,6 +71,29 @@ pub struct ServeSettings {
     pub registry: RegistrySettings,
 }
 
+impl ServeSettings {
+    /// `herd serve`'s settings with no flags: the built-in defaults and the `HERD_*`
+    /// environment (for the demo, benchmarks and tests, which then set what they need).
+    pub fn defaults() -> ServeSettings {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            s: ServeSettings,
+        }
+        <Flags as clap::Parser>::try_parse_from(["herd"])
+            .map(|f| f.s)
+            .unwrap_or_else(|_| {
+                // An invalid HERD_* value: fall back to the built-in defaults alone.
+                let mut cmd = <Flags as clap::CommandFactory>::command();
+                cmd = cmd.mut_args(|a| a.env(None::<&str>));
+                let m = cmd.get_matches_from(["herd"]);
+                <Flags as clap::FromArgMatches>::from_arg_matches(&m)
+                    .map(|f| f.s)
+                    .expect("built-in defaults parse")
+            })
+    }
+}
+
 /// Why serving could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -96,12 +119,17 @@ pub struct Server {
     pub app: Router,
     pub channel: Option<Arc<RegistrySource>>,
     watcher: Option<tokio::task::JoinHandle<()>>,
+    /// The listener of [`Server::start`] (stopped when the server is dropped).
+    listener: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(w) = self.watcher.take() {
             w.abort();
+        }
+        if let Some(l) = self.listener.take() {
+            l.abort();
         }
     }
 }
@@ -156,24 +184,26 @@ impl Server {
             app,
             channel,
             watcher,
+            listener: None,
         })
     }
 
-    /// Builds and serves on `addr` in the background (port 0 picks one); returns the address.
-    /// For tests, the demo and benchmarks.
+    /// Builds and serves on `addr` in the background (port 0 picks one) with the settings'
+    /// HTTP limits; returns the address. Dropping the server stops it. For tests, the demo and
+    /// benchmarks.
     pub async fn start(
         settings: &ServeSettings,
         ort_lib: &Path,
         addr: SocketAddr,
     ) -> Result<(SocketAddr, Server), ServeError> {
-        let server = Server::build(settings, ort_lib).await?;
-        let (bound, _h) =
-            crate::spawn(server.app.clone(), addr)
-                .await
-                .map_err(|e| ServeError::Io {
-                    context: format!("cannot listen on {addr}"),
-                    error: e,
-                })?;
+        let mut server = Server::build(settings, ort_lib).await?;
+        let (bound, h) = crate::spawn_with(server.app.clone(), addr, settings.server.http_limits())
+            .await
+            .map_err(|e| ServeError::Io {
+                context: format!("cannot listen on {addr}"),
+                error: e,
+            })?;
+        server.listener = Some(h);
         Ok((bound, server))
     }
 }
