@@ -474,8 +474,12 @@ pub(crate) fn load(
                 &weights,
                 &placeholders,
                 opts,
-            )
-            .map_err(fail)?;
+            );
+            // The model file's bytes (read whole, then cut) are free now; give their pages back
+            // (each customer's load would otherwise leave up to its file's size resident).
+            drop(bytes);
+            release_free_memory();
+            let s = s.map_err(fail)?;
             let mut sharing = s.sharing;
             sharing.created_bytes += created;
             return Ok(Some(SharedSession { sharing, ..s }));
@@ -485,7 +489,10 @@ pub(crate) fn load(
     drop(bytes);
     let named: Vec<(&str, &Arc<SharedWeight>)> =
         weights.iter().map(|(n, w)| (n.as_str(), w)).collect();
-    let session = build_session(env, store, &stripped, &named, opts).map_err(fail)?;
+    let session = build_session(env, store, &stripped, &named, opts);
+    drop(stripped);
+    release_free_memory();
+    let session = session.map_err(fail)?;
     let sharing = Sharing {
         weights: weights.iter().map(|(_, w)| (w.key, w.bytes)).collect(),
         created_bytes: created,
