@@ -490,8 +490,9 @@ async fn a_version_that_leaves_the_served_set_is_charged_until_its_last_request_
     drop(old);
     assert_eq!(core.stats().used_bytes, c1 + c2);
     drop(old2);
-    // The last request on version 1 finished: its charge is gone at once.
-    assert_eq!(core.retiring_bytes(), 0);
+    // The last request on version 1 finished: its charge goes with it (the load task's answer
+    // channel may hold the last clone a moment longer, hence the bounded wait).
+    eventually("v1 uncharged", || core.retiring_bytes() == 0).await;
     assert_eq!(core.stats().used_bytes, c2);
     assert!(!core.resident().contains(&("m".into(), "1".into())));
 
@@ -503,7 +504,7 @@ async fn a_version_that_leaves_the_served_set_is_charged_until_its_last_request_
     assert!(core.unload_model("m").unwrap());
     assert_eq!(core.stats().used_bytes, held.charge);
     drop(held);
-    assert_eq!(core.stats().used_bytes, 0);
+    eventually("unloaded model uncharged", || core.stats().used_bytes == 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -527,7 +528,7 @@ async fn a_load_of_an_old_version_in_progress_at_the_switch_leaves_the_cache_whe
     assert_eq!(core.state_of("m", "1"), ModelState::Unloaded);
     assert_eq!(core.stats().used_bytes, served.charge);
     drop(served);
-    assert_eq!(core.stats().used_bytes, 0);
+    eventually("late load uncharged", || core.stats().used_bytes == 0).await;
     assert_eq!(core.stats().loaded_models, 0);
 }
 
