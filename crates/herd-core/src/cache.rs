@@ -656,46 +656,66 @@ impl Core {
             pipeline = Some(shared);
         }
         let loaded = memory::allocated_bytes();
-        // Working memory: one run at the largest shape a request can reach (max_batch_size rows,
-        // a pipeline's max_length tokens) grows the instance's ONNX Runtime arena to what any
-        // request will need; the growth, plus the run's inputs and outputs, is charged for each
-        // instance (each has its own arena).
-        let inputs = match &pipeline {
-            Some(p) => crate::pipeline::warmup_tensors(p, config.max_batch_size),
-            None => max_shape_inputs(instances[0].signature(), config.max_batch_size),
+        let loaded_rss = memory::rss_bytes();
+        // Working memory: a run at the largest shape a request can reach (max_batch_size rows,
+        // a pipeline's max_length tokens); its peak over the loaded level, plus the run's
+        // inputs and outputs, is charged for each instance (each runs on its own).
+        let sig0 = instances[0].signature().clone();
+        let make_inputs = |rows: usize| match &pipeline {
+            Some(p) => crate::pipeline::warmup_tensors(p, rows),
+            None => max_shape_inputs(&sig0, rows),
         };
-        let io_in = tensors_bytes(&inputs);
-        // The run's memory is freed when it ends: sample the allocator's peak meanwhile.
+        // The run's memory is freed when it ends: sample the peak meanwhile, of the allocator's
+        // count and of resident memory (the charge is the larger: allocated but untouched
+        // pages are not resident, resident pages held free by the allocator are not counted).
         let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let peak = Arc::new(AtomicU64::new(loaded.unwrap_or(0)));
+        let peak_rss = Arc::new(AtomicU64::new(loaded_rss.unwrap_or(0)));
         let sampler = {
-            let (sampling, peak) = (sampling.clone(), peak.clone());
+            let (sampling, peak, peak_rss) = (sampling.clone(), peak.clone(), peak_rss.clone());
             std::thread::spawn(move || {
                 while sampling.load(Ordering::Relaxed) {
                     peak.fetch_max(memory::allocated_bytes().unwrap_or(0), Ordering::Relaxed);
+                    peak_rss.fetch_max(memory::rss_bytes().unwrap_or(0), Ordering::Relaxed);
                     std::thread::sleep(Duration::from_micros(500));
                 }
             })
         };
-        let working_io = match instances[0].run(inputs) {
-            Ok(outputs) => io_in + tensors_bytes(&outputs),
-            Err(e) => {
-                tracing::warn!(model = %name, version = %version, error = %e,
-                    "warm-up at the largest shape failed; charging a one-row run");
-                let one = match &pipeline {
-                    Some(p) => crate::pipeline::warmup_tensors(p, 1),
-                    None => max_shape_inputs(instances[0].signature(), 1),
-                };
-                let io_in = tensors_bytes(&one);
-                let out = instances[0]
-                    .run(one)
-                    .map_err(|e| fail(format!("warm-up inference failed: {e}")))?;
-                io_in + tensors_bytes(&out)
+        let warm = |inst: &mut Box<dyn Instance>| -> Result<u64, CoreError> {
+            let inputs = make_inputs(config.max_batch_size);
+            let io_in = tensors_bytes(&inputs);
+            match inst.run(inputs) {
+                Ok(outputs) => Ok(io_in + tensors_bytes(&outputs)),
+                Err(e) => {
+                    tracing::warn!(model = %name, version = %version, error = %e,
+                        "warm-up at the largest shape failed; charging a one-row run");
+                    let one = make_inputs(1);
+                    let io_in = tensors_bytes(&one);
+                    let out = inst
+                        .run(one)
+                        .map_err(|e| fail(format!("warm-up inference failed: {e}")))?;
+                    Ok(io_in + tensors_bytes(&out))
+                }
             }
         };
+        let mut working_io = warm(&mut instances[0]);
+        // What a run leaves allocated until the next one (the engine's buffers of the last
+        // shape) adds to the next run's peak: when the first run left memory behind, run
+        // again, so the peak measured is that of a run after a run.
+        let left = memory::allocated_bytes()
+            .zip(loaded)
+            .map(|(a, l)| a.saturating_sub(l))
+            .unwrap_or(0);
+        if working_io.is_ok() && left > 1 << 20 {
+            working_io = warm(&mut instances[0]);
+        }
         sampling.store(false, Ordering::Relaxed);
         let _ = sampler.join();
+        let working_io = working_io?;
         let warmed = memory::allocated_bytes().map(|w| w.max(peak.load(Ordering::Relaxed)));
+        let rss_growth = loaded_rss
+            .map(|l| peak_rss.load(Ordering::Relaxed).saturating_sub(l))
+            .unwrap_or(0);
         drop(guard);
         if let Some(shared) = &pipeline {
             instances = instances
@@ -707,8 +727,11 @@ impl Core {
                 .collect();
         }
         let (measured, working) = match (before, loaded, warmed) {
-            (Some(b), Some(l), Some(w)) => (l.saturating_sub(b), w.saturating_sub(l) + working_io),
-            _ => (0, working_io),
+            (Some(b), Some(l), Some(w)) => (
+                l.saturating_sub(b),
+                w.saturating_sub(l).max(rss_growth) + working_io,
+            ),
+            _ => (0, rss_growth + working_io),
         };
         let key = (name.to_string(), version.to_string());
         let (shared, created, stripped) = shared_weights(&instances);

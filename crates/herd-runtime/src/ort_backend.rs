@@ -108,16 +108,8 @@ impl Backend for OrtBackend {
         let mut builder = Session::builder(&self.env)
             .map_err(|e| fail(e.to_string()))?
             .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(|e| fail(e.to_string()))?
-            // No CPU arena: an arena keeps the largest run's memory forever (and at least a
-            // megabyte per session, a lot for thousands of small models); without it a run's
-            // memory goes back to the allocator, which herd trims. The core charges each model
-            // the peak of a run at the largest shape. Memory patterns are planned (and kept)
-            // per input shape; with dynamic shapes they only add to what a session holds.
-            .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
-            .map_err(|e| fail(e.to_string()))?
-            .with_memory_pattern(false)
             .map_err(|e| fail(e.to_string()))?;
+        builder = memory_options(builder).map_err(fail)?;
         if opts.intra_threads > 0 {
             builder = builder
                 .with_independent_thread_pool()
@@ -137,6 +129,22 @@ impl Backend for OrtBackend {
             sharing: Default::default(),
         }))
     }
+}
+
+/// The memory options of every session herd builds (plain and shared-weights): no CPU arena
+/// (an arena keeps the largest run's memory forever, and at least a megabyte per session, a
+/// lot for thousands of small models; without it a run's memory goes back to the allocator,
+/// which herd trims) and no memory patterns (planned and kept per input shape; with dynamic
+/// shapes they only add to what a session holds). The core charges each model the peak of a
+/// run at the largest shape, which is only an upper bound on what a session holds without them.
+pub(crate) fn memory_options(
+    builder: ort::session::builder::SessionBuilder,
+) -> Result<ort::session::builder::SessionBuilder, String> {
+    builder
+        .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
+        .map_err(|e| e.to_string())?
+        .with_memory_pattern(false)
+        .map_err(|e| e.to_string())
 }
 
 fn signature_of(session: &Session) -> Result<Signature, String> {
