@@ -843,7 +843,7 @@ impl Core {
                         && !e.pinned
                         && matches!(&e.slot, Slot::Ready(m) if Arc::strong_count(m) == 1)
                 })
-                .map(|(k, e)| (k, e.priority)),
+                .map(|(k, e)| (k, e.priority, e.last_used)),
         )
         .map(|(k, _)| k.clone());
         let Some(k) = victim else { return false };

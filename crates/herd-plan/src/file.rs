@@ -18,6 +18,10 @@ pub struct PlanFile {
     /// What the case study published, printed beside the result (free text).
     #[serde(default)]
     pub published: Option<String>,
+    /// Where the plan's inputs come from (free text: measured, a named public source, or
+    /// modelled from a case's headline figures), printed with the result so a reader knows.
+    #[serde(default)]
+    pub inputs: Option<String>,
     pub models: ModelsSection,
     #[serde(default)]
     pub traffic: TrafficSection,

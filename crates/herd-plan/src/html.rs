@@ -209,23 +209,32 @@ td:first-child,th:first-child{{text-align:left}}.note{{color:#666;font-size:90%}
     h.push_str(&machines_per_hour_svg(r));
     if !r.simulation.is_empty() {
         h.push_str(&hit_ratio_svg(r));
-        h.push_str("<h2>Cache simulation</h2><table><tr><th>policy</th><th>budget</th><th>hit ratio</th><th>loads</th><th>loads/h</th><th>loading s</th><th>added p99 ms</th></tr>");
+        h.push_str("<h2>Cache simulation</h2><table><tr><th>policy</th><th>budget</th><th>hit ratio</th><th>loads</th><th>loads/h</th><th>loading s</th><th>added p99 ms</th><th>timeouts</th></tr>");
         for s in &r.simulation {
+            // As the text table: beyond the request timeout the p99 request never completes.
+            let p99 = if s.p99_added_ms > crate::sim::default_timeout_secs() * 1e3 {
+                "&gt; timeout".to_string()
+            } else {
+                format!("{:.1}", s.p99_added_ms)
+            };
             h.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{p99}</td><td>{}</td></tr>",
                 s.policy,
                 human_bytes(s.budget),
                 s.hit_ratio,
                 s.loads,
                 s.loads_per_hour,
                 s.load_seconds,
-                s.p99_added_ms
+                s.timeouts
             ));
         }
         h.push_str("</table>");
     }
     if let Some(p) = &r.published {
         h.push_str(&format!("<p class=\"note\">Published: {}</p>", esc(p)));
+    }
+    if let Some(i) = &r.inputs {
+        h.push_str(&format!("<p class=\"note\">Inputs: {}</p>", esc(i)));
     }
     h.push_str("</body></html>\n");
     h

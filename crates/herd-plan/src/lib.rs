@@ -74,6 +74,8 @@ pub struct Smallest {
 pub struct Report {
     pub title: Option<String>,
     pub published: Option<String>,
+    /// Where the inputs come from (the plan file's `inputs`).
+    pub inputs: Option<String>,
     pub prices_as_of: String,
     pub models: usize,
     pub total_charge: u64,
@@ -249,6 +251,7 @@ pub fn evaluate(plan: &PlanFile, base: &Path, fleet: Vec<ModelSpec>) -> Result<R
     Ok(Report {
         title: plan.title.clone(),
         published: plan.published.clone(),
+        inputs: plan.inputs.clone(),
         prices_as_of: catalog.prices_as_of.clone(),
         models: fleet.len(),
         total_charge: fleet.iter().map(|m| m.charge).sum(),
@@ -401,6 +404,9 @@ pub fn render_text(r: &Report) -> String {
     }
     if let Some(p) = &r.published {
         let _ = writeln!(s, "\npublished: {p}");
+    }
+    if let Some(i) = &r.inputs {
+        let _ = writeln!(s, "inputs: {i}");
     }
     s
 }

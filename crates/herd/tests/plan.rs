@@ -133,6 +133,29 @@ fn json_and_html_reports_are_whole() {
     assert_eq!(page.matches("<svg").count(), 3, "three charts");
     // Self-contained: no script, nothing fetched (the only URL is the SVG namespace).
     assert!(!page.contains("<script") && !page.contains(" src=") && !page.contains("href=\"http"));
+    // Budgets whose p99 request waits past the request timeout say so, as the text table does.
+    assert!(page.contains("&gt; timeout"), "{page}");
+    assert!(page.contains("Inputs: modelled, not published"), "{page}");
+    assert!(v["inputs"].as_str().unwrap().starts_with("modelled"), "{v}");
+}
+
+/// Each example says where its inputs come from, beside the result it reproduces.
+#[test]
+fn every_example_says_its_inputs_are_modelled() {
+    let _serial = serial();
+    for f in std::fs::read_dir(examples()).unwrap() {
+        let path = f.unwrap().path();
+        if path.file_name().unwrap() == "catalog.toml" {
+            continue;
+        }
+        let out = plan(&[path.to_str().unwrap()]);
+        assert!(out.contains("\npublished: "), "{}: {out}", path.display());
+        assert!(
+            out.contains("\ninputs: modelled, not published"),
+            "{}: {out}",
+            path.display()
+        );
+    }
 }
 
 #[test]
