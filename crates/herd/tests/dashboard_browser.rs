@@ -18,7 +18,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -75,7 +75,8 @@ fn runtime_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Starts a child and returns the first stdout/stderr line `pick` accepts (its value).
+/// Starts a child and returns the first line of its stdout (or stderr) that `pick` accepts (its
+/// value). If the child exits first, the panic shows its exit status and what it printed.
 fn spawn_and_wait<F>(mut cmd: Command, from_stderr: bool, pick: F, what: &str) -> (Kill, String)
 where
     F: Fn(&str) -> Option<String> + Send + 'static,
@@ -98,8 +99,9 @@ where
                 Box::new(child.stderr.take().unwrap()),
             )
         };
+    let printed = Arc::new(Mutex::new(Vec::<String>::new()));
     let (tx, rx) = mpsc::channel();
-    let name = what.to_string();
+    let log = printed.clone();
     std::thread::spawn(move || {
         let mut sent = false;
         for line in BufReader::new(watched).lines().map_while(Result::ok) {
@@ -109,21 +111,33 @@ where
                     sent = true;
                     continue;
                 }
-                eprintln!("{name}: {line}");
+                log.lock().unwrap().push(line);
             }
         }
     });
-    // Drain the other stream so the child never blocks on a full pipe.
-    std::thread::spawn(
-        move || {
-            for _ in BufReader::new(other).lines().map_while(Result::ok) {}
-        },
-    );
-    let child = Kill(child);
-    let v = rx
-        .recv_timeout(Duration::from_secs(120))
-        .unwrap_or_else(|_| panic!("{what} did not start within 120 s"));
-    (child, v)
+    // Drain the other stream so the child never blocks on a full pipe (kept for a failure).
+    let log = printed.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(other).lines().map_while(Result::ok) {
+            let mut l = log.lock().unwrap();
+            if l.len() < 200 {
+                l.push(line);
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(v) => (Kill(child), v),
+        Err(e) => {
+            let _ = child.kill();
+            let status = child.wait();
+            // Give the readers a moment to collect what was left in the pipes.
+            std::thread::sleep(Duration::from_millis(200));
+            panic!(
+                "{what} did not report readiness ({e}; exit: {status:?}); it printed:\n{}",
+                printed.lock().unwrap().join("\n")
+            );
+        }
+    }
 }
 
 fn write_repo(dir: &Path) -> PathBuf {
