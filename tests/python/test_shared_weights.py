@@ -218,3 +218,78 @@ def test_minilm_customers_share_the_real_encoder(tmp_path):
         serve_all_at_once(tmp_path, "minilm", 200, compare_every=1, copies=copies)
     else:
         serve_all_at_once(tmp_path, "minilm", 12, compare_every=1, copies=4)
+
+
+def lora_reference(repo, base, adapter, x):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # the LoRA parameters are overridable initializers, as intended
+    sess = ort.InferenceSession(str(repo / base / "1" / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    ro = ort.RunOptions()
+    if adapter is not None:
+        a = ort.LoraAdapter()
+        a.Load(str(repo / adapter / "1" / "adapter.onnx_adapter"))
+        ro.add_active_adapter(a)
+    return sess.run(["probabilities"], {"x": x}, ro)[0]
+
+
+def infer_x(s, model, x):
+    body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
+                        "data": x.flatten().tolist()}]}
+    status, out = s.post(f"/v2/models/{model}/infer", body)
+    assert status == 200, (model, out)
+    o = out["outputs"][0]
+    return np.array(o["data"], dtype=np.float32).reshape(o["shape"])
+
+
+def test_lora_adapters_run_on_the_base_session_and_answer_as_onnxruntime(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    repo = tmp_path / "repo"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_lora.py"), str(repo), "--count", "4"],
+                       check=True, capture_output=True, text=True)
+    info = json.loads(r.stdout)
+    base, adapters, dim = info["base"], info["adapters"], info["dim"]
+    s = start(repo, "1GiB", tmp_path)
+    try:
+        rng = np.random.default_rng(3)
+        xs = {m: rng.normal(size=(3, dim)).astype(np.float32) for m in [base] + adapters}
+        want = {m: lora_reference(repo, base, None if m == base else m, xs[m]) for m in xs}
+        # Every adapter answers as onnxruntime with that adapter activated (and differs from
+        # the base and from the other adapters: the adapter really is applied).
+        for m in [base] + adapters:
+            np.testing.assert_allclose(infer_x(s, m, xs[m]), want[m], rtol=1e-4, atol=1e-6)
+        x0 = xs[adapters[0]]
+        a0 = infer_x(s, adapters[0], x0)
+        a1 = infer_x(s, adapters[1], x0)
+        assert not np.allclose(a0, a1, atol=1e-3), "two adapters gave the same answer"
+        assert not np.allclose(a0, lora_reference(repo, base, None, x0), atol=1e-3)
+        # Requests to different adapters at once: each batch carries one adapter.
+        jobs = [(adapters[i % len(adapters)], i) for i in range(32)]
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda j: infer_x(s, j[0], xs[j[0]]), jobs))
+        for (m, _), g in zip(jobs, got):
+            np.testing.assert_allclose(g, want[m], rtol=1e-4, atol=1e-6)
+        # Charged: one base session for all adapters (shared), each adapter model its own bytes.
+        idx = index(s)
+        shared = [idx[m]["shared_bytes"] for m in adapters]
+        unique = [idx[m]["unique_bytes"] for m in adapters]
+        assert len(set(shared)) == 1 and shared[0] > 0, shared
+        adapter_file = (repo / adapters[0] / "1" / "adapter.onnx_adapter").stat().st_size
+        base_file = (repo / base / "1" / "model.onnx").stat().st_size
+        assert all(u >= adapter_file for u in unique), (unique, adapter_file)
+        # Far below another copy of the base: the adapter (16 KB) and its run's working memory.
+        assert max(unique) < base_file, (unique, base_file)
+        used = metric(s, "herd_cache_memory_used_bytes")
+        # The base model's own session shares its large weight W with the adapters' base session.
+        assert used == pytest.approx(metric(s, "herd_cache_shared_weights_bytes") + idx[base]["unique_bytes"]
+                                     + sum(unique), rel=1e-9)
+        assert metric(s, "herd_cache_shared_weights_bytes") == shared[0]
+        print(f"\nLoRA: adapter file {adapter_file} B, base file {base_file} B, adapters' own charge {unique}, "
+              f"shared {shared[0]} B, used {int(used)} B")
+        # Unloading every adapter model frees the base session (the base model stays).
+        for m in adapters:
+            status, body = s.post(f"/v2/repository/models/{m}/unload", {})
+            assert status == 200, (m, body)
+        assert metric(s, "herd_cache_memory_used_bytes") == idx[base]["unique_bytes"] + idx[base]["shared_bytes"]
+    finally:
+        stop(s)

@@ -587,6 +587,34 @@ impl Core {
         }
     }
 
+    /// Where a model's instances load from: its own file, or for a LoRA adapter model (config
+    /// `base` + `adapter`) its base's file with the adapter (`path`) to activate per run.
+    fn adapter_load(
+        &self,
+        name: &str,
+        config: &ModelConfig,
+        path: std::path::PathBuf,
+    ) -> Result<(std::path::PathBuf, LoadOptions), CoreError> {
+        let Some(base) = &config.base else {
+            return Ok((path, LoadOptions::default()));
+        };
+        let (entry, version) = self.resolve(base, None)?;
+        if entry.config.base.is_some() {
+            return Err(CoreError::BadConfig {
+                model: name.to_string(),
+                reason: format!("base '{base}' is itself an adapter model; name a model file"),
+            });
+        }
+        let base_path = self.source.artifact(base, &version)?;
+        Ok((
+            base_path,
+            LoadOptions {
+                adapter: Some(path),
+                ..LoadOptions::default()
+            },
+        ))
+    }
+
     fn load_blocking(
         &self,
         name: &str,
@@ -601,7 +629,9 @@ impl Core {
         let path = self.source.artifact(name, version)?;
         // The weights' bytes: the file plus its external-data files. No charge is ever below them,
         // and a model whose weights alone exceed the budget is refused (507) before loading.
+        // A LoRA adapter model: its file is the adapter's (charged), run on its base's file.
         let file_size = weights_bytes(&path).map_err(fail)?;
+        let (path, load_opts) = self.adapter_load(name, config, path)?;
         let instances_n = config.instances.max(1) as u64;
         // Reserve room before loading; the reservation is kept in the entry until the true-up.
         // When every loaded model is busy, wait a little for one to become idle (requests are
@@ -633,7 +663,7 @@ impl Core {
         // load and run in the process; make them outside the measured window, so the first
         // model is not charged for them (they are part of the server's fixed overhead).
         if !PRIMED.swap(true, Ordering::SeqCst) {
-            if let Ok(mut inst) = self.backend.load(&path, &LoadOptions::default()) {
+            if let Ok(mut inst) = self.backend.load(&path, &load_opts) {
                 let inputs = max_shape_inputs(inst.signature(), config.max_batch_size);
                 let _ = inst.run(inputs);
             }
@@ -643,7 +673,7 @@ impl Core {
         for _ in 0..instances_n {
             let inst = self
                 .backend
-                .load(&path, &LoadOptions::default())
+                .load(&path, &load_opts)
                 .map_err(|e| fail(e.to_string()))?;
             instances.push(inst);
         }

@@ -16,6 +16,10 @@
 //! max_texts_per_request = 2048   # texts of one request to a text pipeline
 //! max_chars_per_text = 32768     # longer texts are cut before tokenizing (refused without truncation)
 //! max_tokens_per_request = 300000 # tokens of all texts of one request
+//! # a LoRA adapter over another model (issue 13): runs on the base's session with this
+//! # adapter activated per run; each version directory holds the adapter file, not a model
+//! base = "encoder"                 # the base model's name (its served default version)
+//! adapter = "adapter.onnx_adapter" # the adapter file in each version directory
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -41,6 +45,10 @@ pub struct ModelConfig {
     pub max_tokens_per_request: Option<usize>,
     /// Opaque pre/post-processing section, interpreted by the pipeline layer.
     pub pipeline: Option<toml::Table>,
+    /// A LoRA adapter model: the base model it runs on (with `adapter`).
+    pub base: Option<String>,
+    /// The adapter file (ONNX Runtime's `.onnx_adapter`) in each version directory.
+    pub adapter: Option<String>,
 }
 
 impl Default for ModelConfig {
@@ -61,6 +69,8 @@ impl Default for ModelConfig {
             max_chars_per_text: None,
             max_tokens_per_request: None,
             pipeline: None,
+            base: None,
+            adapter: None,
         }
     }
 }
@@ -105,6 +115,27 @@ impl ModelConfig {
                 return Err(bad("versions must list at least one version"));
             }
         }
+        match (&self.base, &self.adapter) {
+            (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => return Err(bad(
+                "base and adapter go together: base names the model the adapter file applies to",
+            )),
+            (Some(base), Some(file)) => {
+                if base == model {
+                    return Err(bad("base names this model itself"));
+                }
+                let plain = !file.is_empty()
+                    && file != "."
+                    && file != ".."
+                    && !file.contains(['/', '\\'])
+                    && file.ends_with(".onnx_adapter");
+                if !plain {
+                    return Err(bad(
+                        "adapter must be a file name in the version directory ending in .onnx_adapter",
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -124,6 +155,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("m1") && e.contains("max_batch"), "{e}");
+    }
+
+    #[test]
+    fn an_adapter_names_its_base_and_a_plain_adapter_file() {
+        let c = ModelConfig::parse("t", "base = \"b\"\nadapter = \"a.onnx_adapter\"").unwrap();
+        assert_eq!(c.base.as_deref(), Some("b"));
+        for bad in [
+            "base = \"b\"",
+            "adapter = \"a.onnx_adapter\"",
+            "base = \"t\"\nadapter = \"a.onnx_adapter\"",
+            "base = \"b\"\nadapter = \"../x.onnx_adapter\"",
+            "base = \"b\"\nadapter = \"a.onnx\"",
+        ] {
+            let e = ModelConfig::parse("t", bad).unwrap_err().to_string();
+            assert!(e.contains("'t'"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -34,7 +34,8 @@ pub trait ModelSource: Send + Sync + 'static {
     fn list(&self) -> Result<Vec<ModelEntry>, CoreError>;
     /// One model; `CoreError::ModelNotFound` if unknown.
     fn get(&self, name: &str) -> Result<ModelEntry, CoreError>;
-    /// The local path of a served version's ONNX file (fetching it first if needed).
+    /// The local path of a served version's ONNX file (fetching it first if needed); for a
+    /// LoRA adapter model (`base` + `adapter` in its config), the version's adapter file.
     fn artifact(&self, name: &str, version: &str) -> Result<PathBuf, CoreError>;
     /// A number that changes whenever the served set changes (e.g. a release switch). The core
     /// follows it itself: after a change it retires the versions the source no longer serves.
@@ -95,7 +96,8 @@ impl DirectorySource {
             .filter_map(|e| {
                 let v = e.file_name().to_str()?.to_string();
                 let n: u64 = v.parse().ok()?;
-                e.path().join(MODEL_FILE).is_file().then_some((n, v))
+                let file = config.adapter.as_deref().unwrap_or(MODEL_FILE);
+                e.path().join(file).is_file().then_some((n, v))
             })
             .collect();
         present.sort();
@@ -204,7 +206,13 @@ impl ModelSource for DirectorySource {
         if !valid_name(name) || !valid_name(version) {
             return Err(CoreError::ModelNotFound(name.to_string()));
         }
-        let p = self.root.join(name).join(version).join(MODEL_FILE);
+        let mut p = self.root.join(name).join(version).join(MODEL_FILE);
+        if !p.is_file() {
+            // A LoRA adapter model's version holds its adapter file.
+            if let Some(file) = self.get(name).ok().and_then(|e| e.config.adapter) {
+                p = self.root.join(name).join(version).join(file);
+            }
+        }
         if p.is_file() {
             Ok(p)
         } else {

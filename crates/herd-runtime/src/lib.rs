@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use herd_api::v2::{Tensor, TensorMetadata};
 use herd_api::{ErrorCode, HasErrorCode};
 
+pub mod adapters;
 pub mod install;
 pub mod memory;
 mod ort_backend;
@@ -34,6 +35,9 @@ pub struct Signature {
 pub struct LoadOptions {
     /// Threads one inference may use inside an operator; 0 = the backend's shared default.
     pub intra_threads: usize,
+    /// A LoRA adapter file (ONNX Runtime `.onnx_adapter`) to activate on every run of the model
+    /// at `path`; instances with adapters on one base file share one session of it.
+    pub adapter: Option<std::path::PathBuf>,
 }
 
 /// An inference engine. Implementations must be cheap to share across threads.

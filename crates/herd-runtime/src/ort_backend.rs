@@ -22,6 +22,8 @@ pub struct OrtBackend {
     library: PathBuf,
     /// Large weights shared between this backend's sessions (`None`: HERD_SHARED_WEIGHTS=off).
     shared: Option<std::sync::Arc<crate::shared::SharedStore>>,
+    /// Base sessions of LoRA adapter models, one per base file.
+    adapter_bases: Arc<crate::adapters::Bases>,
 }
 
 impl OrtBackend {
@@ -54,6 +56,7 @@ impl OrtBackend {
                         herd_onnx::initializers::DEFAULT_THRESHOLD,
                     ))
                 }),
+                adapter_bases: Default::default(),
             }),
             Err(reason) => Err(RuntimeError::LibraryBroken {
                 path: lib,
@@ -73,6 +76,11 @@ impl OrtBackend {
         self
     }
 
+    /// The base sessions of this backend's LoRA adapter models.
+    pub fn adapter_bases(&self) -> &crate::adapters::Bases {
+        &self.adapter_bases
+    }
+
     /// The store of weights shared between this backend's sessions, unless sharing is off.
     pub fn shared_store(&self) -> Option<&crate::shared::SharedStore> {
         self.shared.as_deref()
@@ -89,6 +97,16 @@ impl Backend for OrtBackend {
             path: path.to_path_buf(),
             reason,
         };
+        if let Some(adapter) = &opts.adapter {
+            return crate::adapters::load(
+                &self.env,
+                &self.adapter_bases,
+                self.shared.as_deref(),
+                path,
+                adapter,
+                opts,
+            );
+        }
         if let Some(store) = &self.shared {
             if let Some(s) = crate::shared::load(&self.env, store, path, opts)? {
                 let signature = match &s.trunk {
@@ -147,7 +165,7 @@ pub(crate) fn memory_options(
         .map_err(|e| e.to_string())
 }
 
-fn signature_of(session: &Session) -> Result<Signature, String> {
+pub(crate) fn signature_of(session: &Session) -> Result<Signature, String> {
     Ok(Signature {
         inputs: session
             .inputs()
@@ -308,7 +326,7 @@ fn element_to_datatype(t: TensorElementType) -> Option<DataType> {
     })
 }
 
-fn to_value(shape: Vec<i64>, data: TensorData) -> Result<DynValue, String> {
+pub(crate) fn to_value(shape: Vec<i64>, data: TensorData) -> Result<DynValue, String> {
     fn prim<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
         shape: Vec<i64>,
         v: Vec<T>,
@@ -345,7 +363,7 @@ fn to_value(shape: Vec<i64>, data: TensorData) -> Result<DynValue, String> {
     }
 }
 
-fn from_value(name: &str, value: &DynValue) -> Result<Tensor, RuntimeError> {
+pub(crate) fn from_value(name: &str, value: &DynValue) -> Result<Tensor, RuntimeError> {
     let err = |e: ort::Error| RuntimeError::Run(format!("output '{name}': {e}"));
     let ty = match value.dtype() {
         ValueType::Tensor { ty, .. } => *ty,

@@ -331,17 +331,14 @@ fn build_session(
     };
     let built = (|| -> Result<Session, String> {
         let s = |e: ort::Error<ort::session::builder::SessionBuilder>| e.to_string();
-        let mut b = Session::builder(env)
+        let b = Session::builder(env)
             .map_err(|e| e.to_string())?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(s)?
             .with_prepacking(false)
-            .map_err(s)?
-            // As for unshared models (ort_backend.rs): no arena, no per-shape memory patterns.
-            .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
-            .map_err(s)?
-            .with_memory_pattern(false)
             .map_err(s)?;
+        // As for unshared models: no arena, no per-shape memory patterns.
+        let mut b = crate::ort_backend::memory_options(b)?;
         if opts.intra_threads > 0 {
             b = b
                 .with_independent_thread_pool()
