@@ -85,16 +85,25 @@ enum Src {
     Channel,
 }
 
-/// Runs a test body on both sources.
+/// Runs a test body on both sources. `sized` bodies (assertions on measured model sizes) run
+/// alone: they take [`LANE`] for writing, every other test takes it for reading.
 macro_rules! both_sources {
     ($name:ident) => {
+        both_sources!(@ $name, read);
+    };
+    (sized $name:ident) => {
+        both_sources!(@ $name, write);
+    };
+    (@ $name:ident, $lock:ident) => {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn directory() {
+                let _lane = super::LANE.$lock().await;
                 super::$name(super::Src::Dir).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn channel() {
+                let _lane = super::LANE.$lock().await;
                 super::$name(super::Src::Channel).await;
             }
         }
@@ -184,7 +193,8 @@ async fn start_on(kind: Src, repo: &Path, cfg: CoreConfig, auth: Auth) -> Server
 }
 
 /// The charge of one more model, measured on a probe core (the first load also pays the
-/// runtime's one-time setup, so it is left out).
+/// runtime's one-time setup, so it is left out): the smallest of the loads' charges, since
+/// other tests' allocations during a load can only inflate one (they run in parallel).
 async fn per_model_charge(repo: &Path, names: &[&str]) -> u64 {
     let probe = Core::new(
         big_budget(),
@@ -192,16 +202,19 @@ async fn per_model_charge(repo: &Path, names: &[&str]) -> u64 {
         backend(),
     );
     probe.load_model(names[0]).await.unwrap();
-    let first = probe.stats().used_bytes;
+    let mut least = u64::MAX;
     for n in &names[1..] {
+        let before = probe.stats().used_bytes;
         probe.load_model(n).await.unwrap();
+        least = least.min(probe.stats().used_bytes - before);
     }
-    (probe.stats().used_bytes - first) / (names.len() as u64 - 1)
+    least
 }
 
-/// Tests whose assertions depend on measured model sizes run one at a time: the allocation
-/// counters are process-wide, and other tests' traffic would blur the measurements.
-static SIZED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Tests whose assertions depend on measured model sizes run alone (write), all others share
+/// (read): the allocation counters are process-wide, and other tests' traffic would blur the
+/// measurements.
+static LANE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 fn big_budget() -> CoreConfig {
     CoreConfig {
@@ -317,11 +330,10 @@ async fn json_infer_matches_reference_and_metadata_describes_the_model(kind: Src
 }
 both_sources!(json_infer_matches_reference_and_metadata_describes_the_model);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn binary_tensor_extension_round_trips() {
+async fn binary_tensor_extension_round_trips(kind: Src) {
     let repo = temp_repo();
     write_model(&repo, "bin", 5);
-    let s = start(&repo, big_budget(), Auth::open()).await;
+    let s = start_on(kind, &repo, big_budget(), Auth::open()).await;
     let x = x_for(3);
     let raw: Vec<u8> = x.iter().flat_map(|f| f.to_le_bytes()).collect();
     let header = serde_json::to_vec(&json!({
@@ -375,12 +387,12 @@ async fn binary_tensor_extension_round_trips() {
         .unwrap();
     assert_eq!(label_out["data"][0].as_i64(), Some(labels[0]));
 }
+both_sources!(binary_tensor_extension_round_trips);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_first_requests_share_one_load() {
+async fn concurrent_first_requests_share_one_load(kind: Src) {
     let repo = temp_repo();
     write_model(&repo, "hot", 1);
-    let s = Arc::new(start(&repo, big_budget(), Auth::open()).await);
+    let s = Arc::new(start_on(kind, &repo, big_budget(), Auth::open()).await);
     let tasks: Vec<_> = (0..32)
         .map(|i| {
             let s = s.clone();
@@ -398,10 +410,9 @@ async fn concurrent_first_requests_share_one_load() {
     assert_eq!(st.hits + st.misses, 32);
     assert_eq!(st.misses, 1);
 }
+both_sources!(concurrent_first_requests_share_one_load);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn budget_holds_under_a_concurrent_workload_over_1000_models() {
-    let _serial = SIZED.lock().await;
+async fn budget_holds_under_a_concurrent_workload_over_1000_models(kind: Src) {
     let repo = temp_repo();
     for i in 0..1000 {
         write_model(&repo, &format!("m{i:04}"), i);
@@ -414,7 +425,8 @@ async fn budget_holds_under_a_concurrent_workload_over_1000_models() {
     .await;
     let budget = per * 40;
     let s = Arc::new(
-        start(
+        start_on(
+            kind,
             &repo,
             CoreConfig {
                 memory_budget: budget,
@@ -459,10 +471,9 @@ async fn budget_holds_under_a_concurrent_workload_over_1000_models() {
         "the cache must not hold all 1000 models: {st:?}"
     );
 }
+both_sources!(sized budget_holds_under_a_concurrent_workload_over_1000_models);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn models_in_use_and_pinned_models_are_never_evicted() {
-    let _serial = SIZED.lock().await;
+async fn models_in_use_and_pinned_models_are_never_evicted(kind: Src) {
     // Models of 512 KiB of weights: their charge is dominated by the file, so the budget below
     // holds four to five of them whatever the measurement noise.
     let repo = temp_repo();
@@ -476,7 +487,8 @@ async fn models_in_use_and_pinned_models_are_never_evicted() {
         .unwrap()
         .len();
     write_config(&repo, "m11", "pinned = true");
-    let s = start(
+    let s = start_on(
+        kind,
         &repo,
         CoreConfig {
             memory_budget: file * 6,
@@ -489,7 +501,20 @@ async fn models_in_use_and_pinned_models_are_never_evicted() {
     // Hold m0 as a request in flight would.
     let guard = s.core.get("m0", None).await.unwrap();
     for i in 1..11 {
-        s.core.get(&format!("m{i}"), None).await.unwrap();
+        if let Err(e) = s.core.get(&format!("m{i}"), None).await {
+            let idx: Vec<_> = s
+                .core
+                .index()
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.charge > 0)
+                .map(|e| (e.name, e.charge, e.shared_bytes))
+                .collect();
+            panic!(
+                "m{i}: {e}; file {file}; stats {:?}; charges {idx:?}",
+                s.core.stats()
+            );
+        }
     }
     let st = s.core.stats();
     // Room for four or five models, two of them held: most of the ten loads must evict.
@@ -520,9 +545,13 @@ async fn models_in_use_and_pinned_models_are_never_evicted() {
         "pinned model evicted"
     );
 }
+both_sources!(sized models_in_use_and_pinned_models_are_never_evicted);
 
+/// Directory only: a registry refuses a file that is not ONNX at push (its signature is read),
+/// so no channel can hold the corrupt model this test serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn corrupt_model_is_a_clear_error_and_the_server_stays_up() {
+    let _lane = LANE.read().await;
     let repo = temp_repo();
     write_model(&repo, "good", 2);
     std::fs::create_dir_all(repo.join("broken").join("1")).unwrap();
@@ -593,11 +622,10 @@ async fn corrupt_model_is_a_clear_error_and_the_server_stays_up() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn bad_requests_get_400_or_404_saying_what_was_expected() {
+async fn bad_requests_get_400_or_404_saying_what_was_expected(kind: Src) {
     let repo = temp_repo();
     write_model(&repo, "m", 1);
-    let s = start(&repo, big_budget(), Auth::open()).await;
+    let s = start_on(kind, &repo, big_budget(), Auth::open()).await;
     let wrong_shape = json!({"inputs": [{"name": "input", "shape": [1, DIM + 1], "datatype": "FP32", "data": vec![0.0; DIM + 1]}]});
     let (status, v, _) = s.post("/v2/models/m/infer", &wrong_shape).await;
     assert_eq!(status, 400);
@@ -660,6 +688,7 @@ async fn bad_requests_get_400_or_404_saying_what_was_expected() {
     // The server is still fine.
     s.infer_ok("m", 1, &x_for(2)).await;
 }
+both_sources!(bad_requests_get_400_or_404_saying_what_was_expected);
 
 /// A backend whose inferences wait until the test opens a gate. It stands in for a slow model
 /// so that the test can hold the model's only instance busy; what is tested is herd's queue.
@@ -721,13 +750,12 @@ impl herd_runtime::Instance for GateInstance {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn full_queue_answers_429_with_retry_after_and_nothing_hangs() {
+async fn full_queue_answers_429_with_retry_after_and_nothing_hangs(kind: Src) {
     let repo = temp_repo();
     write_model(&repo, "busy", 1);
     write_config(&repo, "busy", "max_batch_size = 1");
     let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
-    let source = Arc::new(DirectorySource::new(&repo).unwrap());
+    let source = source_for(kind, &repo).await;
     let core = Core::new(
         CoreConfig {
             queue_capacity: 2,
@@ -790,9 +818,9 @@ async fn full_queue_answers_429_with_retry_after_and_nothing_hangs() {
         assert_eq!(status, 200, "{v}");
     }
 }
+both_sources!(full_queue_answers_429_with_retry_after_and_nothing_hangs);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn request_timeout_answers_504() {
+async fn request_timeout_answers_504(kind: Src) {
     let repo = temp_repo();
     write_model(&repo, "slow", 1);
     let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
@@ -801,7 +829,7 @@ async fn request_timeout_answers_504() {
             request_timeout: Duration::from_millis(200),
             ..big_budget()
         },
-        Arc::new(DirectorySource::new(&repo).unwrap()),
+        source_for(kind, &repo).await,
         Arc::new(GateBackend { gate: gate.clone() }),
     );
     let state = AppState::new(core.clone(), Arc::new(Auth::open()), None);
@@ -824,6 +852,7 @@ async fn request_timeout_answers_504() {
     *gate.0.lock().unwrap() = true;
     gate.1.notify_all();
 }
+both_sources!(request_timeout_answers_504);
 
 async fn dynamic_batching_merges_requests_and_keeps_answers_apart(kind: Src) {
     let repo = temp_repo();
@@ -941,8 +970,11 @@ async fn tokens_gate_tenants_and_the_repository_api(kind: Src) {
 }
 both_sources!(tokens_gate_tenants_and_the_repository_api);
 
+/// Directory only: it adds a model to the directory while the server runs (a channel changes
+/// by a promote instead, tested in `serving::registry_source` and tests/python/test_channel.py).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn repository_api_loads_unloads_and_sees_new_models() {
+    let _lane = LANE.read().await;
     let repo = temp_repo();
     write_model(&repo, "a", 1);
     let s = start(&repo, big_budget(), Auth::open()).await;
@@ -997,12 +1029,11 @@ async fn repository_api_loads_unloads_and_sees_new_models() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn server_is_ready_only_after_pinned_preloads_and_not_while_draining() {
+async fn server_is_ready_only_after_pinned_preloads_and_not_while_draining(kind: Src) {
     let repo = temp_repo();
     write_model(&repo, "pinned", 3);
     write_config(&repo, "pinned", "pinned = true\n");
-    let source = Arc::new(DirectorySource::new(&repo).unwrap());
+    let source = source_for(kind, &repo).await;
     let core = Core::new(big_budget(), source, backend());
     let state = AppState::new(core.clone(), Arc::new(Auth::open()), None);
     let health = state.health.clone();
@@ -1037,9 +1068,9 @@ async fn server_is_ready_only_after_pinned_preloads_and_not_while_draining() {
     assert_eq!(get("/v2/health/live").await, (200, json!({"live": true})));
     assert_eq!(get("/v2/models/pinned/ready").await.0, 200);
 }
+both_sources!(server_is_ready_only_after_pinned_preloads_and_not_while_draining);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn statistics_and_openai_errors_and_model_list_follow_tenants() {
+async fn statistics_and_openai_errors_and_model_list_follow_tenants(kind: Src) {
     let repo = temp_repo();
     write_model(&repo, "mine", 1);
     write_config(&repo, "mine", "tenant = \"acme\"\n");
@@ -1050,7 +1081,7 @@ async fn statistics_and_openai_errors_and_model_list_follow_tenants() {
         "[[token]]\nsha256 = \"{}\"\ntenant = \"acme\"\n",
         hash_token("acme-secret")
     );
-    let s = start(&repo, big_budget(), Auth::from_toml(&text).unwrap()).await;
+    let s = start_on(kind, &repo, big_budget(), Auth::from_toml(&text).unwrap()).await;
     let get = |path: &str| {
         s.client
             .get(format!("{}{path}", s.url))
@@ -1190,3 +1221,4 @@ async fn statistics_and_openai_errors_and_model_list_follow_tenants() {
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["type"], "authentication_error");
 }
+both_sources!(statistics_and_openai_errors_and_model_list_follow_tenants);
