@@ -312,10 +312,9 @@ impl Core {
         // Text limits first: before the model loads and before any text reaches a tokenizer.
         if let Some(table) = &entry.config.pipeline {
             let truncation = crate::pipeline::truncates(table);
-            for t in inputs
-                .iter_mut()
-                .filter(|t| t.name == crate::pipeline::TEXT_INPUT)
-            {
+            for t in inputs.iter_mut().filter(|t| {
+                t.name == crate::pipeline::TEXT_INPUT || t.name == crate::pipeline::TEXT_PAIR_INPUT
+            }) {
                 limit_texts(&name, &limits, truncation, t)?;
             }
         }
@@ -1300,15 +1299,29 @@ async fn check_tokens(
     p: &Arc<PipelineShared>,
     inputs: &[Tensor],
 ) -> Result<(), CoreError> {
-    let Some(TensorData::Bytes(texts)) = inputs
-        .iter()
-        .find(|t| t.name == crate::pipeline::TEXT_INPUT)
-        .map(|t| &t.data)
-    else {
+    let bytes_of = |name: &str| match inputs.iter().find(|t| t.name == name).map(|t| &t.data) {
+        Some(TensorData::Bytes(v)) => Some(v),
+        _ => None,
+    };
+    let Some(texts) = bytes_of(crate::pipeline::TEXT_INPUT) else {
         return Ok(());
     };
+    // A cross-encoder's pairs: the bound counts both texts of a row (plus one byte for the
+    // pair's extra separator token).
+    let pairs = bytes_of(crate::pipeline::TEXT_PAIR_INPUT).cloned();
     let max = limits.max_tokens_per_request;
-    if token_upper_bound(texts, p.pre().max_length(), p.pre().specials()) <= max {
+    let bound = match &pairs {
+        None => token_upper_bound(texts, p.pre().max_length(), p.pre().specials()),
+        Some(b) => {
+            let joined: Vec<Vec<u8>> = texts
+                .iter()
+                .zip(b)
+                .map(|(a, b)| [a.as_slice(), b.as_slice(), b" "].concat())
+                .collect();
+            token_upper_bound(&joined, p.pre().max_length(), p.pre().specials())
+        }
+    };
+    if bound <= max {
         return Ok(());
     }
     let texts = texts.clone();
@@ -1324,10 +1337,22 @@ async fn check_tokens(
             })
             .collect::<Result<_, _>>()?;
         let max_length = p.pre().max_length();
-        let counts = p
-            .pre()
-            .token_counts(&strs)
-            .map_err(|e| CoreError::InvalidInput(e.to_string()))?;
+        let counts = match &pairs {
+            None => p.pre().token_counts(&strs),
+            Some(b) => {
+                let seconds: Vec<String> = b
+                    .iter()
+                    .map(|t| String::from_utf8_lossy(t).into_owned())
+                    .collect();
+                let joined: Vec<(&str, &str)> = strs
+                    .iter()
+                    .zip(&seconds)
+                    .map(|(a, b)| (*a, b.as_str()))
+                    .collect();
+                p.pre().pair_token_counts(&joined)
+            }
+        }
+        .map_err(|e| CoreError::InvalidInput(e.to_string()))?;
         Ok(counts.into_iter().map(|c| c.min(max_length)).sum())
     })
     .await

@@ -7,7 +7,11 @@
 //! - input `text`: BYTES `[-1]` (one UTF-8 text per row);
 //! - embedding models: output `embedding` FP32 `[-1, hidden]`;
 //! - classifiers: outputs `label` BYTES `[-1, k]` and `score` FP32 `[-1, k]`, best first;
-//! - both: `token_count` INT64 `[-1]` (tokens after truncation, for usage accounting).
+//! - cross-encoders (rerankers): inputs `text` and `text_pair` BYTES `[-1]` (row i is the pair
+//!   `(text[i], text_pair[i])`, e.g. a query and one document); outputs `score` FP32 `[-1]`
+//!   (`sigmoid(logit)`, or the logit when `[pipeline.cross_encoder] sigmoid = false`) and `logit`
+//!   FP32 `[-1]`;
+//! - all: `token_count` INT64 `[-1]` (tokens after truncation, for usage accounting).
 //!
 //! Texts batched together are padded to the longest of the batch; the attention mask keeps the
 //! padding out, so answers are the same as for each text alone.
@@ -22,6 +26,8 @@ use herd_pipeline::{Binding, PipelineConfig, PipelineError, PipelineKind, Prepro
 use herd_runtime::{Cancel, Instance, RuntimeError, Signature};
 
 pub const TEXT_INPUT: &str = "text";
+/// The second text of each pair, for cross-encoders.
+pub const TEXT_PAIR_INPUT: &str = "text_pair";
 
 pub(crate) struct PipelineShared {
     cfg: PipelineConfig,
@@ -68,12 +74,17 @@ fn served_signature(cfg: &PipelineConfig, binding: &Binding) -> Signature {
                 rows("score", DataType::F32, vec![-1, k]),
             ]
         }
+        PipelineKind::CrossEncoder => vec![
+            rows("score", DataType::F32, vec![-1]),
+            rows("logit", DataType::F32, vec![-1]),
+        ],
     };
     outputs.push(rows("token_count", DataType::I64, vec![-1]));
-    Signature {
-        inputs: vec![rows(TEXT_INPUT, DataType::Bytes, vec![-1])],
-        outputs,
+    let mut inputs = vec![rows(TEXT_INPUT, DataType::Bytes, vec![-1])];
+    if cfg.kind() == PipelineKind::CrossEncoder {
+        inputs.push(rows(TEXT_PAIR_INPUT, DataType::Bytes, vec![-1]));
     }
+    Signature { inputs, outputs }
 }
 
 /// Reads the `[pipeline]` table, loads the tokenizer (from the version directory, else the
@@ -185,14 +196,43 @@ impl Instance for PipelineInstance {
             return Err(RuntimeError::Cancelled);
         }
         let s = &self.shared;
-        let text = inputs
-            .into_iter()
-            .find(|t| t.name == TEXT_INPUT)
-            .ok_or_else(|| {
-                RuntimeError::InvalidInput(format!("send the texts as input '{TEXT_INPUT}'"))
-            })?;
+        let kind = s.cfg.kind();
+        let mut text = None;
+        let mut pair = None;
+        for t in inputs {
+            match t.name.as_str() {
+                TEXT_INPUT => text = Some(t),
+                TEXT_PAIR_INPUT => pair = Some(t),
+                _ => {}
+            }
+        }
+        let text = text.ok_or_else(|| {
+            RuntimeError::InvalidInput(format!("send the texts as input '{TEXT_INPUT}'"))
+        })?;
         let texts =
             herd_pipeline::texts_from_tensor(TEXT_INPUT, &text.data).map_err(request_error)?;
+        let pairs = match (kind, pair) {
+            (PipelineKind::CrossEncoder, Some(p)) => {
+                let p = herd_pipeline::texts_from_tensor(TEXT_PAIR_INPUT, &p.data)
+                    .map_err(request_error)?;
+                if p.len() != texts.len() {
+                    return Err(RuntimeError::InvalidInput(format!(
+                        "'{TEXT_INPUT}' has {} texts but '{TEXT_PAIR_INPUT}' has {}; send one \
+                         second text per pair",
+                        texts.len(),
+                        p.len()
+                    )));
+                }
+                p
+            }
+            (PipelineKind::CrossEncoder, None) => {
+                return Err(RuntimeError::InvalidInput(format!(
+                    "a cross-encoder takes pairs: send the second texts as input \
+                     '{TEXT_PAIR_INPUT}'"
+                )))
+            }
+            _ => Vec::new(),
+        };
         let n = texts.len();
         if n == 0 {
             return Ok(s
@@ -215,7 +255,17 @@ impl Instance for PipelineInstance {
         }
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let t0 = Instant::now();
-        let enc = s.pre.encode(&refs).map_err(request_error)?;
+        let enc = if kind == PipelineKind::CrossEncoder {
+            let pairs: Vec<(&str, &str)> = refs
+                .iter()
+                .zip(&pairs)
+                .map(|(a, b)| (*a, b.as_str()))
+                .collect();
+            s.pre.encode_pairs(&pairs)
+        } else {
+            s.pre.encode(&refs)
+        }
+        .map_err(request_error)?;
         let t1 = Instant::now();
         let outputs = self
             .inner
@@ -241,7 +291,21 @@ impl Instance for PipelineInstance {
             vec![n as i64],
             TensorData::I64(enc.lengths().into_iter().map(|l| l as i64).collect()),
         );
-        match s.cfg.kind() {
+        match kind {
+            PipelineKind::CrossEncoder => {
+                let logits = herd_pipeline::pair_logits(values, &shape).map_err(request_error)?;
+                let sigmoid = s.cfg.cross_encoder.as_ref().is_none_or(|c| c.sigmoid);
+                let scores: Vec<f32> = if sigmoid {
+                    logits.iter().map(|&l| herd_pipeline::sigmoid(l)).collect()
+                } else {
+                    logits.clone()
+                };
+                Ok(vec![
+                    Tensor::new("score", vec![n as i64], TensorData::F32(scores)),
+                    Tensor::new("logit", vec![n as i64], TensorData::F32(logits)),
+                    tokens,
+                ])
+            }
             PipelineKind::Embedding(pooling) => {
                 let vecs = herd_pipeline::embeddings(
                     values,
@@ -286,5 +350,105 @@ impl Instance for PipelineInstance {
                 ])
             }
         }
+    }
+}
+
+/// A text pipeline's tokenizer, for the tokenize / decode operations (TEI's `/tokenize` and
+/// `/decode`). The model is loaded (or kept loaded) for as long as the tokenizer is used.
+impl crate::Core {
+    async fn pipeline_of(
+        self: &Arc<Self>,
+        model: &str,
+    ) -> Result<(Arc<crate::cache::Served>, Arc<PipelineShared>), crate::CoreError> {
+        let served = self.get(model, None).await?;
+        let p = served.pipeline.clone().ok_or_else(|| {
+            crate::CoreError::InvalidInput(format!(
+                "model '{model}' is not a text pipeline (no [pipeline] table): it has no tokenizer"
+            ))
+        })?;
+        Ok((served, p))
+    }
+
+    /// The tokens of each text, with offsets, by the model's own tokenizer and truncation.
+    pub async fn tokenize(
+        self: &Arc<Self>,
+        model: &str,
+        texts: Vec<String>,
+        add_special: bool,
+    ) -> Result<Vec<Vec<herd_pipeline::Token>>, crate::CoreError> {
+        let (entry, _) = self.resolve(model, None)?;
+        let limits = self.config().limits.for_model(&entry.config);
+        let truncation = entry.config.pipeline.as_ref().is_none_or(truncates);
+        let mut t = Tensor::new(
+            TEXT_INPUT,
+            vec![texts.len() as i64],
+            TensorData::Bytes(texts.into_iter().map(String::into_bytes).collect()),
+        );
+        crate::limits::limit_texts(model, &limits, truncation, &mut t)?;
+        let TensorData::Bytes(texts) = t.data else {
+            return Ok(Vec::new());
+        };
+        let (served, p) = self.pipeline_of(model).await?;
+        tokio::task::spawn_blocking(move || {
+            let _keep = served;
+            texts
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let text = std::str::from_utf8(b).map_err(|e| {
+                        crate::CoreError::InvalidInput(format!("text {i} is not UTF-8: {e}"))
+                    })?;
+                    p.pre()
+                        .tokenize(text, add_special)
+                        .map_err(|e| crate::CoreError::InvalidInput(format!("text {i}: {e}")))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|_| crate::CoreError::ShuttingDown)?
+    }
+
+    /// Token ids back to text, one string per id list, by the model's own tokenizer.
+    pub async fn decode(
+        self: &Arc<Self>,
+        model: &str,
+        ids: Vec<Vec<u32>>,
+        skip_special: bool,
+    ) -> Result<Vec<String>, crate::CoreError> {
+        let (entry, _) = self.resolve(model, None)?;
+        let limits = self.config().limits.for_model(&entry.config);
+        if ids.len() > limits.max_texts_per_request {
+            return Err(crate::limits::exceeded(
+                model,
+                "max_texts_per_request",
+                limits.max_texts_per_request,
+                ids.len(),
+                "id lists in one request",
+            ));
+        }
+        let total: usize = ids.iter().map(Vec::len).sum();
+        if total > limits.max_tokens_per_request {
+            return Err(crate::limits::exceeded(
+                model,
+                "max_tokens_per_request",
+                limits.max_tokens_per_request,
+                total,
+                "token ids in one request",
+            ));
+        }
+        let (served, p) = self.pipeline_of(model).await?;
+        tokio::task::spawn_blocking(move || {
+            let _keep = served;
+            ids.iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    p.pre()
+                        .decode(v, skip_special)
+                        .map_err(|e| crate::CoreError::InvalidInput(format!("ids {i}: {e}")))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|_| crate::CoreError::ShuttingDown)?
     }
 }

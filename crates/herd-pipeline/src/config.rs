@@ -20,6 +20,10 @@
 //! # softmax = true
 //! # top_k = 3
 //! # labels = ["billing", "bug", "other"]
+//!
+//! # cross-encoders (rerankers: a query-document pair in, one relevance logit out) declare:
+//! # [pipeline.cross_encoder]
+//! # sigmoid = true               # score = sigmoid(logit); false: score = the raw logit
 //! ```
 
 use std::path::{Component, Path, PathBuf};
@@ -62,6 +66,9 @@ pub struct PipelineConfig {
     /// Present for classifiers.
     #[serde(default)]
     pub classifier: Option<ClassifierConfig>,
+    /// Present for cross-encoders (sequence-pair classifiers with one logit per pair).
+    #[serde(default)]
+    pub cross_encoder: Option<CrossEncoderConfig>,
 }
 
 fn default_tokenizer() -> String {
@@ -145,11 +152,24 @@ fn default_top_k() -> usize {
     1
 }
 
+/// `[pipeline.cross_encoder]`: a sequence-pair classifier (a reranker) whose output is one logit
+/// per (query, document) pair, `[batch, 1]` or `[batch]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrossEncoderConfig {
+    /// The default score is `sigmoid(logit)` (sentence-transformers' `CrossEncoder` with one
+    /// label); `false` makes the raw logit the default score. Clients may still ask for either.
+    #[serde(default = "default_true")]
+    pub sigmoid: bool,
+}
+
 /// What the pipeline produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PipelineKind {
     Embedding(Pooling),
     Classifier,
+    /// Text pairs in, one relevance score per pair out.
+    CrossEncoder,
 }
 
 /// Where the encoded tensors go in one model, as found by [`PipelineConfig::bind`].
@@ -202,35 +222,42 @@ impl PipelineConfig {
             ));
         }
         self.tokenizer_relative_path()?;
-        match (&self.pooling, &self.classifier) {
-            (None, None) => {
+        let declared = [
+            self.pooling.is_some(),
+            self.classifier.is_some(),
+            self.cross_encoder.is_some(),
+        ];
+        match declared.iter().filter(|&&d| d).count() {
+            0 => {
                 return bad(
                     "declare pooling = \"mean\" | \"cls\" | \"max\" for an embedding \
-                            model, or a [pipeline.classifier] table for a classifier"
+                            model, a [pipeline.classifier] table for a classifier, or a \
+                            [pipeline.cross_encoder] table for a reranker"
                         .into(),
                 )
             }
-            (Some(_), Some(_)) => {
+            1 => {}
+            _ => {
                 return bad(
-                    "pooling and [pipeline.classifier] are exclusive: an embedding model \
-                            sets pooling, a classifier sets [pipeline.classifier]"
+                    "pooling, [pipeline.classifier] and [pipeline.cross_encoder] are exclusive: \
+                            an embedding model sets pooling, a classifier sets \
+                            [pipeline.classifier], a reranker sets [pipeline.cross_encoder]"
                         .into(),
                 )
             }
-            (None, Some(c)) => {
-                if self.normalize {
-                    return bad("normalize applies to embedding models; remove it from a \
-                                classifier"
-                        .into());
-                }
-                if c.top_k == 0 {
-                    return bad("classifier.top_k must be at least 1".into());
-                }
-                if let Some(i) = c.labels.iter().position(|l| l.is_empty()) {
-                    return bad(format!("classifier.labels[{i}] is empty; name every class"));
-                }
+        }
+        if self.normalize && self.pooling.is_none() {
+            return bad("normalize applies to embedding models; remove it from a \
+                        classifier or cross-encoder"
+                .into());
+        }
+        if let Some(c) = &self.classifier {
+            if c.top_k == 0 {
+                return bad("classifier.top_k must be at least 1".into());
             }
-            (Some(_), None) => {}
+            if let Some(i) = c.labels.iter().position(|l| l.is_empty()) {
+                return bad(format!("classifier.labels[{i}] is empty; name every class"));
+            }
         }
         let names = [
             &self.inputs.input_ids,
@@ -251,9 +278,10 @@ impl PipelineConfig {
     }
 
     pub fn kind(&self) -> PipelineKind {
-        match self.pooling {
-            Some(p) => PipelineKind::Embedding(p),
-            None => PipelineKind::Classifier,
+        match (self.pooling, &self.cross_encoder) {
+            (Some(p), _) => PipelineKind::Embedding(p),
+            (None, Some(_)) => PipelineKind::CrossEncoder,
+            (None, None) => PipelineKind::Classifier,
         }
     }
 
@@ -370,11 +398,17 @@ impl PipelineConfig {
             || match self.kind() {
                 PipelineKind::Embedding(_) => matches!(out.shape.len(), 2 | 3),
                 PipelineKind::Classifier => out.shape.len() == 2,
+                PipelineKind::CrossEncoder => match out.shape.as_slice() {
+                    [_] => true,
+                    [_, classes] => *classes == 1 || *classes < 0,
+                    _ => false,
+                },
             };
         if !rank_ok {
             return Err(PipelineError::Signature(format!(
                 "the pipeline output '{}' has shape {:?}; an embedding model needs [batch, seq, \
-                 hidden] (or already pooled [batch, hidden]), a classifier [batch, classes]",
+                 hidden] (or already pooled [batch, hidden]), a classifier [batch, classes], a \
+                 cross-encoder one logit per pair ([batch, 1] or [batch])",
                 out.name, out.shape
             )));
         }
@@ -480,6 +514,14 @@ mod tests {
         assert!(
             err("[pipeline]\npooling = \"mean\"\n[pipeline.classifier]\n").contains("exclusive")
         );
+        assert!(
+            err("[pipeline]\n[pipeline.classifier]\n[pipeline.cross_encoder]\n")
+                .contains("exclusive")
+        );
+        assert!(
+            err("[pipeline]\nnormalize = true\n[pipeline.cross_encoder]\n").contains("normalize")
+        );
+        assert!(err("[pipeline]\n[pipeline.cross_encoder]\nsigmod = true\n").contains("sigmod"));
         assert!(err("[pipeline]\npooling = \"mean\"\nmax_length = 0\n").contains("max_length = 0"));
         assert!(err("[pipeline]\npooling = \"mean\"\nmax_length = -3\n").contains("max_length"));
         assert!(
@@ -582,5 +624,27 @@ mod tests {
         );
         let logits2 = [t("logits", DataType::F32, &[-1, 2])];
         assert!(c.bind(&minilm_inputs(), &logits2).is_ok());
+    }
+
+    #[test]
+    fn cross_encoder_binds_one_logit_per_pair() {
+        let c = PipelineConfig::from_config_toml("[pipeline]\n[pipeline.cross_encoder]\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.kind(), PipelineKind::CrossEncoder);
+        assert!(c.cross_encoder.as_ref().unwrap().sigmoid);
+        for ok in [&[-1i64, 1][..], &[-1], &[-1, -1]] {
+            let outs = [t("logits", DataType::F32, ok)];
+            assert!(c.bind(&minilm_inputs(), &outs).is_ok(), "{ok:?}");
+        }
+        let two = [t("logits", DataType::F32, &[-1, 2])];
+        let msg = c.bind(&minilm_inputs(), &two).unwrap_err().to_string();
+        assert!(msg.contains("one logit per pair"), "{msg}");
+        let raw = PipelineConfig::from_config_toml(
+            "[pipeline]\n[pipeline.cross_encoder]\nsigmoid = false\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!raw.cross_encoder.unwrap().sigmoid);
     }
 }

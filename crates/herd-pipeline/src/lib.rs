@@ -3,7 +3,8 @@
 //!
 //! Owns: the `[pipeline]` config ([`PipelineConfig`]) and its check against a model signature
 //! ([`PipelineConfig::bind`]); tokenization with the `tokenizers` crate ([`Preprocessor`]);
-//! pooling, L2 normalisation, softmax and top-k ([`post`]).
+//! pair encoding for cross-encoders; pooling, L2 normalisation, softmax, top-k and sigmoid
+//! ([`post`]).
 //! Must not depend on: tokio, HTTP, inference engines, storage. The serving core runs the model
 //! between [`Preprocessor::encode`] and [`post::embeddings`] / [`post::classify`].
 
@@ -16,10 +17,13 @@ use std::path::PathBuf;
 use herd_api::{ErrorCode, HasErrorCode};
 
 pub use config::{
-    Binding, ClassifierConfig, InputNames, Padding, PipelineConfig, PipelineKind, Pooling,
+    Binding, ClassifierConfig, CrossEncoderConfig, InputNames, Padding, PipelineConfig,
+    PipelineKind, Pooling,
 };
-pub use post::{classify, embeddings, f32_output, l2_normalize, pool, softmax, top_k};
-pub use pre::{texts_from_tensor, Encoded, Preprocessor};
+pub use post::{
+    classify, embeddings, f32_output, l2_normalize, pair_logits, pool, sigmoid, softmax, top_k,
+};
+pub use pre::{texts_from_tensor, Encoded, Preprocessor, Token};
 
 /// Errors of the pipeline steps. Config, tokenizer and signature problems surface when the model
 /// loads (`model_load_failed`); text problems are the request's (`invalid_input`).

@@ -208,6 +208,36 @@ pub fn classify(
         .collect())
 }
 
+/// The logistic function, `1 / (1 + e^-x)`, without overflow for large `|x|`.
+pub fn sigmoid(x: f32) -> f32 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// A cross-encoder's output (`[batch, 1]` or `[batch]` logits) as one logit per pair.
+pub fn pair_logits(output: &[f32], shape: &[usize]) -> Result<Vec<f32>, PipelineError> {
+    let batch = match *shape {
+        [batch] | [batch, 1] => batch,
+        _ => {
+            return Err(PipelineError::Shape(format!(
+                "a cross-encoder must output one logit per pair ([batch, 1] or [batch]), got \
+                 {shape:?}"
+            )))
+        }
+    };
+    if output.len() != batch {
+        return Err(PipelineError::Shape(format!(
+            "model output has {} values, expected {batch} (one per pair)",
+            output.len()
+        )));
+    }
+    Ok(output.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,5 +375,19 @@ mod tests {
         );
         assert!(classify(&[0.0; 6], &[2, 3, 1], &cfg).is_err());
         assert!(classify(&[0.0; 5], &[2, 3], &cfg).is_err());
+    }
+
+    #[test]
+    fn sigmoid_and_pair_logits() {
+        close(
+            &[sigmoid(0.0), sigmoid(2.0), sigmoid(-2.0)],
+            &[0.5, 0.880_797, 0.119_203],
+        );
+        assert_eq!(sigmoid(-200.0), 0.0);
+        assert_eq!(sigmoid(200.0), 1.0);
+        assert_eq!(pair_logits(&[1.0, -2.0], &[2, 1]).unwrap(), vec![1.0, -2.0]);
+        assert_eq!(pair_logits(&[3.0], &[1]).unwrap(), vec![3.0]);
+        assert!(pair_logits(&[1.0, 2.0], &[1, 2]).is_err());
+        assert!(pair_logits(&[1.0], &[2, 1]).is_err());
     }
 }

@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use herd_api::v2::{DataType, Tensor, TensorData};
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{
+    EncodeInput, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
 
 use crate::{Binding, PipelineConfig, PipelineError};
 
@@ -171,11 +173,106 @@ impl Preprocessor {
     /// `max_length` are truncated, or rejected with [`PipelineError::TooLong`] when truncation is
     /// off. An empty batch gives an empty `Encoded` (`batch = seq_len = 0`).
     pub fn encode(&self, texts: &[&str]) -> Result<Encoded, PipelineError> {
-        let mut rows = Vec::with_capacity(texts.len());
-        for (index, text) in texts.iter().enumerate() {
+        self.encode_inputs(texts.iter().map(|t| EncodeInput::from(*t)))
+    }
+
+    /// Encodes text pairs as a sequence-pair model takes them (`[CLS] a [SEP] b [SEP]` for BERT,
+    /// `token_type_ids` 0 then 1, as the tokenizer's pair template says), padded to the longest.
+    /// A pair longer than `max_length` is cut longest-first (the longer text loses tokens
+    /// first, as Hugging Face `tokenizers` and TEI do), or rejected when truncation is off.
+    pub fn encode_pairs(&self, pairs: &[(&str, &str)]) -> Result<Encoded, PipelineError> {
+        self.encode_inputs(pairs.iter().map(|&(a, b)| EncodeInput::from((a, b))))
+    }
+
+    /// Tokens of each pair after truncation (see [`Preprocessor::token_counts`]).
+    pub fn pair_token_counts(&self, pairs: &[(&str, &str)]) -> Result<Vec<usize>, PipelineError> {
+        pairs
+            .iter()
+            .enumerate()
+            .map(|(index, &(a, b))| {
+                self.tokenizer
+                    .encode_fast((a, b), true)
+                    .map(|e| e.len())
+                    .map_err(|e| PipelineError::Tokenize {
+                        index,
+                        reason: e.to_string(),
+                    })
+            })
+            .collect()
+    }
+
+    /// The tokens of one text with their byte offsets into it (what TEI's `/tokenize` answers),
+    /// after the pipeline's truncation. Special tokens have no offsets.
+    pub fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<Token>, PipelineError> {
+        let enc =
+            self.tokenizer
+                .encode(text, add_special)
+                .map_err(|e| PipelineError::Tokenize {
+                    index: 0,
+                    reason: e.to_string(),
+                })?;
+        if !self.truncation && enc.len() > self.max_length {
+            return Err(PipelineError::TooLong {
+                index: 0,
+                tokens: enc.len(),
+                max_length: self.max_length,
+            });
+        }
+        Ok(enc
+            .get_ids()
+            .iter()
+            .zip(enc.get_offsets())
+            .zip(enc.get_special_tokens_mask())
+            .zip(enc.get_tokens())
+            .map(|(((&id, &(start, stop)), &special), token)| {
+                if special == 1 {
+                    Token {
+                        id,
+                        text: token.clone(),
+                        special: true,
+                        start: None,
+                        stop: None,
+                    }
+                } else {
+                    let bytes = text.as_bytes().get(start..stop).unwrap_or_default();
+                    Token {
+                        id,
+                        text: String::from_utf8_lossy(bytes).into_owned(),
+                        special: false,
+                        start: Some(start),
+                        stop: Some(stop),
+                    }
+                }
+            })
+            .collect())
+    }
+
+    /// Token ids back to text; ids outside the vocabulary are an error naming the first one.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, PipelineError> {
+        let vocab = self.tokenizer.get_vocab_size(true) as u32;
+        if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
+            return Err(PipelineError::Tokenize {
+                index: 0,
+                reason: format!("token id {bad} is outside the vocabulary (size {vocab})"),
+            });
+        }
+        self.tokenizer
+            .decode(ids, skip_special)
+            .map_err(|e| PipelineError::Tokenize {
+                index: 0,
+                reason: e.to_string(),
+            })
+    }
+
+    fn encode_inputs<'s>(
+        &self,
+        inputs: impl ExactSizeIterator<Item = EncodeInput<'s>>,
+    ) -> Result<Encoded, PipelineError> {
+        let mut rows = Vec::with_capacity(inputs.len());
+        for (index, input) in inputs.enumerate() {
             let enc =
                 self.tokenizer
-                    .encode_fast(*text, true)
+                    .encode_fast(input, true)
                     .map_err(|e| PipelineError::Tokenize {
                         index,
                         reason: e.to_string(),
@@ -213,6 +310,17 @@ impl Preprocessor {
         }
         Ok(out)
     }
+}
+
+/// One token of [`Preprocessor::tokenize`]: its id, its text (the input's bytes `start..stop`,
+/// or the token itself for a special token) and whether it is special.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub id: u32,
+    pub text: String,
+    pub special: bool,
+    pub start: Option<usize>,
+    pub stop: Option<usize>,
 }
 
 /// The texts of a v2 BYTES tensor, each checked to be UTF-8. Any other datatype is an error that
@@ -427,5 +535,72 @@ pub(crate) mod tests {
         let err =
             texts_from_tensor("text", &TensorData::Bytes(vec![vec![0xff, 0xfe]])).unwrap_err();
         assert!(err.to_string().contains("element 0 is not UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn pairs_use_the_pair_template_and_type_ids() {
+        let dir = model_dir("pairs", Some(TINY_TOKENIZER));
+        let p = Preprocessor::load(&dir, &cfg(16, true)).unwrap();
+        let e = p
+            .encode_pairs(&[("hello", "the cats"), ("world", "")])
+            .unwrap();
+        assert_eq!((e.batch, e.seq_len), (2, 7));
+        #[rustfmt::skip]
+        assert_eq!(e.input_ids, vec![
+            2, 4, 3, 6, 7, 8, 3,
+            2, 5, 3, 3, 0, 0, 0,
+        ]);
+        #[rustfmt::skip]
+        assert_eq!(e.token_type_ids, vec![
+            0, 0, 0, 1, 1, 1, 1,
+            0, 0, 0, 1, 0, 0, 0,
+        ]);
+        assert_eq!(e.lengths(), vec![7, 4]);
+        assert_eq!(
+            p.pair_token_counts(&[("hello", "the cats")]).unwrap(),
+            vec![7]
+        );
+        // longest first: the longer text loses tokens, [SEP]s stay
+        let short = Preprocessor::load(&dir, &cfg(6, true)).unwrap();
+        let e = short
+            .encode_pairs(&[("hello", "the cats the cats")])
+            .unwrap();
+        assert_eq!(e.input_ids, vec![2, 4, 3, 6, 7, 3]);
+        let strict = Preprocessor::load(&dir, &cfg(6, false)).unwrap();
+        assert!(strict
+            .encode_pairs(&[("hello", "the cats the cats")])
+            .unwrap_err()
+            .to_string()
+            .contains("more than max_length 6"));
+    }
+
+    #[test]
+    fn tokenize_gives_offsets_and_decode_inverts() {
+        let dir = model_dir("tokenize", Some(TINY_TOKENIZER));
+        let p = Preprocessor::load(&dir, &cfg(16, true)).unwrap();
+        let toks = p.tokenize("Hello cats", true).unwrap();
+        let got: Vec<(u32, &str, bool, Option<usize>, Option<usize>)> = toks
+            .iter()
+            .map(|t| (t.id, t.text.as_str(), t.special, t.start, t.stop))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (2, "[CLS]", true, None, None),
+                (4, "Hello", false, Some(0), Some(5)),
+                (7, "cat", false, Some(6), Some(9)),
+                (8, "s", false, Some(9), Some(10)),
+                (3, "[SEP]", true, None, None),
+            ]
+        );
+        assert_eq!(p.tokenize("hello", false).unwrap().len(), 1);
+        let ids: Vec<u32> = toks.iter().map(|t| t.id).collect();
+        assert!(p.decode(&ids, true).unwrap().contains("hello"));
+        assert!(p.decode(&ids, false).unwrap().contains("[CLS]"));
+        assert!(p
+            .decode(&[4, 99], true)
+            .unwrap_err()
+            .to_string()
+            .contains("token id 99 is outside the vocabulary"));
     }
 }

@@ -2,12 +2,15 @@
 
 mod health;
 mod infer;
+mod infinity;
 mod metrics;
 mod models;
 mod openai;
 pub mod registry;
 mod repository;
+mod rerank;
 mod stats;
+mod tei;
 mod ui;
 
 use std::time::Duration;
@@ -61,6 +64,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{model}", get(openai::get_model))
         .route("/metrics", get(metrics::render))
         .merge(ui::router(state.clone()))
+        .merge(tei::router())
+        .merge(infinity::router())
+        .merge(rerank::router())
         .fallback(health::not_found)
         .with_state(state)
 }

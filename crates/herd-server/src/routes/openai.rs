@@ -30,7 +30,7 @@ pub struct OpenAiError {
 }
 
 impl OpenAiError {
-    fn new(code: ErrorCode, message: impl Into<String>) -> OpenAiError {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> OpenAiError {
         OpenAiError {
             code,
             message: message.into(),
@@ -38,7 +38,7 @@ impl OpenAiError {
         }
     }
 
-    fn param(mut self, p: &'static str) -> OpenAiError {
+    pub(crate) fn param(mut self, p: &'static str) -> OpenAiError {
         self.param = Some(p);
         self
     }
@@ -224,7 +224,7 @@ pub async fn embeddings(
     })))
 }
 
-fn base64_encode(raw: &[u8]) -> String {
+pub(crate) fn base64_encode(raw: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(raw.len().div_ceil(3) * 4);
     for chunk in raw.chunks(3) {

@@ -6,6 +6,7 @@
 
 mod health;
 mod stats;
+mod text;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,6 +20,9 @@ use crate::auth::{Auth, Principal};
 
 pub use health::Health;
 pub use stats::{Duration as StatDuration, InferStats, ModelStats, Stats};
+pub use text::{
+    Classified, Classify, PairScores, Ranked, Rerank, Reranked, ScorePairs, TextKind, TextModel,
+};
 
 /// Who calls, independent of the transport (HTTP bearer header, gRPC metadata, ...).
 #[derive(Debug, Clone, PartialEq, Eq)]
