@@ -579,7 +579,8 @@ pub(crate) mod tests {
         let dir = model_dir("tokenize", Some(TINY_TOKENIZER));
         let p = Preprocessor::load(&dir, &cfg(16, true)).unwrap();
         let toks = p.tokenize("Hello cats", true).unwrap();
-        let got: Vec<(u32, &str, bool, Option<usize>, Option<usize>)> = toks
+        type Row<'a> = (u32, &'a str, bool, Option<usize>, Option<usize>);
+        let got: Vec<Row> = toks
             .iter()
             .map(|t| (t.id, t.text.as_str(), t.special, t.start, t.stop))
             .collect();

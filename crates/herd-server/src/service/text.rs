@@ -251,7 +251,7 @@ impl Service {
                 ))
             }
         };
-        let k = if n == 0 { 0 } else { scores.len() / n };
+        let k = scores.len().checked_div(n).unwrap_or(0);
         let predictions = (0..n)
             .map(|i| {
                 (0..k)
