@@ -763,7 +763,19 @@ impl Core {
             _ => (0, rss_growth + working_io),
         };
         let key = (name.to_string(), version.to_string());
-        let (shared, created, stripped) = shared_weights(&instances);
+        let (shared, created, stripped, serial) = shared_weights(&instances);
+        // A model whose runs take turns on a session shared with other models (a shared trunk,
+        // a LoRA base) needs that session's run memory only during its turn: the run memory is
+        // charged once for all the session's users (the most any of them measured); the model
+        // keeps its own inputs and outputs.
+        let (shared, working) = match serial {
+            Some(k) => {
+                let mut v = shared.to_vec();
+                v.push((k, working.saturating_sub(working_io)));
+                (Arc::from(v), working_io.min(working))
+            }
+            None => (shared, working),
+        };
         let charge = if !shared.is_empty() {
             // Shared weights are charged once for all their users (`shared_used`); this model
             // is charged what it allocated beyond the shared weights it created.
@@ -1154,6 +1166,7 @@ impl Core {
     pub fn index(&self) -> Result<Vec<IndexEntry>, CoreError> {
         let models = self.source.list()?;
         let st = self.state.lock();
+        let sizes = shared_sizes(&st);
         let mut out = Vec::with_capacity(models.len());
         for m in models {
             if m.versions.is_empty() {
@@ -1184,7 +1197,12 @@ impl Core {
                     state,
                     charge: e.map(|e| e.charge).unwrap_or(0),
                     shared_bytes: e
-                        .map(|e| e.shared.iter().map(|(_, b)| b).sum())
+                        .map(|e| {
+                            e.shared
+                                .iter()
+                                .map(|(k, b)| sizes.get(k).copied().unwrap_or(*b))
+                                .sum()
+                        })
                         .unwrap_or(0),
                     load_secs: e.map(|e| e.load_secs).unwrap_or(0.0),
                     hits: e.map(|e| e.hits).unwrap_or(0),
@@ -1462,38 +1480,50 @@ impl Overheads {
 /// Bytes of the distinct shared weights that loaded (or loading) models use: each tensor is
 /// charged once, and is no longer charged when its last user leaves the cache.
 fn shared_used(st: &CacheState) -> u64 {
-    let mut seen = std::collections::HashSet::new();
-    let mut total = 0;
+    shared_sizes(st).values().sum()
+}
+
+/// The distinct shared items of the loaded (or loading) models and their bytes: the largest
+/// any user reported (a tensor's size is the same for all; a shared session's run memory is
+/// what its users each measured).
+fn shared_sizes(st: &CacheState) -> HashMap<herd_runtime::shared::Key, u64> {
+    let mut sizes: HashMap<herd_runtime::shared::Key, u64> = HashMap::new();
     let users = st.entries.values().map(|e| &e.shared);
     for shared in users.chain(st.retiring.values().map(|r| &r.shared)) {
         for (k, b) in shared.iter() {
-            if seen.insert(k) {
-                total += b;
-            }
+            let v = sizes.entry(*k).or_default();
+            *v = (*v).max(*b);
         }
     }
-    total
+    sizes
 }
 
 /// The distinct shared weights of a model's instances, the bytes of those its load created,
 /// and the file bytes not handed to the engine.
+#[allow(clippy::type_complexity)]
 fn shared_weights(
     instances: &[Box<dyn Instance>],
-) -> (Arc<[(herd_runtime::shared::Key, u64)]>, u64, u64) {
+) -> (
+    Arc<[(herd_runtime::shared::Key, u64)]>,
+    u64,
+    u64,
+    Option<herd_runtime::shared::Key>,
+) {
     let mut seen = std::collections::HashSet::new();
     let mut weights = Vec::new();
-    let (mut created, mut stripped) = (0, 0);
+    let (mut created, mut stripped, mut serial) = (0, 0, None);
     for i in instances {
         let s = i.sharing();
         created += s.created_bytes;
         stripped = stripped.max(s.stripped_file_bytes);
+        serial = serial.or(s.serial_runs);
         for (k, b) in s.weights {
             if seen.insert(k) {
                 weights.push((k, b));
             }
         }
     }
-    (Arc::from(weights), created, stripped)
+    (Arc::from(weights), created, stripped, serial)
 }
 
 /// Scored by the pure [`policy`] module, which the simulation (`herd plan`) drives too.

@@ -132,6 +132,7 @@ pub(crate) fn load(
             weights,
             created_bytes: created,
             stripped_file_bytes: 0,
+            serial_runs: Some(crate::shared::run_memory_key(&base.key)),
         },
         adapter: Lora(lora),
         path: adapter.to_path_buf(),

@@ -54,6 +54,18 @@ pub struct Sharing {
     pub created_bytes: u64,
     /// Bytes of the model file that were not handed to the engine (shared or folded away).
     pub stripped_file_bytes: u64,
+    /// Set when the instance's runs take turns on a session shared with other models (a shared
+    /// trunk, a LoRA base): the key under which that session's run memory is charged once.
+    pub serial_runs: Option<Key>,
+}
+
+/// The key of a shared session's run memory (distinct from the session's own key).
+pub fn run_memory_key(session: &Key) -> Key {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"herd-run-memory-v1\0");
+    h.update(session);
+    h.finalize().into()
 }
 
 impl Sharing {
@@ -494,6 +506,7 @@ pub(crate) fn load(
         weights: weights.iter().map(|(_, w)| (w.key, w.bytes)).collect(),
         created_bytes: created,
         stripped_file_bytes: plan.stripped_bytes,
+        serial_runs: None,
     };
     Ok(Some(SharedSession {
         session,
@@ -585,6 +598,7 @@ fn load_split(
         weights: used,
         created_bytes: created,
         stripped_file_bytes: (bytes.len() as u64).saturating_sub(head_model.len() as u64),
+        serial_runs: Some(run_memory_key(&trunk.key)),
     };
     Ok(SharedSession {
         session,
