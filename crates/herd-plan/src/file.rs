@@ -22,6 +22,8 @@ pub struct PlanFile {
     /// modelled from a case's headline figures), printed with the result so a reader knows.
     #[serde(default)]
     pub inputs: Option<String>,
+    /// May be left out when `herd plan --channel` names the models.
+    #[serde(default)]
     pub models: ModelsSection,
     #[serde(default)]
     pub traffic: TrafficSection,
@@ -34,13 +36,18 @@ pub struct PlanFile {
     pub tco: Option<TcoSection>,
 }
 
-/// Where the models come from: exactly one of `dir`, `inventory`, or a uniform fleet `count`.
+/// Where the models come from: exactly one of `dir`, `channel`, `inventory`, or a uniform fleet
+/// `count`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelsSection {
     /// A directory repository (`<dir>/<model>/<version>/model.onnx`): each model is loaded once,
     /// like the server does, to measure its charge and load time.
     pub dir: Option<PathBuf>,
+    /// A registry channel (e.g. `production`): the models of the release it points to, each
+    /// fetched and loaded once to measure, as `herd serve --channel` would serve them. The
+    /// registry and artifact store are `herd plan`'s `--registry` / `--artifacts`.
+    pub channel: Option<String>,
     /// A CSV inventory: `name,size,load_secs` (size in bytes or with a unit: `292MB`).
     pub inventory: Option<PathBuf>,
     /// A uniform fleet: `count` models of `size` each taking `load_secs` to load.
@@ -292,11 +299,20 @@ pub fn parse_size(field: &str, s: &str) -> Result<u64, PlanError> {
 impl PlanFile {
     /// Reads a plan file; relative paths inside become relative to its directory.
     pub fn load(path: &Path) -> Result<(PlanFile, PathBuf), PlanError> {
+        Self::load_with_channel(path, None)
+    }
+
+    /// As [`PlanFile::load`], with the models taken from `channel` (a registry channel) instead
+    /// of the file's `[models]` when it is given.
+    pub fn load_with_channel(
+        path: &Path,
+        channel: Option<String>,
+    ) -> Result<(PlanFile, PathBuf), PlanError> {
         let text = std::fs::read_to_string(path).map_err(|e| PlanError::Io {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let plan: PlanFile = toml::from_str(&text).map_err(|e| PlanError::Parse {
+        let mut plan: PlanFile = toml::from_str(&text).map_err(|e| PlanError::Parse {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
@@ -304,6 +320,12 @@ impl PlanFile {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
+        if let Some(c) = channel {
+            plan.models = ModelsSection {
+                channel: Some(c),
+                ..ModelsSection::default()
+            };
+        }
         plan.check()?;
         Ok((plan, base))
     }
@@ -316,14 +338,19 @@ impl PlanFile {
             })
         };
         let m = &self.models;
-        let sources = [m.dir.is_some(), m.inventory.is_some(), m.count.is_some()]
-            .iter()
-            .filter(|x| **x)
-            .count();
+        let sources = [
+            m.dir.is_some(),
+            m.channel.is_some(),
+            m.inventory.is_some(),
+            m.count.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
         if sources != 1 {
             return bad(
                 "models",
-                "name exactly one of dir (a directory repository), inventory (a CSV file) or count + size + load_secs (a uniform fleet)".into(),
+                "name exactly one of dir (a directory repository), channel (a registry channel, or herd plan --channel), inventory (a CSV file) or count + size + load_secs (a uniform fleet)".into(),
             );
         }
         if m.count.is_some() && (m.size.is_none() || m.load_secs.is_none()) {

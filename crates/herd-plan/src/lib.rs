@@ -106,6 +106,11 @@ pub fn static_models(plan: &PlanFile, base: &Path) -> Result<Option<Vec<ModelSpe
     models::from_section(&plan.models, base).map(Some)
 }
 
+/// The registry channel a plan wants measured, if any.
+pub fn channel_to_measure(plan: &PlanFile) -> Option<&str> {
+    plan.models.channel.as_deref()
+}
+
 /// The directory a plan wants measured, if any.
 pub fn directory_to_measure(plan: &PlanFile, base: &Path) -> Option<PathBuf> {
     plan.models.dir.as_ref().map(|d| base.join(d))

@@ -22,9 +22,9 @@ pub struct ModelSpec {
     pub load_secs: f64,
 }
 
-/// Whether the models section needs an engine (a directory to measure).
+/// Whether the models section needs an engine (a directory or a channel to measure).
 pub fn needs_backend(m: &ModelsSection) -> bool {
-    m.dir.is_some()
+    m.dir.is_some() || m.channel.is_some()
 }
 
 /// The models of a section that needs no engine (inventory or uniform fleet).
@@ -103,8 +103,19 @@ pub async fn measure_directory(
     dir: &Path,
     backend: Arc<dyn Backend>,
 ) -> Result<Vec<ModelSpec>, PlanError> {
+    let source: Arc<dyn ModelSource> =
+        Arc::new(DirectorySource::new(dir).map_err(|e| PlanError::Measure(e.to_string()))?);
+    measure_source(source, backend, &dir.display().to_string()).await
+}
+
+/// As [`measure_directory`], for any model source (a registry channel's release: what
+/// `herd serve --channel` would serve). `what` names the source in errors.
+pub async fn measure_source(
+    source: Arc<dyn ModelSource>,
+    backend: Arc<dyn Backend>,
+    what: &str,
+) -> Result<Vec<ModelSpec>, PlanError> {
     let core_err = |e: herd_core::CoreError| PlanError::Measure(e.to_string());
-    let source: Arc<dyn ModelSource> = Arc::new(DirectorySource::new(dir).map_err(core_err)?);
     let core = Core::new(
         CoreConfig {
             memory_budget: u64::MAX / 4,
@@ -121,10 +132,7 @@ pub async fn measure_directory(
         .collect();
     names.sort();
     if names.is_empty() {
-        return Err(PlanError::Measure(format!(
-            "no models in {}",
-            dir.display()
-        )));
+        return Err(PlanError::Measure(format!("no models in {what}")));
     }
     // The first load in a process also pays the runtime's one-time setup: do it once first,
     // uncounted, as a server that has been running a while has.

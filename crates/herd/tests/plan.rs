@@ -270,3 +270,111 @@ fn plan_predicts_the_demo_within_5_percent() {
         );
     }
 }
+
+/// `herd plan --channel production`: the models are those of the release the channel points
+/// to (not the registry's other models, not the plan file's `[models]`), fetched from the
+/// artifact store and measured by loading each once; a channel without a release is refused
+/// with the command that makes one. SQLite and a local artifact directory: no services.
+#[test]
+fn a_registry_channel_is_planned_from_its_release() {
+    let _serial = serial();
+    if !runtime_available() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "ONNX Runtime is missing under CI"
+        );
+        eprintln!("SKIPPED: ONNX Runtime not installed (herd runtime install)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let herd = |args: &[&str]| {
+        let out = Command::new(HERD)
+            .args(args)
+            .current_dir(dir)
+            .env(
+                "HERD_REGISTRY",
+                format!("sqlite://{}", dir.join("reg.db").display()),
+            )
+            .env("HERD_ARTIFACTS", dir.join("artifacts"))
+            .env("HERD_ARTIFACT_CACHE", dir.join("cache"))
+            .env("HERD_USER", "planner")
+            .env_remove("HERD_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Four models in the registry, three in the production release (one of them at v2).
+    for (name, dims) in [
+        ("acme", vec![8]),
+        ("globex", vec![8, 64]),
+        ("initech", vec![8]),
+        ("draft", vec![8]),
+    ] {
+        for (v, d) in dims.iter().enumerate() {
+            let f = dir.join(format!("{name}-{v}.onnx"));
+            std::fs::write(
+                &f,
+                herd_onnx::LinearClassifier::random(*d, 3, v as u64 + 1).to_onnx(name),
+            )
+            .unwrap();
+            let (ok, _, err) = herd(&["model", "push", name, f.to_str().unwrap(), "--create"]);
+            assert!(ok, "push {name}: {err}");
+        }
+    }
+    let (ok, _, err) = herd(&[
+        "release",
+        "create",
+        "--set",
+        "acme=1",
+        "--set",
+        "globex=2",
+        "--set",
+        "initech=1",
+        "--promote",
+        "production",
+    ]);
+    assert!(ok, "{err}");
+    // The plan file names a uniform fleet: --channel replaces it.
+    let plan = dir.join("plan.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            "[models]\ncount = 50\nsize = \"1GB\"\nload_secs = 1.0\n\
+             [traffic]\nrate = 2.0\nsimulate_hours = 0.05\n\
+             [machines]\ncatalog = \"{}\"\ntype = \"ml.m5.large\"\n",
+            examples().join("catalog.toml").display()
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = herd(&[
+        "plan",
+        plan.to_str().unwrap(),
+        "--channel",
+        "production",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("on channel production"), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let fleet = v["fleet"].as_array().unwrap();
+    let names: Vec<&str> = fleet.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["acme", "globex", "initech"], "{v}");
+    for m in fleet {
+        assert!(m["charge"].as_u64().unwrap() > 0, "{m}");
+        assert!(m["load_secs"].as_f64().unwrap() > 0.0, "{m}");
+    }
+    assert_eq!(v["models"], 3);
+
+    let (ok, _, err) = herd(&["plan", plan.to_str().unwrap(), "--channel", "staging"]);
+    assert!(!ok);
+    assert!(
+        err.contains("'staging'") && err.contains("--promote staging"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
