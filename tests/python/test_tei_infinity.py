@@ -298,6 +298,27 @@ def test_tei_tokenize_and_decode_match_python_tokenizers(srv, repo, tei):
     assert status == 200 and body == [t.decode(ids), t.decode(ids[:3])]
 
 
+def test_unmodified_huggingface_hub_inference_client(srv, repo, tmp_path):
+    # huggingface_hub (installed with tokenizers) posts to TEI's root route of its base_url.
+    # (Its text_classification expects the HF Inference API's nested list, not TEI's /predict
+    # answer, so only feature_extraction is a TEI client call.)
+    from huggingface_hub import InferenceClient
+
+    ref = ref_embeddings(tmp_path, TEXTS[:2])
+    emb = InferenceClient(base_url=f"{srv.url}/models/{EMBED}").feature_extraction(TEXTS[0])
+    got = np.asarray(emb, dtype=np.float32).reshape(-1)
+    want = np.asarray(ref["embeddings"][0], dtype=np.float32)
+    assert got @ want / (np.linalg.norm(got) * np.linalg.norm(want)) >= 0.999
+    # The root route follows the model's kind: a classifier answers TEI's /predict shape.
+    status, body = srv.post(f"/models/{CLASSIFY}", {"inputs": TEXTS[1]})
+    assert status == 200 and [p["label"] for p in body] == [l for l, _ in ref_classify(repo, TEXTS[1:2])[0]]
+
+
+def test_tei_health(srv):
+    status, body = srv.get("/health")
+    assert status == 200 and body == b""
+
+
 def test_tei_info_per_model(srv, tei):
     kinds = {}
     for m in (EMBED, CLASSIFY, RERANK):

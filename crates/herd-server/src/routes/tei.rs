@@ -1,5 +1,5 @@
 //! Hugging Face text-embeddings-inference (TEI) over HTTP: `POST /embed`, `/predict`, `/rerank`,
-//! `/tokenize`, `/decode` and `GET /info`, with TEI's request fields, answers and error object
+//! `/tokenize`, `/decode`, `POST /` (by the model's kind), `GET /info` and `GET /health`, with TEI's request fields, answers and error object
 //! (`{"error", "error_type"}` with TEI's status per type).
 //!
 //! TEI serves one model per process and has no `model` field, so herd takes the model from the
@@ -495,6 +495,56 @@ async fn info_inner(
     }))
 }
 
+/// `GET /health`: 200 with an empty body while herd is ready (pinned models preloaded, not
+/// draining), else TEI's 503 `{"error", "error_type": "Unhealthy"}`.
+pub async fn health(State(s): State<AppState>) -> Response {
+    if s.service.health().is_ready() {
+        StatusCode::OK.into_response()
+    } else {
+        TeiError::new(
+            ErrorType::Unhealthy,
+            "herd is starting (preloading pinned models) or shutting down",
+        )
+        .into_response()
+    }
+}
+
+/// `POST /` (TEI's root route, what `huggingface_hub.InferenceClient(base_url=...)` posts to):
+/// `/embed`, `/predict` or `/rerank` by the model's kind.
+async fn root_inner(
+    s: AppState,
+    headers: HeaderMap,
+    path_model: Option<String>,
+    body: Bytes,
+) -> Response {
+    let kind = target(&s, &headers, path_model.clone())
+        .and_then(|(c, m)| Ok(s.service.text_model(&c, &m)?.kind));
+    match kind {
+        Err(e) => e.into_response(),
+        Ok(TextKind::Embedding(_)) => embed_inner(s, headers, path_model, body)
+            .await
+            .into_response(),
+        Ok(TextKind::Classifier) => predict_inner(s, headers, path_model, body)
+            .await
+            .into_response(),
+        Ok(TextKind::CrossEncoder) => rerank_inner(s, headers, path_model, body)
+            .await
+            .into_response(),
+    }
+}
+
+pub async fn root(State(s): State<AppState>, h: HeaderMap, b: Bytes) -> Response {
+    root_inner(s, h, None, b).await
+}
+pub async fn root_at(
+    State(s): State<AppState>,
+    Path(m): Path<String>,
+    h: HeaderMap,
+    b: Bytes,
+) -> Response {
+    root_inner(s, h, Some(m), b).await
+}
+
 // Each route twice: the model from the header, or from the `/models/{model}` prefix.
 
 pub async fn embed(State(s): State<AppState>, h: HeaderMap, b: Bytes) -> impl IntoResponse {
@@ -577,6 +627,9 @@ pub fn router() -> axum::Router<AppState> {
         .route("/tokenize", post(tokenize))
         .route("/decode", post(decode))
         .route("/info", get(info))
+        .route("/health", get(health))
+        .route("/", post(root))
+        .route("/models/{model}", post(root_at))
         .route("/models/{model}/embed", post(embed_at))
         .route("/models/{model}/predict", post(predict_at))
         .route("/models/{model}/rerank", post(rerank_at))
