@@ -61,14 +61,14 @@ def build(seed=7):
     return model
 
 
-def write(out_dir, name="minilm-rerank", seed=7, raw=False, max_length=256):
+def write(out_dir, name="minilm-rerank", seed=7, raw=False, max_length=256, max_batch_size=16):
     d = Path(out_dir) / name
     (d / "1").mkdir(parents=True, exist_ok=True)
     onnx.save(build(seed), str(d / "1" / "model.onnx"))
     shutil.copy(tokenizer_path(), d / "tokenizer.json")
     sigmoid = "false" if raw else "true"
     (d / "config.toml").write_text(
-        f"max_batch_size = 16\nmax_queue_delay_ms = 2\n\n[pipeline]\nmax_length = {max_length}\n\n"
+        f"max_batch_size = {max_batch_size}\nmax_queue_delay_ms = 2\n\n[pipeline]\nmax_length = {max_length}\n\n"
         f"[pipeline.cross_encoder]\nsigmoid = {sigmoid}\n"
     )
     return d

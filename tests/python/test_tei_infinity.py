@@ -8,7 +8,7 @@ scripts/make_cross_encoder.py, and conftest's classifier).
 The model is chosen per request: TEI by the x-herd-model header or the /models/{m}/ path prefix;
 Infinity and /v1/rerank by the body's `model`.
 """
-import copy
+import functools
 import json
 import subprocess
 import sys
@@ -29,6 +29,7 @@ import make_cross_encoder  # noqa: E402
 
 SCHEMAS = Path(__file__).parent / "schemas"
 RERANK = "minilm-rerank"
+RERANK_RAW = "minilm-rerank-raw"
 EMBED = "minilm-embed"
 CLASSIFY = "acme-intent"
 
@@ -93,7 +94,9 @@ def test_the_validator_rejects_wrong_shapes(tei, inf):
 def repo(tmp_path_factory):
     out = tmp_path_factory.mktemp("tei-repo")
     make_pipelines(out)  # minilm-embed, acme-intent (+ two broken ones)
-    make_cross_encoder.write(out, RERANK)
+    # max_batch_size 4: the load's warm-up (max_batch_size x max_length tokens) stays cheap on CI
+    make_cross_encoder.write(out, RERANK, max_batch_size=4)
+    make_cross_encoder.write(out, RERANK_RAW, raw=True, max_batch_size=4)  # sigmoid = false
     return out
 
 
@@ -143,6 +146,7 @@ def get_json(srv, path, headers=None):
         return e.code, json.loads(e.read() or b"null")
 
 
+@functools.lru_cache(maxsize=None)
 def tokenizer(repo, name, max_length):
     t = Tokenizer.from_file(str(repo / name / "tokenizer.json"))
     t.no_padding()
@@ -150,6 +154,7 @@ def tokenizer(repo, name, max_length):
     return t
 
 
+@functools.lru_cache(maxsize=None)
 def session(repo, name):
     return ort.InferenceSession(str(repo / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
 
@@ -181,9 +186,11 @@ def ref_classify(repo, texts):
     return out
 
 
-def ref_embeddings(tmp_path, texts):
-    f = tmp_path / "sentences.json"
-    f.write_text(json.dumps(texts))
+@pytest.fixture(scope="module")
+def ref_emb(tmp_path_factory):
+    """scripts/reference_embeddings.py (tokenizers + onnxruntime + numpy) on TEXTS, once."""
+    f = tmp_path_factory.mktemp("ref") / "sentences.json"
+    f.write_text(json.dumps(TEXTS))
     out = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "reference_embeddings.py"), str(f), "--max-length", "256"],
         check=True, capture_output=True, text=True,
@@ -226,6 +233,17 @@ def test_tei_rerank_matches_onnxruntime_reference(srv, repo, tei):
     assert {r["index"]: r["text"] for r in body} == dict(enumerate(DOCS[:3]))
 
 
+def test_a_cross_encoder_without_sigmoid_scores_with_the_logit(srv, repo, tei):
+    # [pipeline.cross_encoder] sigmoid = false: the default score is the raw logit
+    logits = ref_logits(repo, QUERY, DOCS[:3])
+    for raw in (False, True):
+        status, body = srv.post(f"/models/{RERANK_RAW}/rerank", {"query": QUERY, "texts": DOCS[:3], "raw_scores": raw})
+        assert status == 200, body
+        tei.check("RerankResponse", body)
+        got = np.array([r["score"] for r in sorted(body, key=lambda r: r["index"])])
+        np.testing.assert_allclose(got, logits, atol=2e-4)
+
+
 def test_tei_predict_classifier_and_pairs(srv, repo, tei):
     ref = ref_classify(repo, TEXTS)
     status, body = srv.post("/predict", {"inputs": TEXTS[0]}, model(CLASSIFY))
@@ -253,8 +271,8 @@ def test_tei_predict_classifier_and_pairs(srv, repo, tei):
     np.testing.assert_allclose([r[0]["score"] for r in body], logits, atol=2e-4)
 
 
-def test_tei_embed_matches_reference(srv, tei, tmp_path):
-    ref = ref_embeddings(tmp_path, TEXTS)
+def test_tei_embed_matches_reference(srv, tei, ref_emb):
+    ref = ref_emb
     status, body = srv.post("/embed", {"inputs": TEXTS}, model(EMBED))
     assert status == 200, body
     tei.check("EmbedResponse", body)
@@ -298,13 +316,13 @@ def test_tei_tokenize_and_decode_match_python_tokenizers(srv, repo, tei):
     assert status == 200 and body == [t.decode(ids), t.decode(ids[:3])]
 
 
-def test_unmodified_huggingface_hub_inference_client(srv, repo, tmp_path):
+def test_unmodified_huggingface_hub_inference_client(srv, repo, ref_emb):
     # huggingface_hub (installed with tokenizers) posts to TEI's root route of its base_url.
     # (Its text_classification expects the HF Inference API's nested list, not TEI's /predict
     # answer, so only feature_extraction is a TEI client call.)
     from huggingface_hub import InferenceClient
 
-    ref = ref_embeddings(tmp_path, TEXTS[:2])
+    ref = ref_emb
     emb = InferenceClient(base_url=f"{srv.url}/models/{EMBED}").feature_extraction(TEXTS[0])
     got = np.asarray(emb, dtype=np.float32).reshape(-1)
     want = np.asarray(ref["embeddings"][0], dtype=np.float32)
@@ -366,8 +384,8 @@ def test_tei_errors_have_tei_shape_and_status(srv, tei):
 
 # ---------------------------------------------------------------- Infinity
 
-def test_infinity_embeddings_classify_rerank_models(srv, repo, inf, tmp_path):
-    ref = ref_embeddings(tmp_path, TEXTS)
+def test_infinity_embeddings_classify_rerank_models(srv, repo, inf, ref_emb):
+    ref = ref_emb
     req = {"model": EMBED, "input": TEXTS}
     inf.check("OpenAIEmbeddingInput_Text", req)
     status, body = srv.post("/embeddings", req)
