@@ -222,18 +222,3 @@ def test_tritonclient_model_config(server):
     e = c.get_model_config("minilm-embed")
     assert e["input"] == [{"name": "text", "data_type": "TYPE_STRING", "dims": []}]
     assert e["max_batch_size"] == 16 and e["dynamic_batching"]["max_queue_delay_microseconds"] == 5000
-
-
-def test_tritonclient_load_with_config_is_refused_naming_the_keys(server):
-    import json
-
-    import tritonclient.http as httpclient
-    from tritonclient.utils import InferenceServerException
-
-    c = httpclient.InferenceServerClient(url=server.url.replace("http://", ""))
-    with pytest.raises(InferenceServerException) as e:
-        c.load_model("dtype_fp32", config=json.dumps({"max_batch_size": 4, "instance_group": [{"count": 2}]}))
-    msg = str(e.value)
-    assert "config.max_batch_size" in msg and "config.instance_group" in msg, msg
-    c.load_model("dtype_fp32")  # without parameters: loads
-    assert c.is_model_ready("dtype_fp32")

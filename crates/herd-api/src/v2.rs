@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+pub use half::{bf16, f16};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -30,6 +31,8 @@ pub enum DataType {
     I64,
     #[serde(rename = "FP16")]
     F16,
+    #[serde(rename = "BF16")]
+    BF16,
     #[serde(rename = "FP32")]
     F32,
     #[serde(rename = "FP64")]
@@ -51,6 +54,7 @@ impl DataType {
             DataType::I32 => "INT32",
             DataType::I64 => "INT64",
             DataType::F16 => "FP16",
+            DataType::BF16 => "BF16",
             DataType::F32 => "FP32",
             DataType::F64 => "FP64",
             DataType::Bytes => "BYTES",
@@ -61,7 +65,7 @@ impl DataType {
     pub fn element_size(self) -> Option<usize> {
         match self {
             DataType::Bool | DataType::U8 | DataType::I8 => Some(1),
-            DataType::U16 | DataType::I16 | DataType::F16 => Some(2),
+            DataType::U16 | DataType::I16 | DataType::F16 | DataType::BF16 => Some(2),
             DataType::U32 | DataType::I32 | DataType::F32 => Some(4),
             DataType::U64 | DataType::I64 | DataType::F64 => Some(8),
             DataType::Bytes => None,
@@ -87,6 +91,10 @@ pub enum TensorData {
     I16(Vec<i16>),
     I32(Vec<i32>),
     I64(Vec<i64>),
+    /// IEEE half precision (FP16).
+    F16(Vec<f16>),
+    /// bfloat16 (BF16).
+    BF16(Vec<bf16>),
     F32(Vec<f32>),
     F64(Vec<f64>),
     Bytes(Vec<Vec<u8>>),
@@ -104,6 +112,8 @@ macro_rules! each_variant {
             TensorData::I16($v) => $body,
             TensorData::I32($v) => $body,
             TensorData::I64($v) => $body,
+            TensorData::F16($v) => $body,
+            TensorData::BF16($v) => $body,
             TensorData::F32($v) => $body,
             TensorData::F64($v) => $body,
             TensorData::Bytes($v) => $body,
@@ -123,6 +133,8 @@ impl TensorData {
             TensorData::I16(_) => DataType::I16,
             TensorData::I32(_) => DataType::I32,
             TensorData::I64(_) => DataType::I64,
+            TensorData::F16(_) => DataType::F16,
+            TensorData::BF16(_) => DataType::BF16,
             TensorData::F32(_) => DataType::F32,
             TensorData::F64(_) => DataType::F64,
             TensorData::Bytes(_) => DataType::Bytes,
@@ -152,13 +164,29 @@ impl TensorData {
             DataType::F32 => TensorData::F32(vec![]),
             DataType::F64 => TensorData::F64(vec![]),
             DataType::Bytes => TensorData::Bytes(vec![]),
-            DataType::F16 => {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidInput,
-                    "FP16 tensors are not supported; send FP32",
-                ))
-            }
+            DataType::F16 => TensorData::F16(vec![]),
+            DataType::BF16 => TensorData::BF16(vec![]),
         })
+    }
+
+    /// `n` zeros (`false`, empty strings for BYTES) of the given type: warm-up inputs.
+    pub fn zeros(dt: DataType, n: usize) -> TensorData {
+        match dt {
+            DataType::Bool => TensorData::Bool(vec![false; n]),
+            DataType::U8 => TensorData::U8(vec![0; n]),
+            DataType::U16 => TensorData::U16(vec![0; n]),
+            DataType::U32 => TensorData::U32(vec![0; n]),
+            DataType::U64 => TensorData::U64(vec![0; n]),
+            DataType::I8 => TensorData::I8(vec![0; n]),
+            DataType::I16 => TensorData::I16(vec![0; n]),
+            DataType::I32 => TensorData::I32(vec![0; n]),
+            DataType::I64 => TensorData::I64(vec![0; n]),
+            DataType::F16 => TensorData::F16(vec![f16::ZERO; n]),
+            DataType::BF16 => TensorData::BF16(vec![bf16::ZERO; n]),
+            DataType::F32 => TensorData::F32(vec![0.0; n]),
+            DataType::F64 => TensorData::F64(vec![0.0; n]),
+            DataType::Bytes => TensorData::Bytes(vec![Vec::new(); n]),
+        }
     }
 
     /// Appends `other` (same type) to `self`. Used to concatenate batches.
@@ -173,6 +201,8 @@ impl TensorData {
             (TensorData::I16(a), TensorData::I16(b)) => a.extend_from_slice(b),
             (TensorData::I32(a), TensorData::I32(b)) => a.extend_from_slice(b),
             (TensorData::I64(a), TensorData::I64(b)) => a.extend_from_slice(b),
+            (TensorData::F16(a), TensorData::F16(b)) => a.extend_from_slice(b),
+            (TensorData::BF16(a), TensorData::BF16(b)) => a.extend_from_slice(b),
             (TensorData::F32(a), TensorData::F32(b)) => a.extend_from_slice(b),
             (TensorData::F64(a), TensorData::F64(b)) => a.extend_from_slice(b),
             (TensorData::Bytes(a), TensorData::Bytes(b)) => a.extend_from_slice(b),
@@ -193,6 +223,8 @@ impl TensorData {
             TensorData::I16(v) => TensorData::I16(v[start..end].to_vec()),
             TensorData::I32(v) => TensorData::I32(v[start..end].to_vec()),
             TensorData::I64(v) => TensorData::I64(v[start..end].to_vec()),
+            TensorData::F16(v) => TensorData::F16(v[start..end].to_vec()),
+            TensorData::BF16(v) => TensorData::BF16(v[start..end].to_vec()),
             TensorData::F32(v) => TensorData::F32(v[start..end].to_vec()),
             TensorData::F64(v) => TensorData::F64(v[start..end].to_vec()),
             TensorData::Bytes(v) => TensorData::Bytes(v[start..end].to_vec()),
@@ -219,16 +251,10 @@ impl TensorData {
                     })
                     .collect(),
             ),
-            TensorData::F64(v) => Value::Array(
-                v.iter()
-                    .map(|x| {
-                        serde_json::Number::from_f64(*x)
-                            .map(Value::Number)
-                            .unwrap_or(Value::Null)
-                    })
-                    .collect(),
-            ),
-            other => each_variant!(other, v => serde_json::to_value(v).unwrap_or(Value::Null)),
+            TensorData::F64(v) => Value::Array(v.iter().map(|x| float_json(*x)).collect()),
+            TensorData::F16(v) => Value::Array(v.iter().map(|x| float_json(x.to_f64())).collect()),
+            TensorData::BF16(v) => Value::Array(v.iter().map(|x| float_json(x.to_f64())).collect()),
+            other => serde_json::to_value(other).unwrap_or(Value::Null),
         }
     }
 
@@ -283,6 +309,18 @@ impl TensorData {
                     .map(|(i, v)| v.as_f64().ok_or_else(|| bad(i, v)))
                     .collect::<Result<_, _>>()?,
             ),
+            DataType::F16 => TensorData::F16(
+                flat.iter()
+                    .enumerate()
+                    .map(|(i, v)| v.as_f64().map(f16::from_f64).ok_or_else(|| bad(i, v)))
+                    .collect::<Result<_, _>>()?,
+            ),
+            DataType::BF16 => TensorData::BF16(
+                flat.iter()
+                    .enumerate()
+                    .map(|(i, v)| v.as_f64().map(bf16::from_f64).ok_or_else(|| bad(i, v)))
+                    .collect::<Result<_, _>>()?,
+            ),
             DataType::Bytes => TensorData::Bytes(
                 flat.iter()
                     .enumerate()
@@ -292,7 +330,6 @@ impl TensorData {
                     })
                     .collect::<Result<_, _>>()?,
             ),
-            DataType::F16 => return TensorData::empty(DataType::F16),
         })
     }
 
@@ -332,6 +369,8 @@ impl TensorData {
             DataType::I64 => le!(I64, i64),
             DataType::F32 => le!(F32, f32),
             DataType::F64 => le!(F64, f64),
+            DataType::F16 => le!(F16, f16),
+            DataType::BF16 => le!(BF16, bf16),
             DataType::Bytes => {
                 let mut out = Vec::new();
                 let mut rest = raw;
@@ -355,7 +394,6 @@ impl TensorData {
                 }
                 TensorData::Bytes(out)
             }
-            DataType::F16 => return TensorData::empty(DataType::F16),
         })
     }
 
@@ -373,6 +411,8 @@ impl TensorData {
             TensorData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             TensorData::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::F16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::BF16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             TensorData::Bytes(v) => {
                 let mut out = Vec::new();
                 for b in v {
@@ -383,6 +423,13 @@ impl TensorData {
             }
         }
     }
+}
+
+/// A JSON number, or `null` for a non-finite value (JSON has no NaN or infinity).
+fn float_json(x: f64) -> Value {
+    serde_json::Number::from_f64(x)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
 }
 
 fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
@@ -545,6 +592,8 @@ impl Elements<'_> {
         match &mut *self.out {
             TensorData::F32(v) => v.push(x as f32),
             TensorData::F64(v) => v.push(x as f64),
+            TensorData::F16(v) => v.push(f16::from_f64(x as f64)),
+            TensorData::BF16(v) => v.push(bf16::from_f64(x as f64)),
             TensorData::U8(v) => return push!(v),
             TensorData::U16(v) => return push!(v),
             TensorData::U32(v) => return push!(v),
@@ -638,6 +687,8 @@ impl<'de> serde::de::Visitor<'de> for Elements<'_> {
         match &mut *self.out {
             TensorData::F32(v) => v.push(x as f32),
             TensorData::F64(v) => v.push(x),
+            TensorData::F16(v) => v.push(f16::from_f64(x)),
+            TensorData::BF16(v) => v.push(bf16::from_f64(x)),
             _ => return Err(self.bad(format_args!("{x}"))),
         }
         Ok(true)
@@ -767,6 +818,22 @@ impl Serialize for TensorData {
                     }
                 }
             }
+            TensorData::F16(v) => {
+                for x in v {
+                    match x.is_finite() {
+                        true => seq.serialize_element(&x.to_f64())?,
+                        false => seq.serialize_element(&())?,
+                    }
+                }
+            }
+            TensorData::BF16(v) => {
+                for x in v {
+                    match x.is_finite() {
+                        true => seq.serialize_element(&x.to_f64())?,
+                        false => seq.serialize_element(&())?,
+                    }
+                }
+            }
             TensorData::Bytes(v) => {
                 for b in v {
                     match std::str::from_utf8(b) {
@@ -775,11 +842,18 @@ impl Serialize for TensorData {
                     }
                 }
             }
-            other => each_variant!(other, v => {
-                for x in v {
-                    seq.serialize_element(x)?;
-                }
-            }),
+            TensorData::Bool(v) => all(&mut seq, v)?,
+            TensorData::U8(v) => all(&mut seq, v)?,
+            TensorData::U16(v) => all(&mut seq, v)?,
+            TensorData::U32(v) => all(&mut seq, v)?,
+            TensorData::U64(v) => all(&mut seq, v)?,
+            TensorData::I8(v) => all(&mut seq, v)?,
+            TensorData::I16(v) => all(&mut seq, v)?,
+            TensorData::I32(v) => all(&mut seq, v)?,
+            TensorData::I64(v) => all(&mut seq, v)?,
+        }
+        fn all<S: SerializeSeq, T: Serialize>(seq: &mut S, v: &[T]) -> Result<(), S::Error> {
+            v.iter().try_for_each(|x| seq.serialize_element(x))
         }
         seq.end()
     }
@@ -959,10 +1033,55 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("nested deeper"), "{e}");
-        let e = input(json!({"name": "x", "shape": [1], "datatype": "FP16", "data": [1]}))
+        let e = input(json!({"name": "x", "shape": [2], "datatype": "FP16", "data": [1, "a"]}))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("FP16"), "{e}");
+        assert!(e.contains("element 1") && e.contains("FP16"), "{e}");
+    }
+
+    #[test]
+    fn fp16_and_bf16_in_json_and_binary() {
+        let r =
+            input(json!({"name": "x", "shape": [3], "datatype": "FP16", "data": [1.5, -2, 0.1]}))
+                .unwrap();
+        let want = vec![f16::from_f32(1.5), f16::from_f32(-2.0), f16::from_f64(0.1)];
+        assert_eq!(r.data, Some(TensorData::F16(want.clone())));
+        let r = input(json!({"name": "x", "shape": [2], "datatype": "BF16", "data": [[1.5], [3]]}))
+            .unwrap();
+        assert_eq!(
+            r.data,
+            Some(TensorData::BF16(vec![
+                bf16::from_f32(1.5),
+                bf16::from_f32(3.0)
+            ]))
+        );
+        // Binary: two little-endian bytes per element, the IEEE / bfloat16 bit patterns.
+        let t = TensorData::F16(want);
+        let raw = t.to_binary();
+        assert_eq!(&raw[..2], &f16::from_f32(1.5).to_bits().to_le_bytes());
+        assert_eq!(
+            TensorData::from_binary(DataType::F16, &raw, "x").unwrap(),
+            t
+        );
+        let b = TensorData::BF16(vec![bf16::from_f32(-0.5), bf16::INFINITY]);
+        assert_eq!(
+            TensorData::from_binary(DataType::BF16, &b.to_binary(), "x").unwrap(),
+            b
+        );
+        assert!(TensorData::from_binary(DataType::F16, &[0, 0, 0], "x").is_err());
+        // JSON out: the exact values as numbers, non-finite as null.
+        assert_eq!(serde_json::to_value(&b).unwrap(), json!([-0.5, null]));
+        assert_eq!(
+            serde_json::to_value(&t).unwrap(),
+            json!([1.5, -2.0, f16::from_f64(0.1).to_f64()])
+        );
+        assert_eq!(DataType::BF16.element_size(), Some(2));
+        assert_eq!(serde_json::to_string(&DataType::BF16).unwrap(), "\"BF16\"");
+        assert_eq!(TensorData::zeros(DataType::BF16, 2).len(), 2);
+        assert_eq!(
+            TensorData::zeros(DataType::F16, 1).datatype(),
+            DataType::F16
+        );
     }
 
     #[test]
@@ -1005,6 +1124,8 @@ mod tests {
             TensorData::U8(vec![0, 255]),
             TensorData::Bool(vec![true, false]),
             TensorData::Bytes(vec![b"hi".to_vec(), vec![0xff, 0x00], vec![]]),
+            TensorData::F16(vec![f16::from_f32(0.25), f16::NAN]),
+            TensorData::BF16(vec![bf16::from_f32(8.0)]),
         ];
         for c in cases {
             assert_eq!(serde_json::to_value(&c).unwrap(), c.to_json(), "{c:?}");

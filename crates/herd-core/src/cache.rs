@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use herd_api::v2::{DataType, Tensor, TensorData};
+use herd_api::v2::{Tensor, TensorData};
 use herd_runtime::{memory, Backend, Instance, LoadOptions, Signature};
 use parking_lot::Mutex;
 use tokio::sync::{watch, Semaphore};
@@ -206,7 +206,9 @@ struct Counters {
 /// The serving core: ask it to infer, load, unload, describe.
 pub struct Core {
     cfg: CoreConfig,
+    /// The source with run-time configuration changes on top (`overlay`, the same object).
     source: Arc<dyn ModelSource>,
+    overlay: Arc<crate::overrides::Overlay>,
     backend: Arc<dyn Backend>,
     state: Mutex<CacheState>,
     loaders: Arc<Semaphore>,
@@ -226,7 +228,10 @@ impl Core {
         backend: Arc<dyn Backend>,
     ) -> Arc<Core> {
         metrics::gauge!("herd_cache_memory_budget_bytes").set(cfg.memory_budget as f64);
+        let overlay = Arc::new(crate::overrides::Overlay::new(source));
+        let source: Arc<dyn ModelSource> = overlay.clone();
         Arc::new(Core {
+            overlay,
             loaders: Arc::new(Semaphore::new(cfg.load_concurrency.max(1))),
             cfg,
             backend,
@@ -253,6 +258,11 @@ impl Core {
 
     pub fn source(&self) -> &Arc<dyn ModelSource> {
         &self.source
+    }
+
+    /// The run-time configuration changes ([`crate::overrides`]).
+    pub fn overlay(&self) -> &crate::overrides::Overlay {
+        &self.overlay
     }
 
     pub fn platform(&self) -> &'static str {
@@ -1597,20 +1607,8 @@ fn shaped_inputs(sig: &Signature, rows: usize) -> Vec<Tensor> {
                 })
                 .collect();
             let n = Tensor::shape_elements(&shape).unwrap_or(0);
-            let data = match m.datatype {
-                DataType::Bool => TensorData::Bool(vec![false; n]),
-                DataType::U8 => TensorData::U8(vec![0; n]),
-                DataType::U16 => TensorData::U16(vec![0; n]),
-                DataType::U32 => TensorData::U32(vec![0; n]),
-                DataType::U64 => TensorData::U64(vec![0; n]),
-                DataType::I8 => TensorData::I8(vec![0; n]),
-                DataType::I16 => TensorData::I16(vec![0; n]),
-                DataType::I32 => TensorData::I32(vec![0; n]),
-                DataType::I64 => TensorData::I64(vec![0; n]),
-                DataType::F32 | DataType::F16 => TensorData::F32(vec![0.0; n]),
-                DataType::F64 => TensorData::F64(vec![0.0; n]),
-                DataType::Bytes => TensorData::Bytes(vec![Vec::new(); n]),
-            };
+            // In the model's own element type (FP16 and BF16 included).
+            let data = TensorData::zeros(m.datatype, n);
             Tensor::new(m.name.clone(), shape, data)
         })
         .collect()

@@ -10,6 +10,7 @@ mod cache;
 pub mod config;
 mod limits;
 mod model;
+pub mod overrides;
 pub mod pipeline;
 pub mod policy;
 pub mod source;

@@ -33,7 +33,7 @@ pub enum OnnxError {
     /// A graph input or output has a type herd cannot serve.
     #[error(
         "{role} '{name}' has type {kind}, which herd cannot serve; \
-         use one of BOOL, (U)INT8/16/32/64, FLOAT16, FLOAT, DOUBLE, STRING tensors"
+         use one of BOOL, (U)INT8/16/32/64, FLOAT16, BFLOAT16, FLOAT, DOUBLE, STRING tensors"
     )]
     UnsupportedType {
         role: &'static str,

@@ -32,7 +32,7 @@ pub(crate) const HINT: &str =
 /// Parses `bytes` as an ONNX `ModelProto` and returns its signature.
 ///
 /// Anything that is not a model with a graph is [`OnnxError::NotOnnx`]; an input or output whose
-/// type herd cannot serve (complex, bfloat16, float8, sequences, maps...) is
+/// type herd cannot serve (complex, float8, sequences, maps...) is
 /// [`OnnxError::UnsupportedType`].
 pub fn read_signature(bytes: &[u8]) -> Result<Signature, OnnxError> {
     if bytes.is_empty() {
@@ -174,6 +174,7 @@ pub fn data_type(elem: i32) -> Option<DataType> {
         elem_type::STRING => DataType::Bytes,
         elem_type::BOOL => DataType::Bool,
         elem_type::FLOAT16 => DataType::F16,
+        elem_type::BFLOAT16 => DataType::BF16,
         elem_type::DOUBLE => DataType::F64,
         elem_type::UINT32 => DataType::U32,
         elem_type::UINT64 => DataType::U64,
@@ -186,7 +187,6 @@ fn elem_type_name(elem: i32) -> String {
         elem_type::UNDEFINED => "UNDEFINED".into(),
         elem_type::COMPLEX64 => "COMPLEX64".into(),
         elem_type::COMPLEX128 => "COMPLEX128".into(),
-        elem_type::BFLOAT16 => "BFLOAT16".into(),
         17..=20 => "FLOAT8".into(),
         21 | 22 | 25 | 26 => "sub-byte integer (INT4/UINT4/INT2/UINT2)".into(),
         23 | 27 | 28 => "sub-byte float".into(),

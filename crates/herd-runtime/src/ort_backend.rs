@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use herd_api::v2::{DataType, Tensor, TensorData, TensorMetadata};
+use herd_api::v2::{bf16, f16, DataType, Tensor, TensorData, TensorMetadata};
 use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{RunOptions, Session};
@@ -322,6 +322,7 @@ fn element_to_datatype(t: TensorElementType) -> Option<DataType> {
         TensorElementType::Bool => DataType::Bool,
         TensorElementType::String => DataType::Bytes,
         TensorElementType::Float16 => DataType::F16,
+        TensorElementType::Bfloat16 => DataType::BF16,
         _ => return None,
     })
 }
@@ -347,6 +348,8 @@ pub(crate) fn to_value(shape: Vec<i64>, data: TensorData) -> Result<DynValue, St
         TensorData::U32(v) => prim(shape, v),
         TensorData::U64(v) => prim(shape, v),
         TensorData::Bool(v) => prim(shape, v),
+        TensorData::F16(v) => prim(shape, v),
+        TensorData::BF16(v) => prim(shape, v),
         TensorData::Bytes(v) => {
             let strings = v
                 .into_iter()
@@ -394,6 +397,8 @@ pub(crate) fn from_value(name: &str, value: &DynValue) -> Result<Tensor, Runtime
         TensorElementType::Uint32 => prim!(u32, U32),
         TensorElementType::Uint64 => prim!(u64, U64),
         TensorElementType::Bool => prim!(bool, Bool),
+        TensorElementType::Float16 => prim!(f16, F16),
+        TensorElementType::Bfloat16 => prim!(bf16, BF16),
         TensorElementType::String => {
             let (shape, strings) = value.try_extract_strings().map_err(err)?;
             (

@@ -164,8 +164,16 @@ async fn guard(State(g): State<Arc<Guards>>, req: Request, next: Next) -> Respon
         }
     }
     let _body_memory = if has_body(&req) {
-        // A chunked body of unknown length is charged as if it were as large as allowed.
-        let len = declared_length(&req).unwrap_or(max_body);
+        // A chunked body of unknown length is charged as if it were as large as allowed, and so
+        // is a compressed one (it may decompress up to the limit).
+        let compressed = req
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        let len = match compressed {
+            true => max_body,
+            false => declared_length(&req).unwrap_or(max_body),
+        };
         let want = (len.saturating_mul(BODY_CHARGE_FACTOR)).div_ceil(PERMIT_BYTES);
         let want = want.clamp(1, g.body_memory_permits as u64) as u32;
         let acquire = g.body_memory.clone().acquire_many_owned(want);

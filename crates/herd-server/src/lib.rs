@@ -81,6 +81,9 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
     routes::router(state)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(move |req, next| {
+            routes::v2_compression::codec(max, req, next)
+        }))
+        .layer(axum::middleware::from_fn(move |req, next| {
             http::json_413(max, req, next)
         }))
 }

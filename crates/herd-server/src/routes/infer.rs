@@ -89,7 +89,8 @@ async fn handle(
             })
             .collect()
     });
-    let out = s
+    let classes = classification_params(req.outputs.as_deref().unwrap_or(&[]))?;
+    let mut out = s
         .service
         .infer(
             &caller,
@@ -103,6 +104,7 @@ async fn handle(
             },
         )
         .await?;
+    s.service.classify_outputs(&mut out, &classes)?;
 
     let mut binary_out: Vec<u8> = Vec::new();
     let mut outputs = Vec::with_capacity(out.outputs.len());
@@ -181,6 +183,31 @@ fn split_body<'a>(headers: &HeaderMap, body: &'a Bytes) -> Result<(&'a [u8], &'a
     }
 }
 
+/// Outputs asked for with Triton's classification extension (`"classification": k`).
+fn classification_params(
+    outputs: &[herd_api::v2::RequestOutput],
+) -> Result<Vec<(String, usize)>, HttpError> {
+    let mut out = Vec::new();
+    for o in outputs {
+        let Some(v) = o.parameters.as_ref().and_then(|p| p.get("classification")) else {
+            continue;
+        };
+        match v.as_u64() {
+            Some(k) if k >= 1 => out.push((o.name.clone(), k as usize)),
+            _ => {
+                return Err(HttpError::new(
+                    ErrorCode::InvalidInput,
+                    format!(
+                        "output '{}': classification must be a positive integer (the number of classes to return), not {v}",
+                        o.name
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn param_bool(p: Option<&herd_api::v2::Parameters>, key: &str) -> bool {
     p.and_then(|p| p.get(key))
         .and_then(Value::as_bool)
@@ -237,8 +264,10 @@ fn decode_input(input: RequestInput, binary: &mut &[u8]) -> Result<Tensor, HttpE
         return Err(HttpError::new(
             ErrorCode::InvalidInput,
             format!(
-                "input '{}': datatype {} is not supported; send FP32",
-                input.name, input.datatype
+                "input '{}': the data is {} but the input says datatype {}",
+                input.name,
+                data.datatype(),
+                input.datatype
             ),
         ));
     }

@@ -12,6 +12,7 @@ mod rerank;
 mod stats;
 mod tei;
 mod ui;
+pub(crate) mod v2_compression;
 
 use std::time::Duration;
 

@@ -1,3 +1,7 @@
+//! Triton's model repository extension: `POST /v2/repository/index`,
+//! `/v2/repository/models/{m}/load` (with `parameters.config` applied, see
+//! [`crate::service::parse_config`]) and `/unload`. Thin converters over the service.
+
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
@@ -7,30 +11,31 @@ use herd_api::ErrorCode;
 use herd_core::ModelState;
 use serde_json::{json, Value};
 
+use crate::auth::bearer;
 use crate::error::HttpError;
 use crate::AppState;
+
+fn is_blank(body: &Bytes) -> bool {
+    body.iter().all(u8::is_ascii_whitespace)
+}
 
 pub async fn index(
     State(s): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Vec<RepositoryIndexEntry>>, HttpError> {
-    s.auth.check_admin(&headers)?;
-    let req: RepositoryIndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
+    let caller = s.service.identify(bearer(&headers))?;
+    let req: RepositoryIndexRequest = if is_blank(&body) {
         RepositoryIndexRequest::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| {
             HttpError::new(ErrorCode::InvalidInput, format!("invalid JSON body: {e}"))
         })?
     };
-    let core = s.core.clone();
-    let entries = tokio::task::spawn_blocking(move || core.index())
-        .await
-        .map_err(|e| HttpError::new(ErrorCode::Internal, e.to_string()))??;
+    let entries = s.service.index(&caller, req.ready.unwrap_or(false)).await?;
     Ok(Json(
         entries
             .into_iter()
-            .filter(|e| !req.ready.unwrap_or(false) || e.state == ModelState::Ready)
             .map(|e| RepositoryIndexEntry {
                 unique_bytes: (e.state == ModelState::Ready).then_some(e.charge),
                 shared_bytes: (e.state == ModelState::Ready).then_some(e.shared_bytes),
@@ -52,9 +57,9 @@ pub async fn load(
     Path(model): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, HttpError> {
-    s.auth.check_admin(&headers)?;
-    refuse_load_parameters(&body)?;
-    s.core.load_model(&model).await?;
+    let caller = s.service.identify(bearer(&headers))?;
+    let config = load_config(&body)?;
+    s.service.load(&caller, &model, config.as_ref()).await?;
     Ok(Json(json!({})))
 }
 
@@ -63,51 +68,35 @@ pub async fn unload(
     headers: HeaderMap,
     Path(model): Path<String>,
 ) -> Result<Json<Value>, HttpError> {
-    s.auth.check_admin(&headers)?;
-    s.core.unload_model(&model)?;
+    let caller = s.service.identify(bearer(&headers))?;
+    s.service.unload(&caller, &model)?;
     Ok(Json(json!({})))
 }
 
-/// Triton's `load` may carry `parameters.config` (a model configuration to apply) or files.
-/// herd takes a model's configuration from its `config.toml` only, so such a load is refused
-/// with the keys named rather than silently ignored.
-fn refuse_load_parameters(body: &Bytes) -> Result<(), HttpError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(());
+/// The `parameters.config` of a load body. Other parameters (Triton's `file:<path>` model
+/// files) are refused by name: herd does not take model files through `load`.
+fn load_config(body: &Bytes) -> Result<Option<Value>, HttpError> {
+    if is_blank(body) {
+        return Ok(None);
     }
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| HttpError::new(ErrorCode::InvalidInput, format!("invalid JSON body: {e}")))?;
     let Some(params) = v.get("parameters").and_then(Value::as_object) else {
-        return Ok(());
+        return Ok(None);
     };
-    if params.is_empty() {
-        return Ok(());
+    let others: Vec<&str> = params
+        .keys()
+        .map(String::as_str)
+        .filter(|k| *k != "config")
+        .collect();
+    if !others.is_empty() {
+        return Err(HttpError::new(
+            ErrorCode::InvalidInput,
+            format!(
+                "load parameters are not supported: {}; herd takes model files from its repository or registry, and applies only parameters.config",
+                others.join(", ")
+            ),
+        ));
     }
-    let mut keys: Vec<String> = Vec::new();
-    for (k, p) in params {
-        if k == "config" {
-            let cfg: Value = match p {
-                Value::String(t) => serde_json::from_str(t).map_err(|e| {
-                    HttpError::new(
-                        ErrorCode::InvalidInput,
-                        format!("parameters.config is not JSON: {e}"),
-                    )
-                })?,
-                other => other.clone(),
-            };
-            match cfg.as_object() {
-                Some(o) => keys.extend(o.keys().map(|c| format!("config.{c}"))),
-                None => keys.push("config".into()),
-            }
-        } else {
-            keys.push(k.clone());
-        }
-    }
-    Err(HttpError::new(
-        ErrorCode::InvalidInput,
-        format!(
-            "load parameters are not supported: {}; herd reads a model's configuration from its config.toml (max_batch_size, max_queue_delay_ms, instances, ...)",
-            keys.join(", ")
-        ),
-    ))
+    Ok(params.get("config").cloned())
 }

@@ -7,6 +7,7 @@
 mod health;
 mod stats;
 mod text;
+mod triton;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,6 +24,7 @@ pub use stats::{Duration as StatDuration, InferStats, ModelStats, Stats};
 pub use text::{
     Classified, Classify, PairScores, Ranked, Rerank, Reranked, ScorePairs, TextKind, TextModel,
 };
+pub use triton::{classification, parse_config};
 
 /// Who calls, independent of the transport (HTTP bearer header, gRPC metadata, ...).
 #[derive(Debug, Clone, PartialEq, Eq)]
