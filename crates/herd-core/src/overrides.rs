@@ -142,7 +142,7 @@ impl crate::Core {
 
     /// Unloads a model and drops any run-time configuration change of it: the next load (on
     /// demand or explicit) reads the source's configuration again.
-    pub fn unload_model_and_reset(&self, name: &str) -> Result<bool, CoreError> {
+    pub fn unload_model_and_reset(self: &Arc<Self>, name: &str) -> Result<bool, CoreError> {
         let unloaded = self.unload_model(name)?;
         self.overlay().set(name, None)?;
         Ok(unloaded)
