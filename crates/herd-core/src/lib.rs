@@ -22,7 +22,7 @@ use herd_api::{ErrorCode, HasErrorCode};
 
 pub use cache::{CacheStats, Core, IndexEntry, InferOutput, InferRequest, ModelState, Timing};
 pub use config::ModelConfig;
-pub use source::{DirectorySource, ModelEntry, ModelSource};
+pub use source::{DirectorySource, ModelEntry, ModelSource, Serving};
 
 /// Eviction policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -47,6 +47,23 @@ pub trait ModelSource: Send + Sync + 'static {
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
+    /// Optional, for people (the dashboard): the registry channel and release this source
+    /// serves now. `None` for a source that is not a channel (a directory).
+    fn serving(&self) -> Option<Serving> {
+        None
+    }
+}
+
+/// What a channel source serves now ([`ModelSource::serving`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Serving {
+    pub channel: String,
+    /// The release's short id (its full id is the SHA-256 of its manifest).
+    pub release: String,
+    /// Models in the release.
+    pub models: usize,
+    pub release_note: Option<String>,
+    pub release_created_at: String,
 }
 
 /// A Triton-style directory: `<root>/<model>/<version>/model.onnx`, optional

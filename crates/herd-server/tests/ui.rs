@@ -157,5 +157,81 @@ async fn without_tokens_the_state_is_open() {
     assert_eq!(s["cache"]["loaded_models"], 0);
     assert_eq!(s["models"][0]["name"], "solo");
     assert_eq!(s["models"][0]["state"], "UNLOADED");
+    assert!(s["serving"].is_null(), "a directory serves no channel: {s}");
     let _ = std::fs::remove_dir_all(&repo);
+}
+
+/// Serving a registry channel (real SQLite registry, local artifact store, `RegistrySource`),
+/// the state names the channel and its release; a directory repository names none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_channel_source_shows_its_channel_and_release() {
+    let home = temp_repo("c");
+    let reg = herd_registry::Registry::open(
+        &format!("sqlite://{}", home.join("r.db").display()),
+        home.join("artifacts").to_str().unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut entries = std::collections::BTreeMap::new();
+    for (i, name) in ["north", "south"].iter().enumerate() {
+        let out = reg
+            .push(herd_registry::PushRequest {
+                model: name.to_string(),
+                bytes: LinearClassifier::random(8, 3, i as u64 + 1)
+                    .to_onnx(name)
+                    .into(),
+                created_by: "test".into(),
+                create: Some(herd_registry::NewModel {
+                    name: name.to_string(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        entries.insert(name.to_string(), out.version.version.to_string());
+    }
+    let (release, _) = reg
+        .create_release(&herd_registry::ReleaseSpec {
+            entries,
+            note: Some("two regions".into()),
+            created_by: "test".into(),
+        })
+        .await
+        .unwrap();
+    reg.promote("production", &release.id, "test")
+        .await
+        .unwrap();
+    let source =
+        herd_server::serving::RegistrySource::open(Arc::new(reg), "production", home.join("cache"))
+            .await
+            .unwrap();
+    let backend = Arc::new(OrtBackend::new(None, 1).expect("ONNX Runtime library not found"));
+    let core = Core::new(CoreConfig::default(), source, backend);
+    let state = AppState::new(core, Arc::new(Auth::open()), None);
+    state.health.mark_started();
+    let (addr, _h) = herd_server::spawn(
+        herd_server::app(state, 1 << 20),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let s: Value = reqwest::get(format!("http://{addr}/ui/api/state"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(s["serving"]["channel"], "production", "{s}");
+    assert_eq!(s["serving"]["release"], release.short_id.as_str(), "{s}");
+    assert_eq!(s["serving"]["models"], 2);
+    assert_eq!(s["serving"]["release_note"], "two regions");
+    let names: Vec<&str> = s["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{s}");
+    let _ = std::fs::remove_dir_all(&home);
 }

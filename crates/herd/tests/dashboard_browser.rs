@@ -351,6 +351,7 @@ return {
   hit_ratio: t("hit-ratio"),
   evictions: t("evictions"),
   updated: t("updated"),
+  serving_hidden: document.getElementById("serving-card").hidden,
   rows: Array.from(document.querySelectorAll("#models tr")).map(
     (tr) => Array.from(tr.children).map((td) => td.textContent)),
 };
@@ -495,6 +496,8 @@ async fn the_dashboard_in_headless_chromium_shows_what_the_server_holds() {
         .await;
     println!("the page shows: {page:#}");
     assert_eq!(page["error"], "", "{page}");
+    // A directory repository serves no channel: the channel / release card stays hidden.
+    assert_eq!(page["serving_hidden"], true, "{page}");
 
     // Memory: "used / budget" in the page's units, equal to /metrics at its precision.
     let memory = page["memory"].as_str().unwrap();

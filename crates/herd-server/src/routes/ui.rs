@@ -183,6 +183,7 @@ async fn api_state(State(s): State<UiState>, headers: HeaderMap) -> Result<Json<
             "loads_per_minute": load_rate,
             "queue_depth": depths.iter().map(|(_, d)| d).sum::<usize>(),
         },
+        "serving": source.serving(),
         "history": history,
         "sample_every_seconds": SAMPLE_EVERY.as_secs(),
         "models": models,

@@ -338,6 +338,17 @@ impl ModelSource for RegistrySource {
         self.generation.load(Ordering::SeqCst)
     }
 
+    fn serving(&self) -> Option<herd_core::Serving> {
+        let r = self.release();
+        Some(herd_core::Serving {
+            channel: self.channel.clone(),
+            release: r.short_id,
+            models: r.entries.len(),
+            release_note: r.note,
+            release_created_at: r.created_at,
+        })
+    }
+
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         Some(self.changes.subscribe())
     }
