@@ -114,8 +114,18 @@ impl ModelSource for Overlay {
         self.inner.artifact(name, version)
     }
 
+    // Every method of the trait is forwarded, the defaulted ones too (the core only sees the
+    // source through this overlay).
     fn generation(&self) -> u64 {
         self.inner.generation()
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.changes()
+    }
+
+    fn serving(&self) -> Option<crate::source::Serving> {
+        self.inner.serving()
     }
 }
 
@@ -172,6 +182,44 @@ mod tests {
         fn artifact(&self, _: &str, _: &str) -> Result<PathBuf, CoreError> {
             Ok(PathBuf::from("/nonexistent"))
         }
+    }
+
+    struct Channel(tokio::sync::watch::Sender<u64>);
+
+    impl ModelSource for Channel {
+        fn list(&self) -> Result<Vec<ModelEntry>, CoreError> {
+            Ok(vec![])
+        }
+        fn get(&self, name: &str) -> Result<ModelEntry, CoreError> {
+            Err(CoreError::ModelNotFound(name.into()))
+        }
+        fn artifact(&self, _: &str, _: &str) -> Result<PathBuf, CoreError> {
+            Ok(PathBuf::from("/nonexistent"))
+        }
+        fn generation(&self) -> u64 {
+            7
+        }
+        fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+            Some(self.0.subscribe())
+        }
+        fn serving(&self) -> Option<crate::source::Serving> {
+            Some(crate::source::Serving {
+                channel: "production".into(),
+                release: "abc".into(),
+                models: 0,
+                release_note: None,
+                release_created_at: "now".into(),
+            })
+        }
+    }
+
+    #[test]
+    fn the_overlay_forwards_generation_changes_and_serving() {
+        let (tx, _rx) = tokio::sync::watch::channel(0);
+        let o = Overlay::new(Arc::new(Channel(tx)));
+        assert_eq!(o.generation(), 7);
+        assert!(o.changes().is_some());
+        assert_eq!(o.serving().map(|s| s.channel), Some("production".into()));
     }
 
     #[test]

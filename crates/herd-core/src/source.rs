@@ -28,7 +28,8 @@ impl ModelEntry {
 }
 
 /// Where models come from. Methods may block briefly (disk); `artifact` may block for long
-/// (download) and is only called on the loader pool.
+/// (download) and is only called on the loader pool. The core sees its source through
+/// [`crate::overrides::Overlay`]: a new method here must be forwarded there too.
 pub trait ModelSource: Send + Sync + 'static {
     /// Every model the source knows (for the repository index and pinned preloads).
     fn list(&self) -> Result<Vec<ModelEntry>, CoreError>;
