@@ -572,6 +572,7 @@ pub async fn backup_verify(dir: &Path, artifacts: &ArtifactStore) -> Result<Back
     let scratch = Registry {
         db: Db::connect(&url).await?,
         store: artifacts.clone(),
+        config_check: None,
     };
     let restore = scratch.restore_snapshot(&snap, false).await;
     let mut check = match restore {

@@ -26,6 +26,8 @@ use crate::types::BundleFile;
 
 /// The ONNX file every bundle has.
 pub const MODEL_FILE: &str = "model.onnx";
+/// The model's serving config inside a bundle (checked at push when a [`crate::ConfigCheck`] is installed).
+pub const CONFIG_FILE: &str = "config.toml";
 /// The manifest's format marker.
 pub const BUNDLE_FORMAT: &str = "herd.bundle/v1";
 /// Most files a bundle may hold.

@@ -26,7 +26,7 @@ pub mod types;
 pub use backup::{backup_verify, BackupManifest, BackupVerifyReport, Snapshot};
 pub use error::{RegistryError, Result};
 pub use gc::{GcCandidate, GcOptions, GcReport};
-pub use registry::{Registry, DEFAULT_PAGE};
+pub use registry::{ConfigCheck, Registry, DEFAULT_PAGE};
 pub use store::{digest_of, ArtifactStore, S3Overrides};
 pub use types::*;
 

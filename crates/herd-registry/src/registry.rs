@@ -23,7 +23,26 @@ const MAX_PAGE: u64 = 1000;
 pub struct Registry {
     pub(crate) db: Db,
     pub(crate) store: ArtifactStore,
+    /// Checks a bundle's `config.toml` at push (see [`ConfigCheck`]).
+    pub(crate) config_check: Option<CheckFn>,
 }
+
+#[derive(Clone)]
+pub(crate) struct CheckFn(ConfigCheck);
+
+impl std::fmt::Debug for CheckFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConfigCheck")
+    }
+}
+
+/// Checks the text of a bundle's `config.toml` for a model at push: `Err(reason)` refuses the
+/// push (400). The registry does not know the serving config's keys; whoever opens it for
+/// pushes (the CLI, the server) installs the serving core's parser with
+/// [`Registry::with_config_check`], so a bad config fails at push, not when a server opens the
+/// channel.
+pub type ConfigCheck =
+    std::sync::Arc<dyn Fn(&str, &str) -> std::result::Result<(), String> + Send + Sync>;
 
 impl Registry {
     /// Opens (creating and migrating if needed) the registry at `registry_url`
@@ -38,13 +57,27 @@ impl Registry {
             backend = db.backend(),
             "registry opened"
         );
-        Ok(Registry { db, store })
+        Ok(Registry {
+            db,
+            store,
+            config_check: None,
+        })
     }
 
     /// Opens the metadata database at `registry_url` with an already opened artifact store.
     pub async fn open_with_store(registry_url: &str, store: ArtifactStore) -> Result<Registry> {
         let db = Db::connect(registry_url).await?;
-        Ok(Registry { db, store })
+        Ok(Registry {
+            db,
+            store,
+            config_check: None,
+        })
+    }
+
+    /// Validates every pushed bundle's `config.toml` with `check` (see [`ConfigCheck`]).
+    pub fn with_config_check(mut self, check: ConfigCheck) -> Registry {
+        self.config_check = Some(CheckFn(check));
+        self
     }
 
     /// The artifact store.
@@ -220,6 +253,24 @@ impl Registry {
             // Early refusal (re-checked inside the write transaction).
             let m = self.model(&req.model).await?;
             check_tenant(&req.model, m.tenant.as_deref(), t)?;
+        }
+        if let Some(text) = req.files.get(crate::bundle::CONFIG_FILE) {
+            let text = std::str::from_utf8(text).map_err(|_| {
+                RegistryError::InvalidInput(format!(
+                    "cannot push to model '{}': its {} is not UTF-8 text",
+                    req.model,
+                    crate::bundle::CONFIG_FILE
+                ))
+            })?;
+            if let Some(CheckFn(check)) = &self.config_check {
+                check(&req.model, text).map_err(|reason| {
+                    RegistryError::InvalidInput(format!(
+                        "cannot push to model '{}': its {} is invalid: {reason}",
+                        req.model,
+                        crate::bundle::CONFIG_FILE
+                    ))
+                })?;
+            }
         }
         // The bundle: model.onnx plus the other files, each content-addressed.
         let mut contents: Vec<(String, Bytes)> = vec![(MODEL_FILE.to_string(), req.bytes.clone())];

@@ -598,7 +598,8 @@ mod tests {
                 .unwrap()
                 .as_nanos()
         ));
-        let reg = Registry::open(
+        // As the server opens it: with the serving core's config check.
+        let reg = crate::serving::open_registry(
             &format!("sqlite://{}", dir.join("r.db").display()),
             dir.join("a").to_str().unwrap(),
         )
@@ -900,6 +901,69 @@ mod tests {
         )
         .await;
         assert_eq!(st, 200);
+    }
+
+    /// A ustar archive of `files` (regular files only).
+    fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, data) in files {
+            let mut h = [0u8; 512];
+            h[..name.len()].copy_from_slice(name.as_bytes());
+            h[100..107].copy_from_slice(b"0000644");
+            h[108..115].copy_from_slice(b"0000000");
+            h[116..123].copy_from_slice(b"0000000");
+            h[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
+            h[136..147].copy_from_slice(b"00000000000");
+            h[156] = b'0';
+            h[257..263].copy_from_slice(b"ustar\0");
+            h[263..265].copy_from_slice(b"00");
+            h[148..156].copy_from_slice(b"        ");
+            let sum: u32 = h.iter().map(|&b| b as u32).sum();
+            h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+            out.extend_from_slice(&h);
+            out.extend_from_slice(data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+        out.resize(out.len() + 1024, 0);
+        out
+    }
+
+    #[tokio::test]
+    async fn a_bundle_with_a_bad_config_is_refused_at_push() {
+        let f = fx(Auth::open()).await;
+        let model = herd_onnx::LinearClassifier::random(4, 2, 1).to_onnx("m");
+        let push = |config: &'static str| {
+            let body = tar(&[("model.onnx", &model), ("config.toml", config.as_bytes())]);
+            let req = Request::builder()
+                .method("POST")
+                .uri("/models/m/versions?create=true")
+                .header("content-type", "application/x-tar")
+                .body(Body::from(body))
+                .unwrap();
+            f.app.clone().oneshot(req)
+        };
+        for (config, says) in [
+            ("instances = 0\n", "instances must be between 1 and 64"),
+            ("no_such_key = 1\n", "unknown field `no_such_key`"),
+            ("max_batch_size = \"x\"\n", "max_batch_size"),
+        ] {
+            let resp = push(config).await.unwrap();
+            assert_eq!(resp.status().as_u16(), 400, "{config}");
+            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            let v: Value = serde_json::from_slice(&bytes).unwrap();
+            let msg = v["error"].as_str().unwrap();
+            assert!(
+                msg.contains("config.toml") && msg.contains(says) && msg.contains("'m'"),
+                "{msg}"
+            );
+        }
+        // Nothing was stored; a good config pushes.
+        let (st, _) = call(&f.app, "GET", "/models/m", None, Body::empty(), false).await;
+        assert_eq!(st, 404);
+        let resp = push("instances = 2\nmax_batch_size = 8\n").await.unwrap();
+        assert_eq!(resp.status().as_u16(), 201);
     }
 
     #[test]

@@ -232,12 +232,36 @@ pub async fn serve(settings: ServeSettings, ort_lib: PathBuf) -> Result<(), Serv
     })
 }
 
+/// Checks a bundle's `config.toml` with the serving core's own parser (the one a server opening
+/// the channel uses), so a bad config is refused at push (400 / a CLI error) rather than when a
+/// server switches to a release holding it.
+pub fn config_check() -> herd_registry::ConfigCheck {
+    Arc::new(|model: &str, text: &str| {
+        herd_core::ModelConfig::parse(model, text)
+            .map(|_| ())
+            .map_err(|e| match e {
+                CoreError::BadConfig { reason, .. } => reason,
+                other => other.to_string(),
+            })
+    })
+}
+
+/// Opens a registry for pushing and serving: [`Registry::open`] with [`config_check`] installed.
+pub async fn open_registry(
+    registry_url: &str,
+    artifacts_url: &str,
+) -> Result<Registry, RegistryError> {
+    Ok(Registry::open(registry_url, artifacts_url)
+        .await?
+        .with_config_check(config_check()))
+}
+
 /// Opens the channel's source when `--channel` is given.
 pub async fn open_channel(s: &RegistrySettings) -> Result<Option<Arc<RegistrySource>>, ServeError> {
     let Some(channel) = &s.channel else {
         return Ok(None);
     };
-    let reg = Registry::open(&s.registry, &s.artifacts)
+    let reg = open_registry(&s.registry, &s.artifacts)
         .await
         .map_err(|e| {
             ServeError::Config(format!(
@@ -250,15 +274,19 @@ pub async fn open_channel(s: &RegistrySettings) -> Result<Option<Arc<RegistrySou
     Ok(Some(src))
 }
 
-/// Watches the channel (the core follows each switch itself, see the module docs).
+/// Watches the channel (the core follows each switch itself, see the module docs) and prunes
+/// the bundle cache of what neither any channel nor the core needs.
 pub fn watch(
     src: &Arc<RegistrySource>,
     core: Arc<Core>,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
     let me = src.clone();
-    src.spawn_watch(every, move || {
-        tracing::info!(release = %me.release().short_id, "now serving the new release");
-        let _ = &core;
-    })
+    let grace = core.config().request_timeout;
+    src.spawn_watch(
+        every,
+        grace,
+        move || core.resident(),
+        move || tracing::info!(release = %me.release().short_id, "now serving the new release"),
+    )
 }

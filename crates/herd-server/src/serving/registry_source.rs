@@ -15,7 +15,15 @@
 //! the bundles of changed entries first, then swaps the set in one step and calls `on_swap`.
 //! Requests already running keep their loaded instance; a version that left the release can
 //! still be loaded by a request that resolved it just before the swap, because every
-//! (model, version) ever served keeps its digest here.
+//! (model, version) ever served keeps its digest here (its bundle is fetched again if the cache
+//! lost it).
+//!
+//! The disk cache is pruned after each switch ([`RegistrySource::prune_cache`]): a bundle
+//! directory is removed only when no channel's current release names it, the core holds no
+//! version of it (loaded, loading, or retired but still running requests), and it left this
+//! source's set more than a grace period ago (the request timeout: a request that resolved it
+//! just before the switch has finished by then). Removal renames the directory away first, so a
+//! fetch never sees a half-deleted bundle.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -52,6 +60,11 @@ pub struct RegistrySource {
     generation: AtomicU64,
     /// Wakes the core on each new generation (`ModelSource::changes`).
     changes: tokio::sync::watch::Sender<u64>,
+    /// Bundles (model, hex) that left the served set, and when (for the prune's grace).
+    left: parking_lot::Mutex<HashMap<(String, String), Instant>>,
+    /// Whether the cache should be looked at on the next tick (at start: leftovers of earlier
+    /// runs; after a switch; while bundles wait out their grace).
+    prune_due: std::sync::atomic::AtomicBool,
 }
 
 impl RegistrySource {
@@ -94,6 +107,8 @@ impl RegistrySource {
             digests: RwLock::new(digests),
             generation: AtomicU64::new(1),
             changes: tokio::sync::watch::channel(1).0,
+            left: parking_lot::Mutex::new(HashMap::new()),
+            prune_due: std::sync::atomic::AtomicBool::new(true),
         }))
     }
 
@@ -147,6 +162,16 @@ impl RegistrySource {
             served.release.short_id.clone(),
             served.entries.len(),
         );
+        {
+            let now = Instant::now();
+            let mut left = self.left.lock();
+            for (m, e) in &old.release.entries {
+                if served.release.entries.get(m) != Some(e) {
+                    left.insert((m.clone(), hex_of(&e.digest).to_string()), now);
+                }
+            }
+        }
+        self.prune_due.store(true, Ordering::SeqCst);
         *self.served.write() = Arc::new(served);
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         self.changes.send_replace(generation);
@@ -165,11 +190,70 @@ impl RegistrySource {
         Ok(true)
     }
 
-    /// Polls the channel every `every`; after a swap calls `on_swap`. Errors are logged and the
-    /// current set keeps being served.
+    /// Removes the cached bundles nothing needs any more (see the module docs): not in any
+    /// channel's current release, not in `resident` (the (model, version)s the core holds), and
+    /// out of this source's set for longer than `grace`. Returns how many were removed.
+    pub async fn prune_cache(
+        &self,
+        resident: &[(String, String)],
+        grace: Duration,
+    ) -> Result<usize, ServeError> {
+        self.prune_due.store(false, Ordering::SeqCst);
+        let mut keep: std::collections::HashSet<(String, String)> = Default::default();
+        for e in self.served.read().release.entries.iter() {
+            keep.insert((e.0.clone(), hex_of(&e.1.digest).to_string()));
+        }
+        {
+            let digests = self.digests.read();
+            for k in resident {
+                if let Some(d) = digests.get(k) {
+                    keep.insert((k.0.clone(), hex_of(d).to_string()));
+                }
+            }
+        }
+        for (k, at) in self.left.lock().iter() {
+            if at.elapsed() < grace {
+                keep.insert(k.clone());
+                // Look again once the grace has passed.
+                self.prune_due.store(true, Ordering::SeqCst);
+            }
+        }
+        // Other servers may share this cache: what any channel serves stays.
+        for ch in self.registry.channels().await? {
+            if let Ok(r) = self.registry.release(&ch.release_id).await {
+                for (m, e) in &r.entries {
+                    keep.insert((m.clone(), hex_of(&e.digest).to_string()));
+                }
+            }
+        }
+        let cache = self.cache_dir.clone();
+        let removed = tokio::task::spawn_blocking(move || prune_dirs(&cache, &keep))
+            .await
+            .map_err(|e| ServeError::Config(format!("the cache prune task failed: {e}")))?
+            .map_err(|error| ServeError::Io {
+                context: "pruning the bundle cache".into(),
+                error,
+            })?;
+        if !removed.is_empty() {
+            let mut left = self.left.lock();
+            for k in &removed {
+                left.remove(k);
+            }
+            metrics::counter!("herd_registry_bundles_pruned_total").increment(removed.len() as u64);
+            tracing::info!(channel = %self.channel, removed = removed.len(), "pruned the bundle cache");
+        }
+        Ok(removed.len())
+    }
+
+    /// Polls the channel every `every`; after a swap calls `on_swap`, then prunes the bundle
+    /// cache of what nothing needs (`resident`: what the core holds; `grace`: see
+    /// [`RegistrySource::prune_cache`]). Errors are logged and the current set keeps being
+    /// served.
     pub fn spawn_watch(
         self: &Arc<Self>,
         every: Duration,
+        grace: Duration,
+        resident: impl Fn() -> Vec<(String, String)> + Send + Sync + 'static,
         on_swap: impl Fn() + Send + Sync + 'static,
     ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
@@ -187,6 +271,11 @@ impl RegistrySource {
                         }
                         if swapped {
                             on_swap();
+                        }
+                        if me.prune_due.load(Ordering::SeqCst) {
+                            if let Err(e) = me.prune_cache(&resident(), grace).await {
+                                tracing::warn!(channel = %me.channel, error = %e, "cannot prune the bundle cache");
+                            }
                         }
                     }
                     Err(e) => {
@@ -234,11 +323,52 @@ async fn prefetch(
     Ok(())
 }
 
+fn hex_of(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").unwrap_or(digest)
+}
+
+/// Removes `<cache>/<model>/<hex>/` bundle directories not in `keep`; each is renamed to a
+/// dot-name first (fetches ignore those), then deleted. Returns the removed (model, hex).
+fn prune_dirs(
+    cache: &std::path::Path,
+    keep: &std::collections::HashSet<(String, String)>,
+) -> std::io::Result<Vec<(String, String)>> {
+    let mut removed = Vec::new();
+    let models = match std::fs::read_dir(cache) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(e),
+    };
+    for m in models.flatten() {
+        let Some(model) = m.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if model.starts_with('.') || !m.path().is_dir() {
+            continue;
+        }
+        for b in std::fs::read_dir(m.path())?.flatten() {
+            let Some(hex) = b.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let is_bundle = hex.len() == 64 && hex.bytes().all(|c| c.is_ascii_hexdigit());
+            if !is_bundle || keep.contains(&(model.clone(), hex.clone())) {
+                continue;
+            }
+            let trash = m
+                .path()
+                .join(format!(".{hex}.pruned.{}", std::process::id()));
+            if std::fs::rename(b.path(), &trash).is_ok() {
+                let _ = std::fs::remove_dir_all(&trash);
+                removed.push((model.clone(), hex));
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// The directory a bundle is materialized in (see `Registry::fetch_bundle`).
 fn bundle_dir(cache_dir: &std::path::Path, model: &str, digest: &str) -> PathBuf {
-    cache_dir
-        .join(model)
-        .join(digest.strip_prefix("sha256:").unwrap_or(digest))
+    cache_dir.join(model).join(hex_of(digest))
 }
 
 async fn build_served(
@@ -479,9 +609,34 @@ mod tests {
             .unwrap()
             .is_err());
 
-        // Rollback goes back.
+        // The cache is pruned of b@1 only when nothing needs it: not while the core holds it,
+        // not within the grace, and never what a channel serves.
+        let b1 = bundle_dir(&cache, "b", &r1.entries["b"].digest);
+        assert!(b1.is_dir());
+        let held = [("b".to_string(), "1".to_string())];
+        assert_eq!(src.prune_cache(&held, Duration::ZERO).await.unwrap(), 0);
+        assert_eq!(
+            src.prune_cache(&[], Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            0
+        );
+        assert!(b1.is_dir());
+        // Another channel serving r1 keeps b@1 for its server (which may share the cache).
+        reg.promote("staging", &r1.id, "t").await.unwrap();
+        assert_eq!(src.prune_cache(&[], Duration::ZERO).await.unwrap(), 0);
+        assert!(b1.is_dir());
+        let r3 = release(&reg, &[("a", 2), ("b", 2)]).await;
+        reg.promote("staging", &r3.id, "t").await.unwrap();
+        assert_eq!(src.prune_cache(&[], Duration::ZERO).await.unwrap(), 1);
+        assert!(!b1.exists(), "b@1 left every release and nothing holds it");
+        assert!(b2.is_file(), "the served bundle stays");
+        assert!(bundle_dir(&cache, "a", &r1.entries["a"].digest).is_dir());
+
+        // Rollback goes back: b@1 is fetched again before the swap.
         reg.rollback("production", "t").await.unwrap();
         assert!(src.refresh().await.unwrap());
         assert_eq!(src.get("b").unwrap().versions, ["1"]);
+        assert!(b1.join("model.onnx").is_file());
     }
 }

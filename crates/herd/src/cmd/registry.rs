@@ -51,7 +51,7 @@ impl RegistryOpts {
     }
 
     async fn open(&self) -> anyhow::Result<Registry> {
-        Registry::open(&self.registry, &self.artifacts)
+        herd_server::serving::open_registry(&self.registry, &self.artifacts)
             .await
             .with_context(|| {
                 format!(
