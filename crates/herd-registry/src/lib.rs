@@ -17,6 +17,7 @@ pub mod canonical;
 pub mod db;
 pub mod error;
 pub mod gc;
+pub mod import;
 pub mod refs;
 mod registry;
 mod release;

@@ -497,7 +497,7 @@ async fn model(a: ModelArgs) -> anyhow::Result<()> {
                     .map_err(|_| anyhow!("--metric '{m}': the value must be a number"))?;
                 parsed.insert(k, v);
             }
-            let (bytes, files) = read_push_path(&file)?;
+            let (bytes, files) = herd_registry::import::read_push_path(&file)?;
             let total: u64 =
                 bytes.len() as u64 + files.values().map(|b| b.len() as u64).sum::<u64>();
             let bar = if o.json {
@@ -723,56 +723,6 @@ async fn model(a: ModelArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `herd model push` sends for PATH: a file (a one-file bundle) or a model directory.
-fn read_push_path(
-    path: &std::path::Path,
-) -> anyhow::Result<(bytes::Bytes, BTreeMap<String, bytes::Bytes>)> {
-    if path.is_dir() {
-        let mut files = herd_registry::bundle::read_model_dir(path)?;
-        let model = files
-            .remove(herd_registry::bundle::MODEL_FILE)
-            .ok_or_else(|| anyhow!("{} has no model.onnx", path.display()))?;
-        Ok((model, files))
-    } else {
-        Ok((Registry::read_model_file(path)?, BTreeMap::new()))
-    }
-}
-
-/// The files `herd model import DIR` pushes, in push order: (model, file).
-fn import_plan(dir: &std::path::Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let mut plan = Vec::new();
-    let entries = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read directory {}", dir.display()))?;
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
-    for p in paths {
-        let Some(stem) = p.file_stem().and_then(|s| s.to_str()).map(str::to_string) else {
-            continue;
-        };
-        if p.is_file() && p.extension().is_some_and(|e| e == "onnx") {
-            plan.push((stem, p));
-        } else if p.is_dir() {
-            let mut versions: Vec<(u64, PathBuf)> = std::fs::read_dir(&p)
-                .with_context(|| format!("cannot read directory {}", p.display()))?
-                .filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let n: u64 = e.file_name().to_str()?.parse().ok()?;
-                    let f = e.path().join("model.onnx");
-                    f.is_file().then_some((n, f))
-                })
-                .collect();
-            versions.sort();
-            let model = p
-                .file_name()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default()
-                .to_string();
-            plan.extend(versions.into_iter().map(|(_, f)| (model.clone(), f)));
-        }
-    }
-    Ok(plan)
-}
-
 async fn import(
     reg: &Registry,
     o: &RegistryOpts,
@@ -782,129 +732,51 @@ async fn import(
     tenant: Option<String>,
     jobs: usize,
 ) -> anyhow::Result<()> {
-    use futures::StreamExt;
-    let plan = import_plan(dir)?;
-    if plan.is_empty() {
-        bail!(
-            "nothing to import in {}: expected <model>.onnx files or <model>/<version>/model.onnx",
-            dir.display()
-        );
-    }
+    let files = herd_registry::import::import_plan(dir)?.len();
     let bar = if o.json {
         indicatif::ProgressBar::hidden()
     } else {
-        indicatif::ProgressBar::new(plan.len() as u64)
+        indicatif::ProgressBar::new(files as u64)
     };
     bar.set_style(
         indicatif::ProgressStyle::with_template("importing [{bar:30}] {pos}/{len} {per_sec} {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-    let started = std::time::Instant::now();
-    // Versions of one model must go in order: one task per model, models in parallel.
-    let mut by_model: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-    for (m, f) in plan {
-        by_model.entry(m).or_default().push(f);
-    }
-    let user = o.user();
-    let results: Vec<Vec<(String, PathBuf, anyhow::Result<bool>)>> =
-        futures::stream::iter(by_model.into_iter().map(|(model, files)| {
-            let (bar, data_ref, code_ref, tenant, user) = (
-                bar.clone(),
-                data_ref.clone(),
-                code_ref.clone(),
-                tenant.clone(),
-                user.clone(),
-            );
-            async move {
-                let mut out = Vec::new();
-                for f in files {
-                    let r = async {
-                        // A repository version is a bundle with the model's config and
-                        // tokenizer; a loose `<model>.onnx` is a one-file bundle.
-                        let (bytes, files) =
-                            if f.parent().and_then(|v| v.parent()).is_some_and(|m| {
-                                m.file_name().and_then(|n| n.to_str()) == Some(model.as_str())
-                            }) {
-                                let vdir = f.parent().expect("checked");
-                                let mdir = vdir.parent().expect("checked");
-                                let mut files =
-                                    herd_registry::bundle::read_model_version(mdir, vdir)?;
-                                let bytes =
-                                    files.remove(herd_registry::bundle::MODEL_FILE).ok_or_else(
-                                        || anyhow!("{} has no model.onnx", vdir.display()),
-                                    )?;
-                                (bytes, files)
-                            } else {
-                                (Registry::read_model_file(&f)?, BTreeMap::new())
-                            };
-                        let o = reg
-                            .push(PushRequest {
-                                model: model.clone(),
-                                bytes,
-                                metrics: BTreeMap::new(),
-                                data_ref: data_ref.clone(),
-                                code_ref: code_ref.clone(),
-                                created_by: user.clone(),
-                                create: Some(NewModel {
-                                    name: model.clone(),
-                                    tenant: tenant.clone(),
-                                    description: String::new(),
-                                    tags: Vec::new(),
-                                }),
-                                files,
-                                as_tenant: None,
-                            })
-                            .await?;
-                        Ok::<bool, anyhow::Error>(o.created)
-                    }
-                    .await;
-                    bar.inc(1);
-                    out.push((model.clone(), f, r));
-                }
-                out
-            }
-        }))
-        .buffer_unordered(jobs.max(1))
-        .collect()
+    let opts = herd_registry::import::ImportOptions {
+        data_ref,
+        code_ref,
+        tenant,
+        created_by: o.user(),
+        jobs,
+    };
+    let tick = bar.clone();
+    let r = reg
+        .import_repository(dir, &opts, &move || tick.inc(1))
         .await;
     bar.finish_and_clear();
-    let secs = started.elapsed().as_secs_f64();
-    let (mut pushed, mut unchanged, mut failed) = (0usize, 0usize, Vec::new());
-    for (model, file, r) in results.into_iter().flatten() {
-        match r {
-            Ok(true) => pushed += 1,
-            Ok(false) => unchanged += 1,
-            Err(e) => failed.push(serde_json::json!({
-                "model": model, "file": file.display().to_string(), "error": format!("{e:#}")
-            })),
-        }
-    }
+    let r = r?;
+    let secs = r.seconds;
     if o.json {
-        print_json(&serde_json::json!({
-            "pushed": pushed, "unchanged": unchanged, "failed": failed, "seconds": secs
-        }))?;
+        print_json(&r)?;
     } else {
-        for f in &failed {
-            out!(
-                "FAILED {} ({}): {}",
-                f["model"].as_str().unwrap_or(""),
-                f["file"].as_str().unwrap_or(""),
-                f["error"].as_str().unwrap_or("")
-            );
+        for f in &r.failed {
+            out!("FAILED {} ({}): {}", f.model, f.file, f.error);
         }
-        let total = pushed + unchanged + failed.len();
+        let total = r.pushed + r.unchanged + r.failed.len();
         out!(
-            "imported {} files in {secs:.2}s ({:.1} ms each): {pushed} new versions, {unchanged} unchanged, {} failed",
+            "imported {} files in {secs:.2}s ({:.1} ms each): {} new versions, {} unchanged, {} failed",
             total,
             secs * 1000.0 / total.max(1) as f64,
-            failed.len()
+            r.pushed,
+            r.unchanged,
+            r.failed.len()
         );
     }
-    if !failed.is_empty() {
+    if !r.failed.is_empty() {
         bail!(
             "{} file(s) could not be imported (listed above)",
-            failed.len()
+            r.failed.len()
         );
     }
     Ok(())
@@ -1476,38 +1348,6 @@ mod tests {
         assert_eq!(secs("2d"), 172_800);
         assert!(parse_age("1y").is_err());
         assert!(parse_age("h").is_err());
-    }
-
-    #[test]
-    fn import_plan_orders_versions() {
-        let dir = std::env::temp_dir().join(format!("herd-import-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        for v in ["10", "2", "x"] {
-            std::fs::create_dir_all(dir.join("b").join(v)).unwrap();
-            std::fs::write(dir.join("b").join(v).join("model.onnx"), b"m").unwrap();
-        }
-        std::fs::write(dir.join("a.onnx"), b"m").unwrap();
-        std::fs::write(dir.join("notes.txt"), b"m").unwrap();
-        let plan = import_plan(&dir).unwrap();
-        let got: Vec<(String, String)> = plan
-            .iter()
-            .map(|(m, f)| {
-                (
-                    m.clone(),
-                    f.strip_prefix(&dir).unwrap().display().to_string(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("a".to_string(), "a.onnx".to_string()),
-                ("b".to_string(), "b/2/model.onnx".to_string()),
-                ("b".to_string(), "b/10/model.onnx".to_string()),
-            ]
-        );
-        assert!(import_plan(&dir.join("missing")).is_err());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
