@@ -356,6 +356,9 @@ impl Core {
                 if let Some(r) = rows {
                     check_rows(&m.name, &limits, r)?;
                 }
+                if let Some(max) = served.config.max_dynamic_dim {
+                    crate::limits::check_dynamic_dims(&m.name, &m.signature, &inputs, max)?;
+                }
             }
         }
         let out = run_in_chunks(m, inputs, rows, served.config.max_batch_size).await?;
@@ -673,7 +676,11 @@ impl Core {
         // model is not charged for them (they are part of the server's fixed overhead).
         if !PRIMED.swap(true, Ordering::SeqCst) {
             if let Ok(mut inst) = self.backend.load(&path, &load_opts) {
-                let inputs = max_shape_inputs(inst.signature(), config.max_batch_size);
+                let inputs = max_shape_inputs(
+                    inst.signature(),
+                    config.max_batch_size,
+                    config.max_dynamic_dim.unwrap_or(1),
+                );
                 let _ = inst.run(inputs);
             }
         }
@@ -702,7 +709,7 @@ impl Core {
         let sig0 = instances[0].signature().clone();
         let make_inputs = |rows: usize| match &pipeline {
             Some(p) => crate::pipeline::warmup_tensors(p, rows),
-            None => max_shape_inputs(&sig0, rows),
+            None => max_shape_inputs(&sig0, rows, config.max_dynamic_dim.unwrap_or(1)),
         };
         // The run's memory is freed when it ends: sample the peak meanwhile, of the allocator's
         // count (the charge: with herd's fixed mmap threshold, what a run allocates is what it
@@ -1583,16 +1590,17 @@ fn tensors_bytes(ts: &[Tensor]) -> u64 {
 
 /// Zero inputs with every dynamic dimension set to 1 (empty strings for BYTES).
 pub(crate) fn warmup_inputs(sig: &Signature) -> Vec<Tensor> {
-    shaped_inputs(sig, 1)
+    shaped_inputs(sig, 1, 1)
 }
 
 /// Zero inputs at the largest shape a request reaches: a dynamic first dimension at `rows`
-/// (requests are chunked to `max_batch_size` rows), other dynamic dimensions at 1.
-fn max_shape_inputs(sig: &Signature, rows: usize) -> Vec<Tensor> {
-    shaped_inputs(sig, rows.max(1))
+/// (requests are chunked to `max_batch_size` rows), other dynamic dimensions at `other` (the
+/// model's `max_dynamic_dim`, else 1).
+fn max_shape_inputs(sig: &Signature, rows: usize, other: usize) -> Vec<Tensor> {
+    shaped_inputs(sig, rows.max(1), other.max(1))
 }
 
-fn shaped_inputs(sig: &Signature, rows: usize) -> Vec<Tensor> {
+fn shaped_inputs(sig: &Signature, rows: usize, other: usize) -> Vec<Tensor> {
     sig.inputs
         .iter()
         .map(|m| {
@@ -1602,7 +1610,7 @@ fn shaped_inputs(sig: &Signature, rows: usize) -> Vec<Tensor> {
                 .enumerate()
                 .map(|(i, d)| match (i, *d) {
                     (0, d) if d < 0 => rows as i64,
-                    (_, d) if d < 0 => 1,
+                    (_, d) if d < 0 => other as i64,
                     (_, d) => d,
                 })
                 .collect();

@@ -16,6 +16,8 @@
 //! max_texts_per_request = 2048   # texts of one request to a text pipeline
 //! max_chars_per_text = 32768     # longer texts are cut before tokenizing (refused without truncation)
 //! max_tokens_per_request = 300000 # tokens of all texts of one request
+//! max_dynamic_dim = 512          # tensor models: dynamic dims besides the batch are warmed at
+//!                                # this size (charged) and 413 beyond it; unset: warmed at 1, no limit
 //! # a LoRA adapter over another model (issue 13): runs on the base's session with this
 //! # adapter activated per run; each version directory holds the adapter file, not a model
 //! base = "encoder"                 # the base model's name (its served default version)
@@ -43,6 +45,10 @@ pub struct ModelConfig {
     pub max_texts_per_request: Option<usize>,
     pub max_chars_per_text: Option<usize>,
     pub max_tokens_per_request: Option<usize>,
+    /// Largest size of a tensor model's dynamic dimensions other than the batch: the load's
+    /// warm-up runs at it (so the charge covers it) and a request beyond it is 413. Unset:
+    /// warmed at 1 and not limited (the body limit bounds it).
+    pub max_dynamic_dim: Option<usize>,
     /// Opaque pre/post-processing section, interpreted by the pipeline layer.
     pub pipeline: Option<toml::Table>,
     /// A LoRA adapter model: the base model it runs on (with `adapter`).
@@ -68,6 +74,7 @@ impl Default for ModelConfig {
             max_texts_per_request: None,
             max_chars_per_text: None,
             max_tokens_per_request: None,
+            max_dynamic_dim: None,
             pipeline: None,
             base: None,
             adapter: None,
@@ -105,6 +112,7 @@ impl ModelConfig {
             ("max_texts_per_request", self.max_texts_per_request),
             ("max_chars_per_text", self.max_chars_per_text),
             ("max_tokens_per_request", self.max_tokens_per_request),
+            ("max_dynamic_dim", self.max_dynamic_dim),
         ] {
             if v == Some(0) {
                 return Err(bad(&format!("{key} must be at least 1")));

@@ -172,9 +172,8 @@ pub enum CoreError {
     ShuttingDown,
     /// A request over one of the [`RequestLimits`]; refused before any work.
     #[error(
-        "model '{model}': {got} {what} is more than {limit} = {max}; send at most {max} \
-         (the server sets it with --{flag}, a model with {limit} in its config.toml)",
-        flag = limit.replace('_', "-")
+        "model '{model}': {got} {what} is more than {limit} = {max}; send at most {max} ({hint})",
+        hint = limit_hint(limit)
     )]
     LimitExceeded {
         model: String,
@@ -185,6 +184,18 @@ pub enum CoreError {
         /// What was counted, e.g. "texts in one request".
         what: String,
     },
+}
+
+/// Where a request limit is set, for its error message.
+fn limit_hint(limit: &str) -> String {
+    match limit {
+        // A property of the model's shapes: its config.toml only.
+        "max_dynamic_dim" => format!("the model's config.toml sets {limit}"),
+        _ => format!(
+            "the server sets it with --{}, a model with {limit} in its config.toml",
+            limit.replace('_', "-")
+        ),
+    }
 }
 
 impl HasErrorCode for CoreError {

@@ -39,6 +39,33 @@ pub(crate) fn check_rows(
     Ok(())
 }
 
+/// The dynamic dimensions other than the batch of a tensor model's inputs: at most `max` (the
+/// model's `max_dynamic_dim`, the size its warm-up ran at, so its charge covers the run).
+pub(crate) fn check_dynamic_dims(
+    model: &str,
+    sig: &herd_runtime::Signature,
+    inputs: &[Tensor],
+    max: usize,
+) -> Result<(), CoreError> {
+    for t in inputs {
+        let Some(meta) = sig.inputs.iter().find(|m| m.name == t.name) else {
+            continue;
+        };
+        for (i, (&d, &got)) in meta.shape.iter().zip(&t.shape).enumerate().skip(1) {
+            if d < 0 && got > max as i64 {
+                return Err(exceeded(
+                    model,
+                    "max_dynamic_dim",
+                    max,
+                    got as usize,
+                    &format!("elements along dimension {i} of input '{}'", t.name),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The texts of a text-pipeline request (the BYTES input `input`): their number is bounded, and
 /// each text longer than `max_chars_per_text` characters is cut to it (when the pipeline
 /// truncates anyway) or refused. Runs before the tokenizer sees anything.

@@ -557,3 +557,94 @@ async fn the_core_follows_a_new_generation_without_a_request() {
     assert_eq!(core.stats().loaded_models, 0);
     follower.abort();
 }
+
+/// `y = x` with input `x` FP32 `[-1, -1]` (a dynamic dimension besides the batch); records the
+/// shape of every run.
+struct DynBackend(Arc<Mutex<Vec<Vec<i64>>>>);
+
+struct DynInstance(Signature, Arc<Mutex<Vec<Vec<i64>>>>);
+
+impl Backend for DynBackend {
+    fn platform(&self) -> &'static str {
+        "fake"
+    }
+    fn load(&self, _path: &Path, _opts: &LoadOptions) -> Result<Box<dyn Instance>, RuntimeError> {
+        let m = |n: &str| TensorMetadata {
+            name: n.into(),
+            datatype: DataType::F32,
+            shape: vec![-1, -1],
+        };
+        Ok(Box::new(DynInstance(
+            Signature {
+                inputs: vec![m("x")],
+                outputs: vec![m("y")],
+            },
+            self.0.clone(),
+        )))
+    }
+}
+
+impl Instance for DynInstance {
+    fn signature(&self) -> &Signature {
+        &self.0
+    }
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
+        self.1.lock().push(inputs[0].shape.clone());
+        Ok(vec![Tensor::new(
+            "y",
+            inputs[0].shape.clone(),
+            inputs[0].data.clone(),
+        )])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_dims_are_warmed_at_max_dynamic_dim_and_refused_beyond_it() {
+    let source = FakeSource::new("dyn");
+    let limited = ModelConfig {
+        max_batch_size: 4,
+        max_dynamic_dim: Some(16),
+        ..ModelConfig::default()
+    };
+    source.add("limited", 100, limited);
+    source.add(
+        "open",
+        100,
+        ModelConfig {
+            max_batch_size: 4,
+            ..ModelConfig::default()
+        },
+    );
+    let shapes = Arc::new(Mutex::new(Vec::new()));
+    let core = Core::new(
+        CoreConfig::default(),
+        Arc::new(source),
+        Arc::new(DynBackend(shapes.clone())),
+    );
+    let x = |rows: usize, cols: usize| {
+        vec![Tensor::new(
+            "x",
+            vec![rows as i64, cols as i64],
+            TensorData::F32(vec![0.5; rows * cols]),
+        )]
+    };
+    // Just at the limit: answered; the load's warm-up ran at max_batch_size x max_dynamic_dim.
+    let out = core.infer(req("limited", x(2, 16))).await.unwrap();
+    assert_eq!(out.outputs[0].shape, vec![2, 16]);
+    assert!(shapes.lock().contains(&vec![4, 16]), "{:?}", shapes.lock());
+    // Beyond it: 413 naming the limit and where it is set, before any run.
+    let runs = shapes.lock().len();
+    let e = core.infer(req("limited", x(1, 17))).await.unwrap_err();
+    assert_eq!(e.code().http_status(), 413);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("max_dynamic_dim = 16")
+            && msg.contains("dimension 1 of input 'x'")
+            && msg.contains("config.toml"),
+        "{msg}"
+    );
+    assert_eq!(shapes.lock().len(), runs, "a refused request ran");
+    // Without the key: warmed at 1 along the dynamic dimension, and not limited by it.
+    core.infer(req("open", x(1, 64))).await.unwrap();
+    assert!(shapes.lock().contains(&vec![4, 1]), "{:?}", shapes.lock());
+}
