@@ -31,7 +31,7 @@ step "README's first command resolves (cargo run at the workspace root)"
 cargo run -q -- demo --models 40 --requests 400 --concurrency 4 --dir "$root/.herd/ci-demo-models"
 
 step "cargo test"
-cargo test --workspace
+cargo test --workspace --no-fail-fast
 
 step "python tests against herd serve"
 HERD_BIN="$target_dir/debug/herd" .venv/bin/python -m pytest -q tests/python
