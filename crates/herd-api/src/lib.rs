@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod infinity;
+pub mod jobs;
 pub mod openai;
 pub mod rerank;
 pub mod tei;

@@ -23,6 +23,8 @@ pub struct Row {
     pub line: u64,
     pub id: Option<Value>,
     pub features: Vec<f64>,
+    /// The row's text (text input, `text_field`); `features` is empty then.
+    pub text: Option<String>,
 }
 
 /// One input row that did not.
@@ -149,6 +151,39 @@ pub fn stream_jsonl(
                 continue;
             }
         };
+        if let Some(tf) = &p.text_field {
+            let (id, text) = match &v {
+                Value::String(t) => (None, Ok(t.clone())),
+                Value::Object(m) => (
+                    m.get(&p.id_field).cloned(),
+                    match m.get(tf) {
+                        Some(Value::String(t)) => Ok(t.clone()),
+                        Some(other) => Err(format!("'{tf}' is {}, not a string", short(other))),
+                        None => Err(format!("no '{tf}' field (the text)")),
+                    },
+                ),
+                other => (
+                    None,
+                    Err(format!(
+                        "expected a string or an object, got {}",
+                        short(other)
+                    )),
+                ),
+            };
+            match text {
+                Ok(t) => out.row(Row {
+                    line: line_no,
+                    id,
+                    features: Vec::new(),
+                    text: Some(t),
+                }),
+                Err(error) => out.bad(BadRow {
+                    line: line_no,
+                    error,
+                }),
+            }
+            continue;
+        }
         let (id, feats) = match &v {
             Value::Array(_) => (None, numbers(&v)),
             Value::Object(m) => match m.get(&p.input_field) {
@@ -171,6 +206,7 @@ pub fn stream_jsonl(
                 line: line_no,
                 id,
                 features,
+                text: None,
             }),
             Err(error) => out.bad(BadRow {
                 line: line_no,
@@ -208,7 +244,16 @@ pub fn stream_csv(
         .clone();
     let id_col = headers.iter().position(|h| h.trim() == p.id_field);
     let width = headers.len();
-    if width == 0 || (width == 1 && id_col.is_some()) {
+    let text_col = match &p.text_field {
+        Some(tf) => Some(headers.iter().position(|h| h.trim() == tf).ok_or_else(|| {
+            JobsError::BadInput {
+                path: p.input.clone(),
+                message: format!("the CSV header has no column '{tf}' (the text)"),
+            }
+        })?),
+        None => None,
+    };
+    if p.text_field.is_none() && (width == 0 || (width == 1 && id_col.is_some())) {
         return Err(JobsError::BadInput {
             path: p.input.clone(),
             message: "the CSV header names no feature columns".into(),
@@ -253,6 +298,17 @@ pub fn stream_csv(
             });
             continue;
         }
+        if let Some(tc) = text_col {
+            out.row(Row {
+                line,
+                id: id_col
+                    .and_then(|c| record.get(c))
+                    .map(|f| Value::String(f.to_string())),
+                features: Vec::new(),
+                text: record.get(tc).map(str::to_string),
+            });
+            continue;
+        }
         let mut features = Vec::with_capacity(width);
         let mut id = None;
         let mut error = None;
@@ -274,7 +330,12 @@ pub fn stream_csv(
             }
         }
         match error {
-            None => out.row(Row { line, id, features }),
+            None => out.row(Row {
+                line,
+                id,
+                features,
+                text: None,
+            }),
             Some(error) => out.bad(BadRow { line, error }),
         }
     }
@@ -301,6 +362,11 @@ pub fn stream_parquet(
         path: p.input.clone(),
         message,
     };
+    if p.text_field.is_some() {
+        return Err(bad_input(
+            "text input from Parquet is not supported yet: use JSONL or CSV for text_field".into(),
+        ));
+    }
     let file = std::fs::File::open(path).map_err(|e| JobsError::io(path, e))?;
     let reader = SerializedFileReader::new(file)
         .map_err(|e| bad_input(format!("not a readable Parquet file: {e}")))?;
@@ -402,7 +468,12 @@ pub fn stream_parquet(
             },
         };
         match features {
-            Ok(features) if !features.is_empty() => out.row(Row { line, id, features }),
+            Ok(features) if !features.is_empty() => out.row(Row {
+                line,
+                id,
+                features,
+                text: None,
+            }),
             Ok(_) => out.bad(BadRow {
                 line,
                 error: "no numeric feature columns".into(),
@@ -600,6 +671,19 @@ pub(crate) async fn run(
     progress: &ProgressTx,
 ) -> Result<JobOutcome, Failure> {
     let format = input_format(p).map_err(|e| Failure::permanent(e.to_string()))?;
+    // A remote input is streamed to a local temp file first (removed when the job ends).
+    let mut local = p.clone();
+    let mut _downloaded = None;
+    if crate::storage::is_remote(&p.input) {
+        let tmp = crate::storage::TempFile::new(&job.id, &p.input);
+        crate::storage::download(&p.input, &tmp.0)
+            .await
+            .map_err(crate::run::store_failure)?;
+        local.input = tmp.0.display().to_string();
+        local.format = Some(format);
+        _downloaded = Some(tmp);
+    }
+    let p = &local;
     // The file may appear later (a sync job writes it): retry. Checked before the server.
     if let Err(e) = std::fs::metadata(&p.input) {
         let e = JobsError::io(&p.input, e);
@@ -638,6 +722,10 @@ pub(crate) async fn run(
         let eof = next.is_none();
         if let Some(item) = next {
             let item = match item {
+                Item::Row(r) if r.text.is_some() => {
+                    good_in_window += 1;
+                    Item::Row(r)
+                }
                 Item::Row(r) => {
                     let want = *dim.get_or_insert(r.features.len());
                     if r.features.len() == want {
@@ -900,6 +988,23 @@ impl<'a> V2Client<'a> {
         rows: &[Row],
         datatype: &str,
     ) -> Result<Result<Vec<Map<String, Value>>, String>, Failure> {
+        let body = if rows.iter().all(|r| r.text.is_some()) && !rows.is_empty() {
+            // Text pipelines take the texts as the BYTES input `text`.
+            json!({
+                "inputs": [{
+                    "name": "text",
+                    "shape": [rows.len()],
+                    "datatype": "BYTES",
+                    "data": rows.iter().map(|r| r.text.clone().unwrap_or_default()).collect::<Vec<_>>(),
+                }]
+            })
+        } else {
+            self.tensor_body(rows, datatype)
+        };
+        self.send_infer(rows, body).await
+    }
+
+    fn tensor_body(&self, rows: &[Row], datatype: &str) -> Value {
         let dim = rows.first().map(|r| r.features.len()).unwrap_or(0);
         let data: Vec<Value> =
             rows.iter()
@@ -911,14 +1016,21 @@ impl<'a> V2Client<'a> {
                     _ => json!(*f),
                 })
                 .collect();
-        let body = json!({
+        json!({
             "inputs": [{
                 "name": self.input_name,
                 "shape": [rows.len(), dim],
                 "datatype": datatype,
                 "data": data,
             }]
-        });
+        })
+    }
+
+    async fn send_infer(
+        &self,
+        rows: &[Row],
+        body: Value,
+    ) -> Result<Result<Vec<Map<String, Value>>, String>, Failure> {
         let body = body.to_string();
         let url = format!("{}/infer", self.base);
         let (status, text) = self

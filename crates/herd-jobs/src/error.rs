@@ -25,6 +25,12 @@ pub enum JobsError {
     #[error("job '{id}' is {state}: only dead jobs can be requeued")]
     NotDead { id: String, state: String },
 
+    #[error("job '{id}' is {state}: only waiting, delayed or running jobs can be cancelled")]
+    NotCancellable { id: String, state: String },
+
+    #[error("{0}")]
+    Forbidden(String),
+
     #[error("SQLite queue {path}: {source}")]
     Sqlite {
         path: String,
@@ -77,7 +83,10 @@ impl HasErrorCode for JobsError {
             | JobsError::InvalidArgument(_)
             | JobsError::BadInput { .. } => ErrorCode::InvalidInput,
             JobsError::NotFound(_) => ErrorCode::NotFound,
-            JobsError::LeaseLost { .. } | JobsError::NotDead { .. } => ErrorCode::Conflict,
+            JobsError::LeaseLost { .. }
+            | JobsError::NotDead { .. }
+            | JobsError::NotCancellable { .. } => ErrorCode::Conflict,
+            JobsError::Forbidden(_) => ErrorCode::Forbidden,
             JobsError::Redis(_) | JobsError::Postgres { .. } | JobsError::Server { .. } => {
                 ErrorCode::Unavailable
             }

@@ -13,6 +13,7 @@
 //! worker now holds. Job runners write their results idempotently (temp file + atomic rename keyed
 //! by job id), so a job that runs twice does not duplicate its side effects.
 
+pub mod api;
 pub mod batch;
 mod clock;
 mod error;
@@ -22,6 +23,7 @@ mod queue;
 pub mod redis_queue;
 pub mod run;
 pub mod sqlite;
+pub mod storage;
 pub mod worker;
 
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -108,6 +108,11 @@ pub struct BatchInferParams {
     /// accepted). CSV/Parquet: ignored (every numeric column except `id_field` is a feature).
     #[serde(default = "default_input_field")]
     pub input_field: String,
+    /// Text input for pipeline models: the JSONL field or CSV column that holds each row's text
+    /// (sent as the v2 `text` input; the outputs are the pipeline's embeddings or labels).
+    /// Absent: numeric features (`input_field`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_field: Option<String>,
     /// Field/column carried to the output unchanged so rows can be matched; optional per row.
     #[serde(default = "default_id_field")]
     pub id_field: String,
@@ -149,6 +154,7 @@ impl BatchInferParams {
             format: None,
             input_name: default_input_name(),
             input_field: default_input_field(),
+            text_field: None,
             id_field: default_id_field(),
             batch_size: default_batch_size(),
             token_secret: None,
@@ -194,6 +200,13 @@ pub struct JobSpec {
     pub result_dir: String,
     #[serde(default)]
     pub backoff: Backoff,
+    /// The tenant that enqueued the job through the jobs API (`/v1/jobs`); `None` for jobs an
+    /// operator enqueued (CLI, admin token). The API shows a tenant only its own jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The operator's template a `command` job was made from (jobs API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 fn default_max_attempts() -> u32 {
@@ -219,6 +232,8 @@ impl JobSpec {
             timeout_secs: default_timeout_secs(),
             result_dir: default_result_dir(),
             backoff: Backoff::default(),
+            owner: None,
+            template: None,
         }
     }
 
@@ -260,6 +275,11 @@ impl JobSpec {
                             "token_secret '{r}' is not a secret reference: use env:NAME or file:PATH (never the token itself)"
                         )));
                     }
+                }
+                if b.text_field.as_deref().is_some_and(|f| f.trim().is_empty()) {
+                    return Err(JobsError::InvalidSpec(
+                        "text_field must name a JSONL field or CSV column".into(),
+                    ));
                 }
                 if b.batch_size == 0 {
                     return Err(JobsError::InvalidSpec(

@@ -506,6 +506,40 @@ impl Queue for PgQueue {
         Ok(res.rows_affected())
     }
 
+    async fn cancel(&self, id: &str, reason: &str) -> Result<JobState, JobsError> {
+        let now = self.now().await?;
+        let mut tx = self.begin().await?;
+        let row = sqlx::query("SELECT state FROM herd_jobs WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        let Some(row) = row else {
+            return Err(JobsError::NotFound(id.to_string()));
+        };
+        let state: String = row.try_get("state").map_err(|e| self.err(e))?;
+        let state = JobState::from_str(&state).map_err(|e| JobsError::Corrupt(e.to_string()))?;
+        if matches!(state, JobState::Done | JobState::Dead) {
+            return Err(JobsError::NotCancellable {
+                id: id.to_string(),
+                state: state.to_string(),
+            });
+        }
+        sqlx::query(
+            "UPDATE herd_jobs SET state = 'dead', finished_ms = $1, updated_ms = $2, last_error = $3,
+             lease_token = NULL, lease_expires_ms = NULL WHERE id = $4",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(state)
+    }
+
     async fn list(&self, filter: &ListFilter) -> Result<Vec<Job>, JobsError> {
         let rows = sqlx::query(
             "SELECT * FROM herd_jobs WHERE ($1::TEXT IS NULL OR queue = $2) AND ($3::TEXT IS NULL OR state = $4)

@@ -58,6 +58,14 @@ pub trait Queue: Send + Sync {
     /// all of them. Returns how many moved.
     async fn requeue_dead(&self, queue: &str, id: Option<&str>) -> Result<u64, JobsError>;
 
+    /// Cancels a waiting, delayed or running job: it moves to the dead letter with `reason` as
+    /// its last error (so `requeue_dead` can bring it back). A running job's lease is revoked,
+    /// so its worker's next renewal gets [`JobsError::LeaseLost`] and the worker stops the job
+    /// (a `command` job's whole process group is terminated). Returns the state it was in;
+    /// [`JobsError::NotFound`] for an unknown id, [`JobsError::NotCancellable`] for a job that
+    /// is done or dead already.
+    async fn cancel(&self, id: &str, reason: &str) -> Result<crate::JobState, JobsError>;
+
     /// Jobs, newest first.
     async fn list(&self, filter: &ListFilter) -> Result<Vec<Job>, JobsError>;
 

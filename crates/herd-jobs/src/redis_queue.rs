@@ -238,6 +238,30 @@ redis.call('HDEL', k, 'finished_ms', 'worker_id')
 return {1}
 "#;
 
+/// KEYS: job, waiting, delayed, running, dead. ARGV: queue, now override, reason, id.
+/// Returns {1, previous state} or {-1} (not found) or {-2, state} (done or dead already).
+const CANCEL: &str = r#"
+local k = KEYS[1]
+local q = redis.call('HGET', k, 'queue')
+if not q or q ~= ARGV[1] then
+  return {-1}
+end
+local state = redis.call('HGET', k, 'state')
+if state ~= 'waiting' and state ~= 'delayed' and state ~= 'running' then
+  return {-2, state}
+end
+local now = now_ms(ARGV[2])
+local nows = s(now)
+local id = ARGV[4]
+redis.call('ZREM', KEYS[2], id)
+redis.call('ZREM', KEYS[3], id)
+redis.call('ZREM', KEYS[4], id)
+redis.call('ZADD', KEYS[5], now, id)
+redis.call('HSET', k, 'state', 'dead', 'finished_ms', nows, 'updated_ms', nows, 'last_error', ARGV[3])
+redis.call('HDEL', k, 'lease_token', 'lease_expires_ms')
+return {1, state}
+"#;
+
 /// KEYS: dead, waiting. ARGV: job key prefix, now override, limit. Returns how many moved.
 const REQUEUE_BATCH: &str = r#"
 local now = now_ms(ARGV[2])
@@ -348,6 +372,7 @@ pub struct RedisQueue {
     bury: Script,
     enqueue: Script,
     requeue_one: Script,
+    cancel: Script,
     requeue_batch: Script,
     purge_batch: Script,
     stats: Script,
@@ -462,6 +487,7 @@ impl RedisQueue {
             bury: lease_script(BURY),
             enqueue: script(ENQUEUE),
             requeue_one: script(REQUEUE_ONE),
+            cancel: script(CANCEL),
             requeue_batch: script(REQUEUE_BATCH),
             purge_batch: script(PURGE_BATCH),
             stats: script(STATS),
@@ -894,6 +920,45 @@ impl Queue for RedisQueue {
             if n < SCAN_LIMIT as i64 {
                 return Ok(total);
             }
+        }
+    }
+
+    async fn cancel(&self, id: &str, reason: &str) -> Result<JobState, JobsError> {
+        let mut conn = self.conn.clone();
+        // A job's queue never changes: read it, then pass every key of that queue in KEYS (the
+        // script checks the queue again).
+        let queue: Option<String> = redis::cmd("HGET")
+            .arg(self.job_key(id))
+            .arg("queue")
+            .query_async(&mut conn)
+            .await?;
+        let Some(queue) = queue else {
+            return Err(JobsError::NotFound(id.to_string()));
+        };
+        let out: Vec<Value> = self
+            .cancel
+            .key(self.job_key(id))
+            .key(self.qkey(&queue, "waiting"))
+            .key(self.qkey(&queue, "delayed"))
+            .key(self.qkey(&queue, "running"))
+            .key(self.qkey(&queue, "dead"))
+            .arg(&queue)
+            .arg(self.now_arg())
+            .arg(reason)
+            .arg(id)
+            .invoke_async(&mut conn)
+            .await?;
+        let state: String = match out.get(1) {
+            Some(v) => redis::from_redis_value(v).unwrap_or_default(),
+            None => String::new(),
+        };
+        match int_of(out.first())? {
+            -1 => Err(JobsError::NotFound(id.to_string())),
+            -2 => Err(JobsError::NotCancellable {
+                id: id.to_string(),
+                state,
+            }),
+            _ => JobState::from_str(&state).map_err(|e| JobsError::Corrupt(e.to_string())),
         }
     }
 

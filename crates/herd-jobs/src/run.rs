@@ -120,11 +120,24 @@ pub const WORKER_SECRET_ENV: &[&str] = &["HERD_QUEUE_URL", "HERD_TOKEN"];
 #[async_trait]
 impl Runner for DefaultRunner {
     async fn run(&self, job: &Job, ctx: &JobContext) -> Result<JobOutcome, Failure> {
+        if crate::storage::is_remote(&job.spec.result_dir) {
+            return self.run_to_store(job, ctx).await;
+        }
         let dir = PathBuf::from(&job.spec.result_dir);
         if let Some(done) = read_outcome(&dir, &job.id)? {
             tracing::info!(job_id = %job.id, "outcome already written by an earlier attempt; not running again");
             return Ok(done);
         }
+        let outcome = self.run_in(job, ctx, &dir).await?;
+        write_outcome(&dir, &job.id, &outcome)?;
+        Ok(outcome)
+    }
+}
+
+impl DefaultRunner {
+    /// Runs the job's kind with its results in the local folder `dir`.
+    async fn run_in(&self, job: &Job, ctx: &JobContext, dir: &Path) -> Result<JobOutcome, Failure> {
+        let dir = dir.to_path_buf();
         let outcome = match &job.spec.kind {
             JobKind::Command(c) => run_command(job, c, &dir, ctx, self.kill_grace).await?,
             JobKind::BatchInfer(b) => {
@@ -134,8 +147,72 @@ impl Runner for DefaultRunner {
                 }
             }
         };
-        write_outcome(&dir, &job.id, &outcome)?;
         Ok(outcome)
+    }
+
+    /// A job whose results go to an object store: the outcome there means it is done; else
+    /// run it with a local staging folder, upload every file it wrote there, then the outcome
+    /// (last: an outcome is only ever next to complete results).
+    async fn run_to_store(&self, job: &Job, ctx: &JobContext) -> Result<JobOutcome, Failure> {
+        use crate::storage;
+        let base = job.spec.result_dir.trim_end_matches('/').to_string();
+        let outcome_url = storage::join(&base, &format!("{}.json", job.id));
+        if let Some(bytes) = storage::read_small(&outcome_url)
+            .await
+            .map_err(store_failure)?
+        {
+            let done: JobOutcome = serde_json::from_slice(&bytes).map_err(|e| {
+                Failure::permanent(format!(
+                    "{outcome_url} exists but is not a job outcome ({e}); move it away and requeue the job"
+                ))
+            })?;
+            tracing::info!(job_id = %job.id, "outcome already written by an earlier attempt; not running again");
+            return Ok(done);
+        }
+        let staging = storage::StagingDir::new(&job.id).map_err(io_failure)?;
+        let mut outcome = self.run_in(job, ctx, &staging.0).await?;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&staging.0)
+            .map_err(|e| io_failure(JobsError::io(&staging.0, e)))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .filter(|p| {
+                !p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        files.sort();
+        for f in &files {
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if name == format!("{}.json", job.id) {
+                continue;
+            }
+            storage::upload(f, &storage::join(&base, &name))
+                .await
+                .map_err(store_failure)?;
+        }
+        if let Some(loc) = &outcome.location {
+            if let Some(name) = Path::new(loc).file_name() {
+                outcome.location = Some(storage::join(&base, &name.to_string_lossy()));
+            }
+        }
+        let bytes = serde_json::to_vec_pretty(&outcome)
+            .map_err(|e| Failure::permanent(format!("outcome does not serialise: {e}")))?;
+        storage::write_small(&outcome_url, bytes)
+            .await
+            .map_err(store_failure)?;
+        Ok(outcome)
+    }
+}
+
+/// An object store error: a bad location is permanent, anything else (network, throttling)
+/// worth another attempt.
+pub(crate) fn store_failure(e: JobsError) -> Failure {
+    match e {
+        JobsError::InvalidArgument(_) => Failure::permanent(e.to_string()),
+        other => Failure::retryable(other.to_string()),
     }
 }
 

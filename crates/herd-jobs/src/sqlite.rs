@@ -491,6 +491,40 @@ impl Queue for SqliteQueue {
         Ok(res.rows_affected())
     }
 
+    async fn cancel(&self, id: &str, reason: &str) -> Result<JobState, JobsError> {
+        let now = self.clock.now_ms();
+        let mut tx = self.begin().await?;
+        let row = sqlx::query("SELECT state FROM jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        let Some(row) = row else {
+            return Err(JobsError::NotFound(id.to_string()));
+        };
+        let state: String = row.try_get("state").map_err(|e| self.err(e))?;
+        let state = JobState::from_str(&state).map_err(|e| JobsError::Corrupt(e.to_string()))?;
+        if matches!(state, JobState::Done | JobState::Dead) {
+            return Err(JobsError::NotCancellable {
+                id: id.to_string(),
+                state: state.to_string(),
+            });
+        }
+        sqlx::query(
+            "UPDATE jobs SET state = 'dead', finished_ms = ?, updated_ms = ?, last_error = ?,
+             lease_token = NULL, lease_expires_ms = NULL WHERE id = ?",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(state)
+    }
+
     async fn list(&self, filter: &ListFilter) -> Result<Vec<Job>, JobsError> {
         let rows = sqlx::query(
             "SELECT * FROM jobs WHERE (? IS NULL OR queue = ?) AND (? IS NULL OR state = ?)

@@ -430,6 +430,108 @@ async fn permanent_failure_goes_straight_to_dead_and_requeue_all_works() {
 }
 
 #[tokio::test]
+async fn cancel_moves_waiting_delayed_and_running_jobs_to_dead_and_fences_the_worker() {
+    for b in backends("cancel").await {
+        let queue = b.open().await;
+        let waiting = queue.enqueue(cmd_spec("default", "w")).await.unwrap();
+        b.clock.advance_ms(1);
+        let running = queue.enqueue(cmd_spec("default", "r")).await.unwrap();
+        b.clock.advance_ms(1);
+        let delayed = queue.enqueue(cmd_spec("other", "d")).await.unwrap();
+        // Claim `running` (oldest first: take `waiting`, give it back, then take the next).
+        let first = queue
+            .claim("w1", &q(&["default"]), LEASE)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.job.id, waiting, "{}", b.name);
+        queue.release(&first).await.unwrap();
+        queue.cancel(&waiting, "cancelled: test").await.unwrap();
+        let mut lease = queue
+            .claim("w1", &q(&["default"]), LEASE)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(lease.job.id, running, "{}", b.name);
+        let d = queue
+            .claim("w2", &q(&["other"]), LEASE)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            queue.fail(&d, &Failure::retryable("later")).await.unwrap(),
+            FailOutcome::Retry { .. }
+        ));
+
+        assert_eq!(
+            queue.cancel(&running, "cancelled by acme").await.unwrap(),
+            JobState::Running,
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            queue.cancel(&delayed, "cancelled").await.unwrap(),
+            JobState::Delayed,
+            "{}",
+            b.name
+        );
+        // The worker that held the running job is fenced: it cannot renew or ack.
+        assert!(
+            matches!(
+                queue.renew(&mut lease, LEASE, None).await,
+                Err(JobsError::LeaseLost { .. })
+            ),
+            "{}",
+            b.name
+        );
+        assert!(matches!(
+            queue.ack(&lease, &JobOutcome::default()).await,
+            Err(JobsError::LeaseLost { .. })
+        ));
+        for id in [&waiting, &running, &delayed] {
+            let job = queue.show(id).await.unwrap().unwrap();
+            assert_eq!(job.state, JobState::Dead, "{}: {job:?}", b.name);
+            assert!(job.last_error.unwrap().starts_with("cancelled"));
+        }
+        assert_eq!(
+            queue.stats("default").await.unwrap(),
+            QueueStats {
+                dead: 2,
+                ..Default::default()
+            },
+            "{}",
+            b.name
+        );
+        // Nothing is claimable, even after the delay would have passed.
+        b.clock.advance_ms(3_600_000);
+        assert!(queue
+            .claim("w3", &q(&["default", "other"]), LEASE)
+            .await
+            .unwrap()
+            .is_none());
+        // Finished jobs cannot be cancelled; unknown ids are not found; requeue brings one back.
+        assert!(matches!(
+            queue.cancel(&running, "again").await,
+            Err(JobsError::NotCancellable { .. })
+        ));
+        assert!(matches!(
+            queue.cancel("j000000000000nope", "x").await,
+            Err(JobsError::NotFound(_))
+        ));
+        assert_eq!(
+            queue.requeue_dead("default", Some(&running)).await.unwrap(),
+            1
+        );
+        let again = queue
+            .claim("w3", &q(&["default"]), LEASE)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.job.id, running, "{}", b.name);
+    }
+}
+
+#[tokio::test]
 async fn release_gives_the_job_back_without_using_an_attempt() {
     for b in backends("release").await {
         let queue = b.open().await;

@@ -26,6 +26,8 @@ use herd_core::Core;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use http::{serve_listener, spawn_with, HttpLimits};
+/// The jobs API (`/v1/jobs`); `herd serve --jobs-queue-url` merges it into the app.
+pub use routes::jobs::router as jobs_router;
 /// The registry REST API; `herd serve --channel` mounts it with
 /// `app.nest("/v1/registry", registry_router(registry, auth))`.
 pub use routes::registry::router as registry_router;
@@ -112,6 +114,17 @@ pub async fn serve_with(
     drain_delay: Duration,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    serve_bound(listener, app, limits, health, drain_delay).await
+}
+
+/// [`serve_with`] on a listener already bound (so the caller knows its address first).
+pub async fn serve_bound(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    health: Arc<service::Health>,
+    drain_delay: Duration,
+) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "herd is serving");
     serve_listener(listener, app, limits, async move {
         shutdown_signal().await;

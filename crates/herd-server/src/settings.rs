@@ -119,6 +119,46 @@ pub struct Settings {
     /// Do not install ONNX Runtime automatically when it is missing.
     #[arg(long, env = "HERD_NO_AUTO_INSTALL")]
     pub no_auto_install: bool,
+
+    #[command(flatten)]
+    pub jobs: JobsSettings,
+}
+
+/// The jobs API (`/v1/jobs`); off unless `--jobs-queue-url` is given.
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct JobsSettings {
+    /// Queue behind the jobs API at /v1/jobs (sqlite://PATH, redis://..., postgres://...), the
+    /// one `herd worker --queue-url` drains. Without it the jobs API is off.
+    #[arg(long, env = "HERD_JOBS_QUEUE_URL")]
+    #[serde(serialize_with = "ser_redacted_opt")]
+    pub jobs_queue_url: Option<String>,
+
+    /// The operator's job templates (TOML): the only `command` jobs the API accepts (program,
+    /// arguments, environment, limits, allowed tenants). Without it the API takes no commands.
+    #[arg(long, env = "HERD_JOB_TEMPLATES")]
+    pub job_templates: Option<PathBuf>,
+
+    /// Where tenants' batch-infer inputs and results live (a directory, file:// or
+    /// s3://bucket/prefix): a tenant's input is <data>/<tenant>/<input>, its results
+    /// <data>/<tenant>/results/. Without it tenants cannot enqueue batch-infer.
+    #[arg(long, env = "HERD_JOBS_DATA")]
+    pub jobs_data: Option<String>,
+
+    /// Base URL workers call for batch-infer jobs enqueued through the API (this server as the
+    /// workers reach it). Default: http://<--addr>.
+    #[arg(long, env = "HERD_JOBS_INFER_URL")]
+    pub jobs_infer_url: Option<String>,
+
+    /// Queue of API jobs that name none.
+    #[arg(long, env = "HERD_JOBS_DEFAULT_QUEUE", default_value = "default")]
+    pub jobs_default_queue: String,
+}
+
+fn ser_redacted_opt<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(u) => s.serialize_str(&herd_jobs::redact_url(u)),
+        None => s.serialize_none(),
+    }
 }
 
 fn ser_debug<T: std::fmt::Debug, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {

@@ -276,6 +276,9 @@ impl Queue for RenewalsFail {
     async fn requeue_dead(&self, queue: &str, id: Option<&str>) -> Result<u64, JobsError> {
         self.inner.requeue_dead(queue, id).await
     }
+    async fn cancel(&self, id: &str, reason: &str) -> Result<herd_jobs::JobState, JobsError> {
+        self.inner.cancel(id, reason).await
+    }
     async fn list(&self, filter: &ListFilter) -> Result<Vec<Job>, JobsError> {
         self.inner.list(filter).await
     }

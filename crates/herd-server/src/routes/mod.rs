@@ -3,6 +3,7 @@
 mod health;
 mod infer;
 mod infinity;
+pub mod jobs;
 mod metrics;
 mod models;
 mod openai;

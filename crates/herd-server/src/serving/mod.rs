@@ -118,6 +118,8 @@ pub struct Server {
     pub core: Arc<Core>,
     pub app: Router,
     pub channel: Option<Arc<RegistrySource>>,
+    /// The jobs API, when `--jobs-queue-url` is given.
+    pub jobs: Option<Arc<herd_jobs::api::JobsApi>>,
     watcher: Option<tokio::task::JoinHandle<()>>,
     /// The listener of [`Server::start`] (stopped when the server is dropped).
     listener: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -174,6 +176,13 @@ impl Server {
                 Duration::from_millis(settings.registry.channel_poll_ms.max(50)),
             ));
         }
+        let jobs = jobs_api(&settings.server).await?;
+        if let Some(api) = &jobs {
+            app = app.merge(
+                crate::jobs_router(state.service.clone(), api.clone())
+                    .layer(axum::extract::DefaultBodyLimit::max(1 << 20)),
+            );
+        }
         // Ready (GET /v2/health/ready) once the pinned models are loaded.
         state.start();
         core.spawn_warmup_loop();
@@ -183,9 +192,18 @@ impl Server {
             core,
             app,
             channel,
+            jobs,
             watcher,
             listener: None,
         })
+    }
+
+    /// Tells the parts that need it where the server listens (the jobs API's default
+    /// inference URL for batch-infer workers).
+    pub fn bound(&self, addr: SocketAddr) {
+        if let Some(j) = &self.jobs {
+            j.set_default_infer_url(format!("http://{addr}"));
+        }
     }
 
     /// Builds and serves on `addr` in the background (port 0 picks one) with the settings'
@@ -204,6 +222,7 @@ impl Server {
                 error: e,
             })?;
         server.listener = Some(h);
+        server.bound(bound);
         Ok((bound, server))
     }
 }
@@ -218,9 +237,18 @@ pub async fn serve(settings: ServeSettings, ort_lib: PathBuf) -> Result<(), Serv
         "memory budget"
     );
     let addr = settings.server.addr;
-    crate::serve_with(
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ServeError::Io {
+            context: format!("cannot listen on {addr}"),
+            error: e,
+        })?;
+    if let Ok(a) = listener.local_addr() {
+        server.bound(a);
+    }
+    crate::serve_bound(
+        listener,
         server.app.clone(),
-        addr,
         settings.server.http_limits(),
         server.state.health.clone(),
         settings.server.drain_delay(),
@@ -254,6 +282,41 @@ pub async fn open_registry(
     Ok(Registry::open(registry_url, artifacts_url)
         .await?
         .with_config_check(config_check()))
+}
+
+/// The jobs API when `--jobs-queue-url` is given (its queue, the operator's templates).
+async fn jobs_api(s: &Settings) -> Result<Option<Arc<herd_jobs::api::JobsApi>>, ServeError> {
+    let j = &s.jobs;
+    let Some(url) = &j.jobs_queue_url else {
+        return Ok(None);
+    };
+    let queue = herd_jobs::connect(url)
+        .await
+        .map_err(|e| ServeError::Config(format!("jobs API: {e}")))?;
+    let templates = match &j.job_templates {
+        Some(p) => herd_jobs::api::Templates::from_file(p)
+            .map_err(|e| ServeError::Config(e.to_string()))?,
+        None => herd_jobs::api::Templates::default(),
+    };
+    // Default: this server's own address once bound (see `Server::bound`).
+    let infer_url = j.jobs_infer_url.clone();
+    tracing::info!(
+        queue = %herd_jobs::redact_url(url),
+        templates = templates.len(),
+        data = ?j.jobs_data,
+        infer_url = ?infer_url,
+        "jobs API on at /v1/jobs"
+    );
+    Ok(Some(Arc::new(herd_jobs::api::JobsApi::new(
+        queue,
+        templates,
+        herd_jobs::api::JobsApiConfig {
+            infer_url,
+            data_root: j.jobs_data.clone(),
+            default_queue: j.jobs_default_queue.clone(),
+            ..Default::default()
+        },
+    ))))
 }
 
 /// Opens the channel's source when `--channel` is given.

@@ -190,6 +190,10 @@ pub enum EnqueueKind {
         /// JSONL/Parquet field holding the feature vector.
         #[arg(long, default_value = "input")]
         input_field: String,
+        /// Text input for a text pipeline model: the JSONL field or CSV column holding each
+        /// row's text (a bare JSON string line also works); outputs are its embeddings/labels.
+        #[arg(long)]
+        text_field: Option<String>,
         /// Field/column carried to the output to match rows.
         #[arg(long, default_value = "id")]
         id_field: String,
@@ -400,6 +404,7 @@ fn specs_from_args(a: &EnqueueArgs) -> anyhow::Result<Vec<JobSpec>> {
             format,
             input_name,
             input_field,
+            text_field,
             id_field,
             batch_size,
             token_secret,
@@ -413,10 +418,11 @@ fn specs_from_args(a: &EnqueueArgs) -> anyhow::Result<Vec<JobSpec>> {
             p.format = format;
             p.input_name = input_name.clone();
             p.input_field = input_field.clone();
+            p.text_field = text_field.clone();
             p.id_field = id_field.clone();
             p.batch_size = *batch_size;
             p.token_secret = token_secret.clone();
-            if !std::path::Path::new(input).exists() {
+            if !herd_jobs::storage::is_remote(input) && !std::path::Path::new(input).exists() {
                 eprintln!(
                     "warning: {input} does not exist here; the worker must be able to read it"
                 );
