@@ -1178,6 +1178,41 @@ mod tests {
     }
 
     #[test]
+    fn text_input_from_jsonl_fields_strings_and_csv_columns() {
+        let mut p = params("x.jsonl");
+        p.text_field = Some("body".into());
+        let text = "{\"id\": 1, \"body\": \"hello\"}\n\"bare string\"\n{\"body\": 3}\n{\"other\": \"x\"}\n";
+        let parsed = parse_jsonl(text.as_bytes(), &p).unwrap();
+        assert_eq!(parsed.rows.len(), 2);
+        assert_eq!(parsed.rows[0].text.as_deref(), Some("hello"));
+        assert_eq!(parsed.rows[0].id, Some(json!(1)));
+        assert_eq!(parsed.rows[1].text.as_deref(), Some("bare string"));
+        assert_eq!(
+            parsed.bad.iter().map(|b| b.line).collect::<Vec<_>>(),
+            vec![3, 4]
+        );
+        assert!(
+            parsed.bad[0].error.contains("not a string"),
+            "{:?}",
+            parsed.bad
+        );
+        let csv = "id,body,n\na,first text,1\nb,\"second, quoted\",2\n";
+        let parsed = parse_csv(csv.as_bytes(), &p).unwrap();
+        let texts: Vec<_> = parsed
+            .rows
+            .iter()
+            .map(|r| r.text.clone().unwrap())
+            .collect();
+        assert_eq!(texts, vec!["first text", "second, quoted"]);
+        assert_eq!(parsed.rows[1].id, Some(json!("b")));
+        p.text_field = Some("missing".into());
+        assert!(parse_csv(csv.as_bytes(), &p)
+            .unwrap_err()
+            .to_string()
+            .contains("no column 'missing'"));
+    }
+
+    #[test]
     fn width_check_moves_odd_rows_to_bad() {
         let text = "[1, 2]\n[1, 2, 3]\n[4, 5]\n";
         let mut parsed = parse_jsonl(text.as_bytes(), &params("x.jsonl")).unwrap();

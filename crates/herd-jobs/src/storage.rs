@@ -251,3 +251,52 @@ impl Drop for StagingDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Round trip through the S3-compatible test endpoint (moto from scripts/test-services.sh):
+    /// upload, download, small read/write, a missing object is `None`.
+    #[tokio::test]
+    async fn s3_round_trip_through_the_test_endpoint() {
+        let Ok(endpoint) = std::env::var("HERD_TEST_S3_ENDPOINT") else {
+            assert!(
+                std::env::var("CI").is_err(),
+                "HERD_TEST_S3_ENDPOINT is not set under CI: run scripts/test-services.sh"
+            );
+            eprintln!("SKIPPED: HERD_TEST_S3_ENDPOINT not set");
+            return;
+        };
+        std::env::set_var("AWS_ENDPOINT_URL", &endpoint);
+        let bucket = format!("herd-jobs-{:08x}", rand::random::<u32>());
+        let r = reqwest::Client::new()
+            .put(format!("{endpoint}/{bucket}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "create bucket: {}", r.status());
+        let dir = std::env::temp_dir().join(format!("herd-s3-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let local = dir.join("in.jsonl");
+        let body: Vec<u8> = (0..50_000)
+            .flat_map(|i| format!("[{i}, 1]\n").into_bytes())
+            .collect();
+        std::fs::write(&local, &body).unwrap();
+        let url = format!("s3://{bucket}/acme/in.jsonl");
+        upload(&local, &url).await.unwrap();
+        let back = dir.join("back.jsonl");
+        download(&url, &back).await.unwrap();
+        assert_eq!(std::fs::read(&back).unwrap(), body);
+        let small = format!("s3://{bucket}/acme/results/j1.json");
+        assert_eq!(read_small(&small).await.unwrap(), None);
+        write_small(&small, b"{}".to_vec()).await.unwrap();
+        assert_eq!(read_small(&small).await.unwrap(), Some(b"{}".to_vec()));
+        let missing = download(&format!("s3://{bucket}/nope.jsonl"), &back).await;
+        assert!(
+            matches!(&missing, Err(JobsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound),
+            "{missing:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
