@@ -746,17 +746,7 @@ impl Core {
                 }
             }
         };
-        let mut working_io = warm(&mut instances[0]);
-        // What a run leaves allocated until the next one (the engine's buffers of the last
-        // shape) adds to the next run's peak: when the first run left memory behind, run
-        // again, so the peak measured is that of a run after a run.
-        let left = memory::allocated_bytes()
-            .zip(loaded)
-            .map(|(a, l)| a.saturating_sub(l))
-            .unwrap_or(0);
-        if working_io.is_ok() && left > 1 << 20 {
-            working_io = warm(&mut instances[0]);
-        }
+        let working_io = warm(&mut instances[0]);
         sampling.store(false, Ordering::Relaxed);
         let _ = sampler.join();
         let working_io = working_io?;
