@@ -818,17 +818,24 @@ impl Core {
             if let Some(e) = st.entries.get_mut(&key) {
                 e.shared = shared.clone();
             }
-            let extra = charge.saturating_sub(reserved);
-            match self.make_room(&mut st, name, extra, &key) {
+            // The reservation stood for the whole model; its shared weights are counted as
+            // shared bytes now, so room is made for the measured charge without the
+            // reservation (counting both once refused loads that fit: NoRoom with needed 0).
+            st.used = st.used.saturating_sub(reserved);
+            match self.make_room(&mut st, name, charge, &key) {
                 Ok(()) => {}
                 Err(CoreError::NoRoom { .. }) if waiting_since.elapsed() < self.cfg.room_wait => {
+                    st.used += reserved;
                     drop(st);
                     std::thread::sleep(Duration::from_millis(2));
                     continue;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    st.used += reserved;
+                    return Err(e);
+                }
             }
-            st.used = st.used.saturating_sub(reserved) + charge;
+            st.used += charge;
             if let Some(e) = st.entries.get_mut(&key) {
                 e.charge = charge;
             }

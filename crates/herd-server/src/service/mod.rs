@@ -187,7 +187,10 @@ impl Service {
                     .core
                     .infer(InferRequest {
                         model: req.model,
-                        version: Some(version.clone()),
+                        // The caller's own choice, not the version resolved above: a release
+                        // switch between the two must not turn "the served version" into a
+                        // version that just left (404 during a swap).
+                        version: req.version,
                         inputs: req.inputs,
                         outputs: req.outputs,
                     })
