@@ -860,37 +860,45 @@ async fn dynamic_batching_merges_requests_and_keeps_answers_apart(kind: Src) {
     write_config(&repo, "b", "max_batch_size = 64\nmax_queue_delay_ms = 30");
     let s = Arc::new(start_on(kind, &repo, big_budget(), Auth::open()).await);
     s.infer_ok("b", 4, &x_for(0)).await;
-    let tasks: Vec<_> = (0..24u64)
-        .map(|i| {
-            let s = s.clone();
-            tokio::spawn(async move {
-                let x = x_for(100 + i);
-                let (status, v, h) = s.post("/v2/models/b/infer", &infer_body(&x)).await;
-                assert_eq!(status, 200);
-                let (labels, _) = LinearClassifier::random(DIM, CLASSES, 4).predict(&x);
-                let label = v["outputs"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|o| o["name"] == "label")
-                    .unwrap()
-                    .clone();
-                assert_eq!(label["data"][0].as_i64(), Some(labels[0]));
-                h["x-batch-rows"]
-                    .to_str()
-                    .unwrap()
-                    .parse::<usize>()
-                    .unwrap()
-            })
-        })
-        .collect();
+    // The window is waited only while another request runs, so on a loaded machine one burst
+    // can arrive spread out; a few bursts give it the chance (a batcher that never merges fails
+    // all of them).
     let mut max_rows = 0;
-    for t in tasks {
-        max_rows = max_rows.max(t.await.unwrap());
+    for _burst in 0..5 {
+        let tasks: Vec<_> = (0..24u64)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let x = x_for(100 + i);
+                    let (status, v, h) = s.post("/v2/models/b/infer", &infer_body(&x)).await;
+                    assert_eq!(status, 200);
+                    let (labels, _) = LinearClassifier::random(DIM, CLASSES, 4).predict(&x);
+                    let label = v["outputs"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|o| o["name"] == "label")
+                        .unwrap()
+                        .clone();
+                    assert_eq!(label["data"][0].as_i64(), Some(labels[0]));
+                    h["x-batch-rows"]
+                        .to_str()
+                        .unwrap()
+                        .parse::<usize>()
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            max_rows = max_rows.max(t.await.unwrap());
+        }
+        if max_rows > 1 {
+            break;
+        }
     }
     assert!(
         max_rows > 1,
-        "24 concurrent requests with a 30 ms window never shared a batch"
+        "5 bursts of 24 concurrent requests with a 30 ms window never shared a batch"
     );
 }
 both_sources!(dynamic_batching_merges_requests_and_keeps_answers_apart);
