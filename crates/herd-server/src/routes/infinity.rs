@@ -18,7 +18,7 @@ use herd_api::ErrorCode;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::openai::{base64_encode, OpenAiError};
+use super::openai::{base64_encode, wants_base64, OpenAiError};
 use crate::auth::bearer;
 use crate::service::{Caller, Classify, Embed, Rerank, TextKind};
 use crate::AppState;
@@ -77,17 +77,7 @@ pub async fn embeddings(
         )
         .param("modality"));
     }
-    let base64 = match req.encoding_format.as_deref() {
-        None | Some("float") => false,
-        Some("base64") => true,
-        Some(other) => {
-            return Err(OpenAiError::new(
-                ErrorCode::InvalidInput,
-                format!("encoding_format '{other}' is not supported; use float or base64"),
-            )
-            .param("encoding_format"))
-        }
-    };
+    let base64 = wants_base64(req.encoding_format.as_deref())?;
     let out = s
         .service
         .embed(

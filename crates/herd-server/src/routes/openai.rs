@@ -171,17 +171,7 @@ pub async fn embeddings(
                 .param("input"),
         );
     }
-    let base64 = match req.encoding_format.as_deref() {
-        None | Some("float") => false,
-        Some("base64") => true,
-        Some(other) => {
-            return Err(OpenAiError::new(
-                ErrorCode::InvalidInput,
-                format!("encoding_format '{other}' is not supported; use float or base64"),
-            )
-            .param("encoding_format"))
-        }
-    };
+    let base64 = wants_base64(req.encoding_format.as_deref())?;
     let out = s
         .service
         .embed(
@@ -222,6 +212,20 @@ pub async fn embeddings(
         "model": req.model,
         "usage": {"prompt_tokens": out.tokens, "total_tokens": out.tokens},
     })))
+}
+
+/// OpenAI's `encoding_format`: `float` (the default) or `base64` (true); anything else is a 400
+/// naming the parameter.
+pub(crate) fn wants_base64(encoding_format: Option<&str>) -> Result<bool, OpenAiError> {
+    match encoding_format {
+        None | Some("float") => Ok(false),
+        Some("base64") => Ok(true),
+        Some(other) => Err(OpenAiError::new(
+            ErrorCode::InvalidInput,
+            format!("encoding_format '{other}' is not supported; use float or base64"),
+        )
+        .param("encoding_format")),
+    }
 }
 
 pub(crate) fn base64_encode(raw: &[u8]) -> String {
