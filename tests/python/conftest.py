@@ -149,6 +149,14 @@ class Server:
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"null")
 
+    def stop(self):
+        """SIGTERM, then SIGKILL after 20 s."""
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
     def get(self, path):
         try:
             with urllib.request.urlopen(self.url + path, timeout=60) as r:
@@ -157,18 +165,20 @@ class Server:
             return e.code, e.read()
 
 
-@pytest.fixture(scope="session")
-def server(repo, tmp_path_factory):
+def start_server(args, log, env=None, budget="2GiB", ready_tries=600):
+    """Starts `herd serve ARGS` on a free loopback port with `--memory-budget BUDGET`, its output in
+    `log`, and waits until /v2/health/ready answers 200. Fails the test with the log if it exits or
+    is not ready within `ready_tries` x 0.1 s. Every Python test starts herd through this."""
     port = free_port()
-    log = tmp_path_factory.mktemp("log") / "herd.log"
+    log = Path(log)
     with open(log, "w") as f:
         proc = subprocess.Popen(
-            [herd_bin(), "serve", "--repo", str(repo), "--addr", f"127.0.0.1:{port}",
-             "--memory-budget", "2GiB", "--no-auto-install"],
-            stdout=f, stderr=subprocess.STDOUT,
+            [herd_bin(), "serve", *map(str, args), "--addr", f"127.0.0.1:{port}",
+             "--memory-budget", str(budget), "--no-auto-install"],
+            stdout=f, stderr=subprocess.STDOUT, env=env,
         )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
+    for _ in range(ready_tries):
         if proc.poll() is not None:
             pytest.fail(f"herd serve exited with {proc.returncode}: {log.read_text()}")
         try:
@@ -180,9 +190,11 @@ def server(repo, tmp_path_factory):
     else:
         proc.kill()
         pytest.fail(f"herd serve did not become ready: {log.read_text()}")
-    yield Server(url, proc)
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    return Server(url, proc)
+
+
+@pytest.fixture(scope="session")
+def server(repo, tmp_path_factory):
+    s = start_server(["--repo", repo], tmp_path_factory.mktemp("log") / "herd.log")
+    yield s
+    s.stop()

@@ -9,12 +9,9 @@ import shutil
 import subprocess
 import threading
 import time
-import urllib.request
 
-import numpy as np
-import pytest
 
-from conftest import Server, free_port, herd_bin, minilm_path, tokenizer_path
+from conftest import herd_bin, minilm_path, start_server, tokenizer_path
 from test_pipelines import cos, reference
 
 TEXTS = ["A man is eating food.", "The cat sits outside", "Do you like pizza?", "Ein Mann isst Essen."]
@@ -24,35 +21,6 @@ def herd(env, *args):
     out = subprocess.run([herd_bin(), *args], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, (args, out.stdout, out.stderr)
     return out.stdout
-
-
-def start(args, log, env=None):
-    port = free_port()
-    f = open(log, "w")
-    proc = subprocess.Popen([herd_bin(), "serve", *args, "--addr", f"127.0.0.1:{port}",
-                             "--memory-budget", "2GiB", "--no-auto-install"], stdout=f, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        if proc.poll() is not None:
-            pytest.fail(f"herd serve exited with {proc.returncode}: {open(log).read()}")
-        try:
-            with urllib.request.urlopen(url + "/v2/health/ready", timeout=1) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail(f"herd serve did not become ready: {open(log).read()}")
-    return Server(url, proc)
-
-
-def stop(server):
-    server.proc.terminate()
-    try:
-        server.proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
 
 
 def embed(server, texts=TEXTS):
@@ -88,7 +56,7 @@ def test_channel_bundle_release_swap_rollback_export(tmp_path):
     assert {f["path"] for f in pushed["version"]["files"]} == {"model.onnx", "tokenizer.json", "config.toml"}
     herd(env, "model", "push", "other", str(mean_dir), "--create")
     r1 = json.loads(herd(env, "release", "create", "--set", "emb=1", "--set", "other=1", "--promote", "production", "--json"))["release"]
-    server = start(["--channel", "production", "--channel-poll-ms", "100",
+    server = start_server(["--channel", "production", "--channel-poll-ms", "100",
                     "--artifact-cache", str(tmp_path / "cache")], tmp_path / "serve.log", env)
     try:
         first = embed(server)
@@ -139,7 +107,7 @@ def test_channel_bundle_release_swap_rollback_export(tmp_path):
         back = embed(server)
         assert min(cos(a, b) for a, b in zip(back, first)) >= 0.99999
     finally:
-        stop(server)
+        server.stop()
 
     # 4. Export each release and serve it with no registry: the same answers.
     for rel, want in ((r1, first), (r2, second)):
@@ -148,9 +116,9 @@ def test_channel_bundle_release_swap_rollback_export(tmp_path):
         meta = json.loads((out / "release.json").read_text())
         assert meta["id"] == rel["id"] and set(meta["entries"]) == {"emb", "other"}
         assert "lineage" in meta
-        s = start(["--repo", str(out)], tmp_path / f"serve-{rel['short_id']}.log", env)
+        s = start_server(["--repo", str(out)], tmp_path / f"serve-{rel['short_id']}.log", env)
         try:
             got = embed(s)
             assert min(cos(a, b) for a, b in zip(got, want)) >= 0.99999
         finally:
-            stop(s)
+            s.stop()

@@ -15,19 +15,19 @@ Each customer test first measures what one customer costs with sharing off (a se
 HERD_SHARED_WEIGHTS=off, the repository index's unique_bytes), then serves every customer at once
 on a server whose budget holds `copies` such customers and not one more (MiniLM: 4).
 """
+import itertools
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from conftest import ROOT, Server, free_port, herd_bin
+from conftest import ROOT, start_server
 
 FULL = os.environ.get("HERD_SHARED_FULL") == "1"
 # Resident memory the process needs beyond the charged bytes: the ONNX Runtime library, the
@@ -44,38 +44,12 @@ def make(out, encoder, count, first=0):
     return json.loads(r.stdout)
 
 
+_LOGS = itertools.count()
+
+
 def start(repo, budget, tmp, env_extra=None):
-    port = free_port()
-    log = tmp / f"herd-{port}.log"
-    env = dict(os.environ, **(env_extra or {}))
-    with open(log, "w") as f:
-        proc = subprocess.Popen(
-            [herd_bin(), "serve", "--repo", str(repo), "--addr", f"127.0.0.1:{port}",
-             "--memory-budget", str(budget), "--no-auto-install"],
-            stdout=f, stderr=subprocess.STDOUT, env=env,
-        )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        if proc.poll() is not None:
-            pytest.fail(f"herd serve exited with {proc.returncode}: {log.read_text()}")
-        try:
-            with urllib.request.urlopen(url + "/v2/health/ready", timeout=1) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail(f"herd serve did not become ready: {log.read_text()}")
-    return Server(url, proc)
-
-
-def stop(s):
-    s.proc.terminate()
-    try:
-        s.proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        s.proc.kill()
+    return start_server(["--repo", repo], tmp / f"herd-{next(_LOGS)}.log", env=dict(os.environ, **(env_extra or {})),
+                        budget=budget)
 
 
 def rss(s):
@@ -140,7 +114,7 @@ def unshared_charge(repo, model, tmp):
         assert e["state"] == "READY" and e.get("shared_bytes", 0) == 0, e
         return e["unique_bytes"]
     finally:
-        stop(s)
+        s.stop()
 
 
 def serve_all_at_once(tmp_path, encoder, count, compare_every, copies):
@@ -199,7 +173,7 @@ def serve_all_at_once(tmp_path, encoder, count, compare_every, copies):
         print(f"after unloading all: RSS {after} B")
         assert after < resident - shared[0] * 0.8, (resident, after, shared[0])
     finally:
-        stop(s)
+        s.stop()
         shutil.rmtree(repo, ignore_errors=True)  # up to 260 MB (CI) or 4.6 GB (full run)
 
 
@@ -294,4 +268,4 @@ def test_lora_adapters_run_on_the_base_session_and_answer_as_onnxruntime(tmp_pat
             assert status == 200, (m, body)
         assert metric(s, "herd_cache_memory_used_bytes") == idx[base]["unique_bytes"] + idx[base]["shared_bytes"]
     finally:
-        stop(s)
+        s.stop()

@@ -12,7 +12,6 @@ import functools
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from tokenizers import Tokenizer
 
-from conftest import CLASSES, ROOT, Server, free_port, herd_bin, make_pipelines
+from conftest import CLASSES, ROOT, make_pipelines, start_server
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import make_cross_encoder  # noqa: E402
@@ -102,33 +101,9 @@ def repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def srv(repo, tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("tei-log") / "herd.log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(
-            [herd_bin(), "serve", "--repo", str(repo), "--addr", f"127.0.0.1:{port}",
-             "--memory-budget", "2GiB", "--no-auto-install"],
-            stdout=f, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        if proc.poll() is not None:
-            pytest.fail(f"herd serve exited with {proc.returncode}: {log.read_text()}")
-        try:
-            with urllib.request.urlopen(url + "/v2/health/ready", timeout=1) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail(f"herd serve did not become ready: {log.read_text()}")
-    yield Server(url, proc)
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    s = start_server(["--repo", repo], tmp_path_factory.mktemp("tei-log") / "herd.log", ready_tries=300)
+    yield s
+    s.stop()
 
 
 def model(m):

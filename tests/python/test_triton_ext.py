@@ -8,7 +8,6 @@ onnxruntime's Python API takes no bfloat16 arrays).
 """
 import gzip
 import json
-import subprocess
 import urllib.request
 import zlib
 
@@ -18,7 +17,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import Server, free_port, herd_bin
+from conftest import start_server
 
 CLASSES = ["ant", "bee", "cat", "dog", "eel"]
 W = (np.arange(20, dtype=np.float32).reshape(4, 5) - 9.5) / 8.0
@@ -67,34 +66,10 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def srv(models, tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("log") / "herd.log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(
-            [herd_bin(), "serve", "--repo", str(models), "--addr", f"127.0.0.1:{port}",
-             "--memory-budget", "512MiB", "--no-auto-install", "--max-body", str(MAX_BODY)],
-            stdout=f, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    import time
-    for _ in range(300):
-        if proc.poll() is not None:
-            pytest.fail(f"herd serve exited with {proc.returncode}: {log.read_text()}")
-        try:
-            with urllib.request.urlopen(url + "/v2/health/ready", timeout=1) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail(f"herd serve did not become ready: {log.read_text()}")
-    yield Server(url, proc)
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    s = start_server(["--repo", models, "--max-body", MAX_BODY], tmp_path_factory.mktemp("log") / "herd.log",
+                     budget="512MiB", ready_tries=300)
+    yield s
+    s.stop()
 
 
 def client(srv):

@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 use herd_onnx::LinearClassifier;
 use serde_json::{json, Value};
 
+mod support;
+use support::venv_python;
+
 const MIB: u64 = 1 << 20;
 /// The server's model budget in this battery.
 const BUDGET: u64 = 384 * MIB;
@@ -54,29 +57,6 @@ fn herd_bin() -> PathBuf {
     std::env::var_os("HERD_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_herd")))
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The venv's python with the MiniLM packages, or None (SKIPPED outside CI).
-fn python() -> Option<PathBuf> {
-    let py = root().join(".venv/bin/python");
-    if py.exists() {
-        return Some(py);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "{} is missing and CI is set: run scripts/test-python.sh to build the venv",
-            py.display()
-        );
-    }
-    eprintln!(
-        "SKIPPED: {} not found; run scripts/test-python.sh for the attack battery",
-        py.display()
-    );
-    None
 }
 
 /// Writes the models that need Python's onnx package: `big` (a 128 MiB initializer, for
@@ -247,7 +227,7 @@ fn serial() -> MutexGuard<'static, ()> {
 fn server() -> Option<&'static Server> {
     SERVER
         .get_or_init(|| {
-            let py = python()?;
+            let py = venv_python()?;
             let repo = write_repo(&py);
             Some(start_server(&repo, HTTP_FLAGS))
         })
@@ -1026,7 +1006,7 @@ fn oversized_body_is_a_json_413_and_metrics_need_a_token() {
 #[test]
 fn listener_limits_answer_408_and_503() {
     let _one_at_a_time = serial();
-    let Some(py) = python() else { return };
+    let Some(py) = venv_python() else { return };
     drop(py);
     let repo = Path::new(env!("CARGO_TARGET_TMPDIR")).join("attack-listener-repo");
     let _ = std::fs::remove_dir_all(&repo);
@@ -1153,7 +1133,7 @@ fn gauge(metrics: &str, name: &str) -> Option<u64> {
 #[test]
 fn hundreds_of_max_length_texts_at_the_realistic_shape() {
     let _one_at_a_time = serial();
-    let Some(py) = python() else { return };
+    let Some(py) = venv_python() else { return };
     let repo = Path::new(env!("CARGO_TARGET_TMPDIR")).join("attack-realistic-repo");
     let _ = std::fs::remove_dir_all(&repo);
     std::fs::create_dir_all(&repo).unwrap();

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use herd_jobs::{CommandParams, JobKind, JobSpec};
 use serde_json::Value;
 
-const HERD: &str = env!("CARGO_BIN_EXE_herd");
+mod support;
+use support::{runtime_available, HERD};
 
 fn worker_command_exists() -> bool {
     Command::new(HERD)
@@ -312,16 +313,6 @@ fn walkthrough(dir: &Path, url: &str, label: &str) {
         println!("BENCH worker logs carried no JSON timestamps; process timings not available");
     }
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn runtime_available() -> bool {
-    Command::new(HERD)
-        .args(["runtime", "path"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
 }
 
 /// A serving pool on the local backend: the autoscaler starts `herd serve` (min 1), reads its

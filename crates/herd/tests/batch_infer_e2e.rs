@@ -6,81 +6,14 @@
 //!
 //! Run: `cargo test -p herd --test batch_infer_e2e -- --nocapture`
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use herd_onnx::LinearClassifier;
 use serde_json::Value;
 
-const HERD: &str = env!("CARGO_BIN_EXE_herd");
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `herd serve` on a free loopback port; returns it with its base URL.
-fn start_server(repo: &Path) -> (Server, String) {
-    start_server_with(repo, &[])
-}
-
-/// [`start_server`] with extra `herd serve` flags.
-fn start_server_with(repo: &Path, extra: &[&str]) -> (Server, String) {
-    let mut child = Command::new(HERD)
-        .args(["serve", "--repo"])
-        .arg(repo)
-        .args(["--addr", "127.0.0.1:0", "--log-json"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn herd serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["fields"]["message"] == "herd is serving" {
-                    if let Some(addr) = v["fields"]["addr"].as_str() {
-                        let _ = tx.send(Ok(addr.to_string()));
-                    }
-                }
-            }
-            seen.push(line);
-        }
-        let _ = tx.send(Err(seen.join("\n")));
-    });
-    match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok(Ok(addr)) => (Server(child), format!("http://{addr}")),
-        Ok(Err(log)) => panic!("herd serve exited before serving:\n{log}"),
-        Err(_) => {
-            let _ = child.kill();
-            panic!("herd serve did not report its address within 2 minutes");
-        }
-    }
-}
-
-fn herd(args: &[&str]) -> String {
-    let out = Command::new(HERD)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run herd");
-    assert!(
-        out.status.success(),
-        "herd {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+mod support;
+use support::{herd, serve, HERD};
 
 fn lines_of(path: &str) -> Vec<Value> {
     std::fs::read_to_string(path)
@@ -113,7 +46,7 @@ fn batch_infer_jsonl_and_csv_through_real_server_and_worker() {
     std::fs::create_dir_all(repo.join("clf/1")).unwrap();
     let clf = LinearClassifier::random(4, 3, 7);
     std::fs::write(repo.join("clf/1/model.onnx"), clf.to_onnx("clf")).unwrap();
-    let (_server, base) = start_server(&repo);
+    let (_server, base) = serve(&["--repo", repo.to_str().unwrap()], &[]);
 
     let rows: Vec<[f32; 4]> = (0..7)
         .map(|i| {
@@ -318,7 +251,15 @@ fn batch_infer_against_a_server_with_tokens() {
         ),
     )
     .unwrap();
-    let (_server, base) = start_server_with(&repo, &["--tokens", tokens.to_str().unwrap()]);
+    let (_server, base) = serve(
+        &[
+            "--repo",
+            repo.to_str().unwrap(),
+            "--tokens",
+            tokens.to_str().unwrap(),
+        ],
+        &[],
+    );
     let rows: Vec<[f32; 4]> = (0..5).map(|i| [i as f32, 1.0, -1.0, 0.5]).collect();
     let input = dir.join("rows.jsonl");
     std::fs::write(
@@ -432,7 +373,7 @@ fn text_batch_infer_over_minilm_from_and_to_s3_matches_the_python_reference() {
         "[pipeline]\nmax_length = 256\npooling = \"mean\"\nnormalize = true\n",
     )
     .unwrap();
-    let (_server, base) = start_server(&repo);
+    let (_server, base) = serve(&["--repo", repo.to_str().unwrap()], &[]);
     let sentences = [
         "The cat sat on the mat.",
         "Queues need leases, fencing and idempotent results.",

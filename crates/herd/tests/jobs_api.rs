@@ -11,64 +11,13 @@
 //!
 //! Run: `cargo test -p herd --test jobs_api -- --nocapture`
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use herd_onnx::LinearClassifier;
 use serde_json::{json, Value};
 
-const HERD: &str = env!("CARGO_BIN_EXE_herd");
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `herd serve` on a free loopback port with `extra` flags; returns it with its base URL.
-fn start_server(repo: &Path, extra: &[&str], envs: &[(&str, &str)]) -> (Server, String) {
-    let mut cmd = Command::new(HERD);
-    cmd.args(["serve", "--repo"])
-        .arg(repo)
-        .args(["--addr", "127.0.0.1:0", "--log-json"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn herd serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["fields"]["message"] == "herd is serving" {
-                    if let Some(addr) = v["fields"]["addr"].as_str() {
-                        let _ = tx.send(Ok(addr.to_string()));
-                    }
-                }
-            }
-            seen.push(line);
-        }
-        let _ = tx.send(Err(seen.join("\n")));
-    });
-    match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok(Ok(addr)) => (Server(child), format!("http://{addr}")),
-        Ok(Err(log)) => panic!("herd serve exited before serving:\n{log}"),
-        Err(_) => {
-            let _ = child.kill();
-            panic!("herd serve did not report its address within 2 minutes");
-        }
-    }
-}
+mod support;
+use support::{serve, HERD};
 
 fn sha256(t: &str) -> String {
     use std::io::Write;
@@ -209,9 +158,10 @@ async fn tenants_enqueue_batch_infer_and_templates_through_the_jobs_api() {
     )
     .unwrap();
     let queue_url = format!("sqlite://{}", dir.join("jobs.db").display());
-    let (_server, base) = start_server(
-        &repo,
+    let (_server, base) = serve(
         &[
+            "--repo",
+            repo.to_str().unwrap(),
             "--tokens",
             tokens.to_str().unwrap(),
             "--jobs-queue-url",

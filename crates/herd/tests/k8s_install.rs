@@ -20,42 +20,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use herd_onnx::LinearClassifier;
 use serde_json::Value;
 
-const HERD: &str = env!("CARGO_BIN_EXE_herd");
-
-fn skip(what: &str) {
-    if std::env::var_os("CI").is_some() {
-        panic!("{what} is missing; this acceptance test needs it");
-    }
-    eprintln!("SKIPPED: {what} is missing");
-}
-
-fn venv_bin(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../.venv/bin")
-        .join(name)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{prefix}{}x{nanos}", std::process::id())
-}
+mod support;
+use support::{free_port, skip, unique, venv_bin, Kill, HERD};
 
 /// Renders with the real CLI into `dir`; returns every object of every file.
 fn render(dir: &Path, extra: &[&str]) -> Vec<(String, Value)> {
@@ -97,15 +69,6 @@ fn find<'a>(objects: &'a [(String, Value)], kind: &str, name: &str) -> &'a Value
         .map(|(_, o)| o)
         .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("no {kind}/{name} rendered"))
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A fresh schema in the test PostgreSQL, selected by the URL's search_path.
@@ -332,7 +295,7 @@ async fn the_rendered_serving_pod_serves_the_promoted_release_and_refuses_withou
             cmd.env(k, v);
         }
     }
-    let _server = Server(cmd.spawn().unwrap());
+    let _server = Kill(cmd.spawn().unwrap());
     let base = format!("http://127.0.0.1:{port}");
     let ready_path = c["readinessProbe"]["httpGet"]["path"].as_str().unwrap();
     let mut ready = false;

@@ -10,34 +10,12 @@
 //!
 //! Run: `cargo test -p herd --test metrics_scrape -- --nocapture`
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
-
 use herd_scale::metrics_text::{read_token_file, scrape};
 use herd_scale::ScaleError;
-use serde_json::{json, Value};
+use serde_json::json;
 
-const HERD: &str = env!("CARGO_BIN_EXE_herd");
-
-fn runtime_available() -> bool {
-    Command::new(HERD)
-        .args(["runtime", "path"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod support;
+use support::{require_runtime, serve};
 
 fn hash(t: &str) -> String {
     herd_server::auth::hash_token(t)
@@ -45,12 +23,7 @@ fn hash(t: &str) -> String {
 
 #[tokio::test]
 async fn the_scrape_reads_a_token_protected_metrics_page_and_names_the_flag_when_refused() {
-    if !runtime_available() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "ONNX Runtime is missing under CI"
-        );
-        eprintln!("SKIPPED: ONNX Runtime not installed (herd runtime install)");
+    if !require_runtime() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -87,41 +60,16 @@ async fn the_scrape_reads_a_token_protected_metrics_page_and_names_the_flag_when
         Err(ScaleError::MetricsToken { .. })
     ));
 
-    let mut child = Kill(
-        Command::new(HERD)
-            .args(["serve", "--repo", repo.to_str().unwrap()])
-            .args(["--addr", "127.0.0.1:0", "--log-json", "--no-auto-install"])
-            .arg("--tokens")
-            .arg(&tokens)
-            .env_remove("HERD_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let (_server, base) = serve(
+        &[
+            "--repo",
+            repo.to_str().unwrap(),
+            "--no-auto-install",
+            "--tokens",
+            tokens.to_str().unwrap(),
+        ],
+        &[],
     );
-    let stderr = child.0.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if v["fields"]["message"] == "herd is serving" {
-                        if let Some(a) = v["fields"]["addr"].as_str() {
-                            let _ = tx.send(a.to_string());
-                            sent = true;
-                            continue;
-                        }
-                    }
-                }
-                eprintln!("server: {line}");
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("herd serve reports its address");
-    let base = format!("http://{addr}");
     let metrics = format!("{base}/metrics");
     let http = reqwest::Client::new();
 

@@ -3,9 +3,10 @@
 //! workload (same models, same trace, same budget) is within 5% of what the demo measures.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-const HERD: &str = env!("CARGO_BIN_EXE_herd");
+mod support;
+use support::{runtime_available, HERD};
 
 /// The tests run one at a time: the demo's load times (which GDSF weighs) must not be
 /// disturbed by the other tests' processes.
@@ -175,16 +176,6 @@ fn bad_plans_are_refused_with_the_field_named() {
     std::fs::write(&p, "[models]\ncount = 3\nsurprise = 1\n").unwrap();
     let out = Command::new(HERD).arg("plan").arg(&p).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("surprise"));
-}
-
-fn runtime_available() -> bool {
-    Command::new(HERD)
-        .args(["runtime", "path"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
 }
 
 fn within(predicted: f64, measured: f64, what: &str) {

@@ -10,7 +10,7 @@
 //! Run: `cargo test -p herd --test registry_swap -- --nocapture`
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +19,8 @@ use herd_onnx::LinearClassifier;
 use herd_registry::{NewModel, PushRequest, Registry, ReleaseSpec};
 use serde_json::Value;
 
-const HERD: &str = env!("CARGO_BIN_EXE_herd");
+mod support;
+use support::{free_port, runtime_available, Kill, HERD};
 const MODELS: u64 = 1000;
 const DIM: usize = 8;
 const CLASSES: usize = 3;
@@ -40,33 +41,6 @@ fn served_in_r2(i: u64) -> i64 {
 
 fn name(i: u64) -> String {
     format!("tenant-{i:04}")
-}
-
-fn runtime_available() -> bool {
-    Command::new(HERD)
-        .args(["runtime", "path"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// One client request's outcome.
@@ -135,7 +109,7 @@ async fn release_swap_of_1000_models_under_load_drops_nothing() {
 
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let _server = Server(
+    let _server = Kill(
         Command::new(HERD)
             .args([
                 "serve",

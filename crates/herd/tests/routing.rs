@@ -34,7 +34,8 @@ use herd_onnx::LinearClassifier;
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
 
-const HERD: &str = env!("CARGO_BIN_EXE_herd");
+mod support;
+use support::{free_port, require, runs, HERD};
 const DIM: usize = 16;
 const CLASSES: usize = 4;
 const ZIPF_S: f64 = 1.1;
@@ -45,34 +46,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn require(what: &str, ok: bool) -> bool {
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!("{what} is missing; the routing acceptance test needs it");
-        }
-        eprintln!("SKIPPED: {what} is missing");
-    }
-    ok
-}
-
-fn runs(cmd: &str, args: &[&str]) -> bool {
-    Command::new(cmd)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn model(i: usize) -> String {
