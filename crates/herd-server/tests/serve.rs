@@ -58,7 +58,12 @@ async fn start(repo: &Path, cfg: CoreConfig, auth: Auth) -> Server {
 
 async fn start_with_limit(repo: &Path, cfg: CoreConfig, auth: Auth, max_body: usize) -> Server {
     let source = Arc::new(DirectorySource::new(repo).unwrap());
-    let core = Core::new(cfg, source, backend());
+    serve_core(Core::new(cfg, source, backend()), auth, max_body).await
+}
+
+/// Serves `core` with `auth` on a loopback port (ready, metrics installed); the server runs
+/// until the test ends.
+async fn serve_core(core: Arc<Core>, auth: Auth, max_body: usize) -> Server {
     let state = AppState::new(
         core.clone(),
         Arc::new(auth),
@@ -172,24 +177,7 @@ async fn source_for(kind: Src, repo: &Path) -> Arc<dyn herd_core::ModelSource> {
 
 async fn start_on(kind: Src, repo: &Path, cfg: CoreConfig, auth: Auth) -> Server {
     let source = source_for(kind, repo).await;
-    let core = Core::new(cfg, source, backend());
-    let state = AppState::new(
-        core.clone(),
-        Arc::new(auth),
-        herd_server::telemetry::init_metrics(),
-    );
-    state.health.mark_started();
-    let (addr, _h) = herd_server::spawn(
-        herd_server::app(state, 1 << 20),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
-    Server {
-        url: format!("http://{addr}"),
-        core,
-        client: reqwest::Client::new(),
-    }
+    serve_core(Core::new(cfg, source, backend()), auth, 1 << 20).await
 }
 
 /// The charge of one more model, measured on a probe core (the first load also pays the
@@ -764,19 +752,7 @@ async fn full_queue_answers_429_with_retry_after_and_nothing_hangs(kind: Src) {
         source,
         Arc::new(GateBackend { gate: gate.clone() }),
     );
-    let state = AppState::new(core.clone(), Arc::new(Auth::open()), None);
-    state.health.mark_started();
-    let (addr, _h) = herd_server::spawn(
-        herd_server::app(state, 1 << 20),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
-    let s = Arc::new(Server {
-        url: format!("http://{addr}"),
-        core: core.clone(),
-        client: reqwest::Client::new(),
-    });
+    let s = Arc::new(serve_core(core.clone(), Auth::open(), 1 << 20).await);
     let send = |s: Arc<Server>| {
         tokio::spawn(async move {
             s.post("/v2/models/busy/infer", &infer_body(&x_for(0)))
@@ -832,16 +808,10 @@ async fn request_timeout_answers_504(kind: Src) {
         source_for(kind, &repo).await,
         Arc::new(GateBackend { gate: gate.clone() }),
     );
-    let state = AppState::new(core.clone(), Arc::new(Auth::open()), None);
-    state.health.mark_started();
-    let (addr, _h) = herd_server::spawn(
-        herd_server::app(state, 1 << 20),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
-    let r = reqwest::Client::new()
-        .post(format!("http://{addr}/v2/models/slow/infer"))
+    let s = serve_core(core, Auth::open(), 1 << 20).await;
+    let r = s
+        .client
+        .post(format!("{}/v2/models/slow/infer", s.url))
         .json(&infer_body(&x_for(0)))
         .send()
         .await
@@ -924,55 +894,20 @@ async fn tokens_gate_tenants_and_the_repository_api(kind: Src) {
         }
         r.send()
     };
-    assert_eq!(
-        send(None, "/v2/models/acme-model/infer")
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    assert_eq!(
-        send(Some("wrong"), "/v2/models/acme-model/infer")
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    assert_eq!(
-        send(Some("globex-token"), "/v2/models/acme-model/infer")
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
-    assert_eq!(
-        send(Some("acme-token"), "/v2/models/acme-model/infer")
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        send(Some("admin-token"), "/v2/models/acme-model/infer")
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        send(Some("acme-token"), "/v2/repository/index")
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
-    assert_eq!(
-        send(Some("admin-token"), "/v2/repository/index")
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let m = "/v2/models/acme-model/infer";
+    let index = "/v2/repository/index";
+    for (token, path, want) in [
+        (None, m, 401),
+        (Some("wrong"), m, 401),
+        (Some("globex-token"), m, 403),
+        (Some("acme-token"), m, 200),
+        (Some("admin-token"), m, 200),
+        (Some("acme-token"), index, 403),
+        (Some("admin-token"), index, 200),
+    ] {
+        let got = send(token, path).await.unwrap().status();
+        assert_eq!(got, want, "token {token:?} on {path}");
+    }
     // Health and metrics stay open for probes and scrapers.
     assert_eq!(s.get("/v2/health/ready").await.0, 200);
 }
