@@ -21,6 +21,8 @@ pub(crate) struct Seen {
     pub loads: AtomicUsize,
     /// Runs that saw their cancellation while running.
     pub stopped: AtomicUsize,
+    /// Long runs (first value -1) that have started.
+    pub long_started: AtomicUsize,
 }
 
 /// A model `y = 2 * x` with input `x` FP32 `[-1, 2]` and output `y` FP32 `[-1, 2]`; each
@@ -79,6 +81,7 @@ impl Instance for FakeInstance {
         }
         let long = matches!(&inputs[0].data, TensorData::F32(v) if v.first() == Some(&-1.0));
         if long {
+            self.seen.long_started.fetch_add(1, Ordering::SeqCst);
             let (tx, rx) = std::sync::mpsc::channel::<()>();
             cancel.on_cancel(move || {
                 let _ = tx.send(());
@@ -352,6 +355,19 @@ async fn a_timed_out_request_stops_its_run_and_queued_requests_are_dropped() {
     // One long run holds the only instance; a second request queues behind it.
     let c1 = core.clone();
     let first = tokio::spawn(async move { c1.infer(req("m", long)).await });
+    // The second request is sent once the long run has started, so the batcher cannot merge the
+    // two into one run (on a loaded machine both could otherwise be queued before either ran).
+    for _ in 0..20_000 {
+        if seen.long_started.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        seen.long_started.load(Ordering::SeqCst),
+        1,
+        "the long run never started"
+    );
     let c2 = core.clone();
     let second = tokio::spawn(async move { c2.infer(req("m", x(3))).await });
     // When the second is queued, its client goes away (the task is dropped, as axum drops the
