@@ -43,6 +43,8 @@ pub struct AppState {
     pub health: Arc<service::Health>,
     /// The protocol-neutral operations every route calls.
     pub service: service::Service,
+    /// The job queue of the jobs API (`--jobs-queue-url`), read by the dashboard.
+    pub jobs_queue: Option<Arc<dyn herd_jobs::Queue>>,
 }
 
 impl AppState {
@@ -59,7 +61,14 @@ impl AppState {
             auth,
             metrics,
             health,
+            jobs_queue: None,
         }
+    }
+
+    /// The same state with the jobs API's queue (the dashboard shows its depths and workers).
+    pub fn with_jobs_queue(mut self, queue: Arc<dyn herd_jobs::Queue>) -> AppState {
+        self.jobs_queue = Some(queue);
+        self
     }
 
     /// Preloads the pinned models in the background; the server turns ready when they are

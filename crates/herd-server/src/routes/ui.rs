@@ -1,8 +1,12 @@
 //! The dashboard: `GET /ui` is one self-contained HTML page (embedded, nothing fetched) that
 //! polls `GET /ui/api/state` every 2 s. The page is public static HTML; the JSON names every
 //! tenant's models, so with a tokens file it needs an admin token (sent as a bearer header).
+//!
+//! With a job queue (`--jobs-queue-url`) the state has `jobs`: per queue the counts per state
+//! and the workers holding leases, read under [`JOBS_READ_TIMEOUT`] so a slow queue store never
+//! holds the dashboard up (its error is shown instead). Without one, `jobs.configured` is false.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,6 +18,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use herd_api::ErrorCode;
 use herd_core::{Core, ModelState};
+use herd_jobs::{JobsError, Queue};
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -26,6 +31,10 @@ const PAGE: &str = include_str!("ui/index.html");
 /// One memory sample every 5 s, ten minutes of them.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 const SAMPLES: usize = 120;
+/// How long one dashboard poll waits for the job queue's store before showing an error.
+pub const JOBS_READ_TIMEOUT: Duration = Duration::from_millis(1500);
+/// At most this many job queues in the table (by name; the rest are counted).
+const MAX_QUEUES: usize = 50;
 
 #[derive(Debug, Clone, Copy, Serialize)]
 struct Sample {
@@ -166,6 +175,7 @@ async fn api_state(State(s): State<UiState>, headers: HeaderMap) -> Result<Json<
         _ => None,
     };
     let depths = s.app.core.queue_depths();
+    let jobs = jobs_section(s.app.jobs_queue.as_ref()).await;
     Ok(Json(json!({
         "now_ms": now_ms(),
         "cache": {
@@ -184,8 +194,77 @@ async fn api_state(State(s): State<UiState>, headers: HeaderMap) -> Result<Json<
             "queue_depth": depths.iter().map(|(_, d)| d).sum::<usize>(),
         },
         "serving": source.serving(),
+        "jobs": jobs,
         "history": history,
         "sample_every_seconds": SAMPLE_EVERY.as_secs(),
         "models": models,
     })))
+}
+
+/// The `jobs` part of the state: `{configured: false}` without a queue; else the backend and
+/// either `queues` (name, counts per state, distinct lease holders) or `error`.
+async fn jobs_section(queue: Option<&Arc<dyn Queue>>) -> Value {
+    let Some(q) = queue else {
+        return json!({ "configured": false });
+    };
+    let backend = q.backend();
+    let error = match tokio::time::timeout(JOBS_READ_TIMEOUT, read_queues(q.as_ref())).await {
+        Ok(Ok((queues, more))) => {
+            let workers: BTreeSet<&str> = queues
+                .iter()
+                .flat_map(|r| r.workers.iter().map(String::as_str))
+                .collect();
+            return json!({
+                "configured": true,
+                "backend": backend,
+                "queues": queues,
+                "more_queues": more,
+                "workers": workers.len(),
+            });
+        }
+        Ok(Err(e)) => format!("reading the {backend} job queue failed: {e}"),
+        Err(_) => format!(
+            "the {backend} job queue did not answer within {} ms",
+            JOBS_READ_TIMEOUT.as_millis()
+        ),
+    };
+    tracing::warn!(%error, "dashboard: job queue not shown");
+    json!({ "configured": true, "backend": backend, "error": error })
+}
+
+#[derive(Debug, Serialize)]
+struct QueueRow {
+    name: String,
+    waiting: u64,
+    running: u64,
+    delayed: u64,
+    dead: u64,
+    done: u64,
+    /// Distinct worker ids holding an unexpired lease on a job of the queue.
+    workers: Vec<String>,
+}
+
+/// Every queue's counts and lease holders (the first [`MAX_QUEUES`] by name), and how many
+/// queues were left out.
+async fn read_queues(q: &dyn Queue) -> Result<(Vec<QueueRow>, usize), JobsError> {
+    let mut names = q.queues().await?;
+    names.sort();
+    names.dedup();
+    let more = names.len().saturating_sub(MAX_QUEUES);
+    names.truncate(MAX_QUEUES);
+    let rows = futures::future::try_join_all(names.into_iter().map(|name| async move {
+        let (st, holders) = futures::try_join!(q.stats(&name), q.lease_holders(&name))?;
+        let workers: BTreeSet<String> = holders.into_iter().collect();
+        Ok::<_, JobsError>(QueueRow {
+            name,
+            waiting: st.waiting,
+            running: st.running,
+            delayed: st.delayed,
+            dead: st.dead,
+            done: st.done,
+            workers: workers.into_iter().collect(),
+        })
+    }))
+    .await?;
+    Ok((rows, more))
 }

@@ -156,11 +156,15 @@ impl Server {
             Some(p) => Auth::from_file(p).map_err(ServeError::Config)?,
             None => Auth::open(),
         };
-        let state = AppState::new(
+        let jobs = jobs_api(&settings.server).await?;
+        let mut state = AppState::new(
             core.clone(),
             Arc::new(auth),
             crate::telemetry::init_metrics(),
         );
+        if let Some(api) = &jobs {
+            state = state.with_jobs_queue(api.queue().clone());
+        }
         let max_body = settings.server.max_body_bytes();
         let mut app = crate::app(state.clone(), max_body);
         let mut watcher = None;
@@ -176,7 +180,6 @@ impl Server {
                 Duration::from_millis(settings.registry.channel_poll_ms.max(50)),
             ));
         }
-        let jobs = jobs_api(&settings.server).await?;
         if let Some(api) = &jobs {
             app = app.merge(
                 crate::jobs_router(state.service.clone(), api.clone())
