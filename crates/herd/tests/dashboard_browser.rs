@@ -3,8 +3,10 @@
 //! opens `/ui`, is refused until the admin token is typed into the page's form, and then must
 //! show what the server really holds: the loaded-model count `/metrics` reports, memory used /
 //! budget, and one table row per model with its state and the number of inferences this test
-//! sent. A screenshot is saved to `$CARGO_TARGET_TMPDIR/dashboard.png` (the README's
-//! `docs/ui.png` is one of them).
+//! sent; and, from its job queue (a real SQLite queue: jobs enqueued with `herd job enqueue`,
+//! one claimed by a worker id), each queue's waiting/running/dead counts and lease holders equal
+//! to what `herd job stats` prints. A screenshot is saved to `$CARGO_TARGET_TMPDIR/dashboard.png`
+//! (the README's `docs/ui.png` is one of them).
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them); paths can be set
 //! with HERD_CHROMIUM / HERD_CHROMEDRIVER. Outside CI a missing browser or ONNX Runtime prints
@@ -34,6 +36,8 @@ const TRAFFIC: [(&str, usize); 5] = [
     ("churn-globex", 1),
     ("spare", 0),
 ];
+/// The worker id that holds a lease on one job of the `batch` queue.
+const WORKER: &str = "dash-worker-1";
 
 struct Kill(Child);
 impl Drop for Kill {
@@ -75,6 +79,19 @@ fn runtime_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The lines of `r`, decoded lossily: a byte that is not UTF-8 must not end the reading (with
+/// `lines().map_while(Result::ok)` it did, silently: the readiness line was never seen and the
+/// pipe closed under the child).
+fn lossy_lines(r: impl std::io::Read) -> impl Iterator<Item = String> {
+    BufReader::new(r)
+        .split(b'\n')
+        .map_while(Result::ok)
+        .map(|l| {
+            let l = String::from_utf8_lossy(&l);
+            l.strip_suffix('\r').unwrap_or(&l).to_string()
+        })
+}
+
 /// Starts a child and returns the first line of its stdout (or stderr) that `pick` accepts (its
 /// value). If the child exits first, the panic shows its exit status and what it printed.
 fn spawn_and_wait<F>(mut cmd: Command, from_stderr: bool, pick: F, what: &str) -> (Kill, String)
@@ -104,7 +121,7 @@ where
     let log = printed.clone();
     std::thread::spawn(move || {
         let mut sent = false;
-        for line in BufReader::new(watched).lines().map_while(Result::ok) {
+        for line in lossy_lines(watched) {
             if !sent {
                 if let Some(v) = pick(&line) {
                     let _ = tx.send(v);
@@ -118,7 +135,7 @@ where
     // Drain the other stream so the child never blocks on a full pipe (kept for a failure).
     let log = printed.clone();
     std::thread::spawn(move || {
-        for line in BufReader::new(other).lines().map_while(Result::ok) {
+        for line in lossy_lines(other) {
             let mut l = log.lock().unwrap();
             if l.len() < 200 {
                 l.push(line);
@@ -225,7 +242,7 @@ impl Driver {
             "--disable-sync".into(),
             "--disable-extensions".into(),
             "--hide-scrollbars".into(),
-            "--window-size=1200,860".into(),
+            "--window-size=1200,1040".into(),
             format!("--user-data-dir={}", profile.display()),
         ];
         let caps = json!({"capabilities": {"alwaysMatch": {
@@ -354,6 +371,11 @@ return {
   serving_hidden: document.getElementById("serving-card").hidden,
   rows: Array.from(document.querySelectorAll("#models tr")).map(
     (tr) => Array.from(tr.children).map((td) => td.textContent)),
+  jobs_status: t("jobs-status"),
+  jobs_table_hidden: document.getElementById("jobs-table").hidden,
+  jobs_waiting: t("jobs-waiting"),
+  queues: Array.from(document.querySelectorAll("#queues tr")).map(
+    (tr) => Array.from(tr.children).map((td) => td.textContent)),
 };
 "##;
 
@@ -391,6 +413,8 @@ async fn the_dashboard_in_headless_chromium_shows_what_the_server_holds() {
         .arg("--tokens")
         .arg(&tokens)
         .env_remove("HERD_CONFIG");
+    let queue_url = format!("sqlite://{}", dir.path().join("jobs.db").display());
+    serve.args(["--jobs-queue-url", &queue_url]);
     let (_server, addr) = spawn_and_wait(
         serve,
         true,
@@ -451,6 +475,37 @@ async fn the_dashboard_in_headless_chromium_shows_what_the_server_holds() {
     assert_eq!(budget, 1024.0 * 1024.0);
     assert!(used > 0.0 && used <= budget, "used {used}");
 
+    // The job queue: jobs enqueued with the CLI, one of them claimed by a worker id (a lease
+    // held for ten minutes, as a worker running a long job holds it), one cancelled (dead).
+    let job = |args: &[&str]| {
+        let out = Command::new(HERD)
+            .args(["job", "--queue-url", &queue_url])
+            .args(args)
+            .env_remove("HERD_QUEUE_URL")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "herd job {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    job(&[
+        "enqueue", "--queue", "batch", "--count", "5", "command", "--", "true",
+    ]);
+    let cancelled = job(&["enqueue", "--queue", "reports", "command", "--", "true"]);
+    job(&["enqueue", "--queue", "reports", "command", "--", "true"]);
+    job(&["cancel", cancelled.trim(), "--reason", "dashboard test"]);
+    let queue = herd_jobs::connect(&queue_url).await.unwrap();
+    let _lease = queue
+        .claim(WORKER, &["batch".to_string()], Duration::from_secs(600))
+        .await
+        .unwrap()
+        .expect("a batch job to claim");
+    let stats: Value = serde_json::from_str(&job(&["stats", "--json"])).unwrap();
+    assert_eq!(stats["batch"]["stats"]["waiting"], 4, "{stats}");
+
     let (_driver_proc, port) = spawn_and_wait(
         {
             let mut c = Command::new(&chromedriver);
@@ -491,7 +546,9 @@ async fn the_dashboard_in_headless_chromium_shows_what_the_server_holds() {
     let want = format!("{loaded}");
     let page = driver
         .wait_for(READ_PAGE, limit, |v| {
-            v["loaded"] == want.as_str() && v["rows"].as_array().is_some_and(|r| !r.is_empty())
+            v["loaded"] == want.as_str()
+                && v["rows"].as_array().is_some_and(|r| !r.is_empty())
+                && v["queues"].as_array().is_some_and(|r| !r.is_empty())
         })
         .await;
     println!("the page shows: {page:#}");
@@ -535,6 +592,48 @@ async fn the_dashboard_in_headless_chromium_shows_what_the_server_holds() {
     let hits = total - 4;
     let ratio = format!("{:.1}%", 100.0 * hits as f64 / total as f64);
     assert_eq!(page["hit_ratio"], ratio.as_str(), "{page}");
+
+    // Job queues: one row per queue, the numbers `herd job stats` prints.
+    let queues = page["queues"].as_array().unwrap();
+    let names: Vec<&str> = queues.iter().map(|r| r[0].as_str().unwrap()).collect();
+    assert_eq!(names, ["batch", "reports"], "{page}");
+    for row in queues {
+        let name = row[0].as_str().unwrap();
+        let st = &stats[name]["stats"];
+        for (i, key) in ["waiting", "running", "delayed", "dead", "done"]
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(
+                row[i + 1],
+                st[key].to_string().as_str(),
+                "{name} {key}: page {row}, herd job stats {st}"
+            );
+        }
+        let holders: Vec<&str> = stats[name]["lease_holders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h.as_str().unwrap())
+            .collect();
+        let workers = if holders.is_empty() {
+            "-".to_string()
+        } else {
+            holders.join(", ")
+        };
+        assert_eq!(row[6], workers.as_str(), "{name} workers: {row}");
+    }
+    assert_eq!(queues[0][1], "4", "batch waiting: {page}");
+    assert_eq!(queues[0][6], WORKER, "{page}");
+    assert_eq!(queues[1][4], "1", "the cancelled report is dead: {page}");
+    assert_eq!(page["jobs_waiting"], "5 / 1", "{page}");
+    assert!(
+        page["jobs_status"]
+            .as_str()
+            .unwrap()
+            .contains("sqlite): 2 queue(s), 1 worker(s)"),
+        "{page}"
+    );
 
     let png = driver.screenshot().await;
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");

@@ -1,4 +1,5 @@
-//! `herd worker` (claim and run queued jobs) and `herd job enqueue|list|show|requeue|purge|stats`.
+//! `herd worker` (claim and run queued jobs) and
+//! `herd job enqueue|list|show|cancel|requeue|purge|stats`.
 //! The queue, the worker loop and the job kinds live in herd-jobs; this module parses flags and
 //! prints (tables for people, `--json` for scripts).
 
@@ -100,6 +101,9 @@ pub enum JobCommand {
     List(ListArgs),
     /// Show one job: spec, state, attempts, error, result.
     Show(ShowArgs),
+    /// Cancel a waiting, delayed or running job (it moves to the dead letter; a running job's
+    /// worker stops it at its next lease renewal).
+    Cancel(CancelArgs),
     /// Move dead-lettered jobs back to waiting with fresh attempts.
     Requeue(RequeueArgs),
     /// Delete done and dead jobs that finished longer ago than the retention.
@@ -239,6 +243,29 @@ pub struct ShowArgs {
 }
 
 #[derive(Args)]
+#[command(after_long_help = CANCEL_HELP)]
+pub struct CancelArgs {
+    /// Job id.
+    pub id: String,
+    /// Why, kept as the job's last error (shown by `herd job show`).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Print the cancelled job as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const CANCEL_HELP: &str = "\
+A cancelled job goes to the dead letter of its queue with the reason as its error, so
+`herd job requeue --queue QUEUE ID` can bring it back. A running job's lease is revoked: its
+worker stops the job at its next renewal (a command job's whole process group is terminated).
+An unknown id, or a job that is done or dead already, is an error (exit status 1).
+
+Examples:
+  herd job cancel 0193f2c4-7d1e-7c3a-9f0e-2b6d4a8c1e57
+  herd job cancel 0193f2c4-7d1e-7c3a-9f0e-2b6d4a8c1e57 --reason \"wrong input file\"";
+
+#[derive(Args)]
 pub struct RequeueArgs {
     /// Queue of the dead jobs.
     #[arg(long, default_value = "default")]
@@ -354,6 +381,7 @@ pub fn run_job(args: JobArgs) -> anyhow::Result<()> {
             JobCommand::Enqueue(a) => enqueue(&url, *a).await,
             JobCommand::List(a) => list(&url, a).await,
             JobCommand::Show(a) => show(&url, a).await,
+            JobCommand::Cancel(a) => cancel(&url, a).await,
             JobCommand::Requeue(a) => requeue(&url, a).await,
             JobCommand::Purge(a) => purge(&url, a).await,
             JobCommand::Stats(a) => stats(&url, a).await,
@@ -627,6 +655,44 @@ async fn show(url: &str, a: ShowArgs) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&r.detail)?.replace('\n', "\n           ")
         );
     }
+    Ok(())
+}
+
+async fn cancel(url: &str, a: CancelArgs) -> anyhow::Result<()> {
+    let reason = match a.reason.as_deref().map(str::trim) {
+        Some("") => bail!("--reason is empty; omit it or say why the job is cancelled"),
+        Some(r) => format!("cancelled with `herd job cancel`: {r}"),
+        None => "cancelled with `herd job cancel`".to_string(),
+    };
+    let queue = open(url).await?;
+    let was = match queue.cancel(&a.id, &reason).await {
+        Ok(s) => s,
+        Err(herd_jobs::JobsError::NotFound(id)) => bail!(
+            "job '{id}' not found in {} (list jobs with `herd job list`)",
+            herd_jobs::redact_url(url)
+        ),
+        Err(e @ herd_jobs::JobsError::NotCancellable { .. }) => {
+            bail!("cannot cancel: {e} (see it with `herd job show {}`)", a.id)
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("cancelling job '{}'", a.id))),
+    };
+    let job = queue.show(&a.id).await?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({ "cancelled": a.id, "was": was.as_str(), "job": job })
+        );
+        return Ok(());
+    }
+    let q = job.as_ref().map(|j| j.spec.queue.as_str()).unwrap_or("?");
+    println!("cancelled job {} (it was {was}; queue '{q}')", a.id);
+    if matches!(was, JobState::Running) {
+        println!("its worker stops it at its next lease renewal");
+    }
+    println!(
+        "it is in the dead letter now; bring it back with `herd job requeue --queue {q} {}`",
+        a.id
+    );
     Ok(())
 }
 
