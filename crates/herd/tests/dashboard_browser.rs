@@ -19,14 +19,16 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{json, Value};
 
-const HERD: &str = env!("CARGO_BIN_EXE_herd");
+mod support;
+use support::{runtime_available, skip, Kill, HERD};
+
 const ADMIN: &str = "dashboard-admin-token";
 /// Models in the repository, and the requests this test sends to each (0: never loaded).
 const TRAFFIC: [(&str, usize); 5] = [
@@ -39,24 +41,6 @@ const TRAFFIC: [(&str, usize); 5] = [
 /// The worker id that holds a lease on one job of the `batch` queue.
 const WORKER: &str = "dash-worker-1";
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
-/// Skips outside CI (with a printed line), fails under CI=true.
-fn missing(what: &str) {
-    assert!(!under_ci(), "{what} is missing under CI");
-    eprintln!("SKIPPED: {what}");
-}
-
 /// An executable: the env override, else the first name found on PATH.
 fn find_exe(env: &str, names: &[&str]) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(env) {
@@ -68,15 +52,6 @@ fn find_exe(env: &str, names: &[&str]) -> Option<PathBuf> {
             .map(|d| d.join(n))
             .find(|p| p.is_file())
     })
-}
-
-fn runtime_available() -> bool {
-    Command::new(HERD)
-        .args(["runtime", "path"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// The lines of `r`, decoded lossily: a byte that is not UTF-8 must not end the reading (with
@@ -92,9 +67,9 @@ fn lossy_lines(r: impl std::io::Read) -> impl Iterator<Item = String> {
         })
 }
 
-/// Starts a child and returns the first line of its stdout (or stderr) that `pick` accepts (its
-/// value). If the child exits first, the panic shows its exit status and what it printed.
-fn spawn_and_wait<F>(mut cmd: Command, from_stderr: bool, pick: F, what: &str) -> (Kill, String)
+/// Starts a child (chromedriver) and returns the first line of its stdout that `pick` accepts
+/// (its value). If the child exits first, the panic shows its exit status and what it printed.
+fn spawn_and_wait<F>(mut cmd: Command, pick: F, what: &str) -> (Kill, String)
 where
     F: Fn(&str) -> Option<String> + Send + 'static,
 {
@@ -104,18 +79,7 @@ where
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("starting {what}: {e}"));
-    let (watched, other): (Box<dyn std::io::Read + Send>, Box<dyn std::io::Read + Send>) =
-        if from_stderr {
-            (
-                Box::new(child.stderr.take().unwrap()),
-                Box::new(child.stdout.take().unwrap()),
-            )
-        } else {
-            (
-                Box::new(child.stdout.take().unwrap()),
-                Box::new(child.stderr.take().unwrap()),
-            )
-        };
+    let (watched, other) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
     let printed = Arc::new(Mutex::new(Vec::<String>::new()));
     let (tx, rx) = mpsc::channel();
     let log = printed.clone();
@@ -382,15 +346,13 @@ return {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_in_headless_chromium_shows_what_the_server_holds() {
     let Some(chromium) = find_exe("HERD_CHROMIUM", &["chromium", "chromium-browser"]) else {
-        return missing("chromium (Debian package `chromium`; or set HERD_CHROMIUM)");
+        return skip("chromium (Debian package `chromium`; or set HERD_CHROMIUM)");
     };
     let Some(chromedriver) = find_exe("HERD_CHROMEDRIVER", &["chromedriver"]) else {
-        return missing(
-            "chromedriver (Debian package `chromium-driver`; or set HERD_CHROMEDRIVER)",
-        );
+        return skip("chromedriver (Debian package `chromium-driver`; or set HERD_CHROMEDRIVER)");
     };
     if !runtime_available() {
-        return missing("ONNX Runtime (herd runtime install)");
+        return skip("ONNX Runtime (herd runtime install)");
     }
 
     let dir = tempfile::tempdir().unwrap();
@@ -405,27 +367,23 @@ async fn the_dashboard_in_headless_chromium_shows_what_the_server_holds() {
     )
     .unwrap();
 
-    let mut serve = Command::new(HERD);
-    serve
-        .args(["serve", "--repo", repo.to_str().unwrap()])
-        .args(["--addr", "127.0.0.1:0", "--log-json", "--no-auto-install"])
-        .args(["--memory-budget", "1MiB", "--threads", "1"])
-        .arg("--tokens")
-        .arg(&tokens)
-        .env_remove("HERD_CONFIG");
     let queue_url = format!("sqlite://{}", dir.path().join("jobs.db").display());
-    serve.args(["--jobs-queue-url", &queue_url]);
-    let (_server, addr) = spawn_and_wait(
-        serve,
-        true,
-        |line| {
-            let v: Value = serde_json::from_str(line).ok()?;
-            (v["fields"]["message"] == "herd is serving")
-                .then(|| v["fields"]["addr"].as_str().map(str::to_string))?
-        },
-        "herd serve",
+    let (_server, base) = support::serve(
+        &[
+            "--repo",
+            repo.to_str().unwrap(),
+            "--no-auto-install",
+            "--memory-budget",
+            "1MiB",
+            "--threads",
+            "1",
+            "--tokens",
+            tokens.to_str().unwrap(),
+            "--jobs-queue-url",
+            &queue_url,
+        ],
+        &[],
     );
-    let base = format!("http://{addr}");
     let http = reqwest::Client::new();
 
     // Traffic: a known number of inferences per model; the first of each is a load.
@@ -512,7 +470,6 @@ async fn the_dashboard_in_headless_chromium_shows_what_the_server_holds() {
             c.arg("--port=0");
             c
         },
-        false,
         |line| {
             let rest = line.split("started successfully on port ").nth(1)?;
             Some(rest.trim_end_matches('.').trim().to_string())

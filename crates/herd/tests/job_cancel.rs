@@ -8,7 +8,8 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-const HERD: &str = env!("CARGO_BIN_EXE_herd");
+mod support;
+use support::HERD;
 
 fn herd(queue_url: &str, args: &[&str]) -> Output {
     Command::new(HERD)
