@@ -137,10 +137,15 @@ pub fn serve<S: AsRef<OsStr>>(args: &[S], envs: &[(&str, &str)]) -> (Kill, Strin
     let mut child = Kill(cmd.spawn().expect("spawn herd serve"));
     let stderr = child.0.stderr.take().expect("stderr");
     let (tx, rx) = mpsc::channel();
-    // Reads the whole output (so the pipe never fills), reporting the address once.
+    // Reads the whole output (so the pipe never fills; bytes that are not UTF-8 are replaced,
+    // never an end of reading), reporting the address once.
     std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        let mut seen = std::collections::VecDeque::new();
+        let mut reader = BufReader::new(stderr);
+        let mut raw = Vec::new();
+        while matches!(reader.read_until(b'\n', &mut raw), Ok(n) if n > 0) {
+            let line = String::from_utf8_lossy(&raw).trim_end().to_string();
+            raw.clear();
             if let Ok(v) = serde_json::from_str::<Value>(&line) {
                 if v["fields"]["message"] == "herd is serving" {
                     if let Some(addr) = v["fields"]["addr"].as_str() {
@@ -148,9 +153,13 @@ pub fn serve<S: AsRef<OsStr>>(args: &[S], envs: &[(&str, &str)]) -> (Kill, Strin
                     }
                 }
             }
-            seen.push(line);
+            // The last 500 lines are what a failure shows.
+            if seen.len() == 500 {
+                seen.pop_front();
+            }
+            seen.push_back(line);
         }
-        let _ = tx.send(Err(seen.join("\n")));
+        let _ = tx.send(Err(Vec::from(seen).join("\n")));
     });
     match rx.recv_timeout(Duration::from_secs(120)) {
         Ok(Ok(addr)) => (child, format!("http://{addr}")),
