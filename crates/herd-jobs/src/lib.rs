@@ -18,11 +18,10 @@ pub mod batch;
 mod clock;
 mod error;
 mod model;
-pub mod postgres;
 mod queue;
 pub mod redis_queue;
 pub mod run;
-pub mod sqlite;
+pub mod sql;
 pub mod storage;
 pub mod worker;
 
@@ -53,8 +52,9 @@ impl ConnectOptions {
 }
 
 /// Opens the queue named by `url`: `sqlite://PATH` (created if missing; the default is
-/// [`DEFAULT_QUEUE_URL`]), `redis://` / `rediss://` (see [`redis_queue`]), or
-/// `redis+cluster://`. Any other scheme is an error that names the supported ones.
+/// [`DEFAULT_QUEUE_URL`]) or `postgres://` (both [`sql::SqlQueue`]), `redis://` / `rediss://`
+/// or `redis+cluster://` (see [`redis_queue`]). Any other scheme is an error that names the
+/// supported ones.
 pub async fn connect(url: &str) -> Result<Arc<dyn Queue>, JobsError> {
     connect_with(url, ConnectOptions::default()).await
 }
@@ -62,12 +62,11 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Queue>, JobsError> {
 /// [`connect`] with explicit options (a clock for tests).
 pub async fn connect_with(url: &str, opts: ConnectOptions) -> Result<Arc<dyn Queue>, JobsError> {
     let url = url.trim();
-    if let Some(path) = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
+    if ["sqlite:", "postgres://", "postgresql://"]
+        .iter()
+        .any(|p| url.starts_with(p))
     {
-        let clock = opts.clock.unwrap_or_else(|| Arc::new(SystemClock));
-        let q = sqlite::SqliteQueue::open(path, clock).await?;
+        let q = sql::SqlQueue::open(url, opts.clock).await?;
         return Ok(Arc::new(q));
     }
     if [
@@ -82,53 +81,13 @@ pub async fn connect_with(url: &str, opts: ConnectOptions) -> Result<Arc<dyn Que
         let q = redis_queue::RedisQueue::open(url, opts.clock).await?;
         return Ok(Arc::new(q));
     }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let q = postgres::PgQueue::open(url, opts.clock).await?;
-        return Ok(Arc::new(q));
-    }
     Err(JobsError::UnsupportedUrl {
         url: redact_url(url),
     })
 }
 
-/// `url` with any password replaced by `***` (userinfo `user:pass@`, a lone `pass@` for
-/// schemes that take one, and `password=` / `token=` query parameters), for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    let (head, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (format!("{scheme}://"), rest),
-        None => (String::new(), url),
-    };
-    // Userinfo: everything before the last '@' of the authority (which ends at '/', '?', '#').
-    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(auth_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((user, host)) => match user.split_once(':') {
-            Some((name, _pw)) => format!("{name}:***@{host}"),
-            None if head.starts_with("redis") => format!("***@{host}"),
-            None => format!("{user}@{host}"),
-        },
-        None => authority.to_string(),
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let q: Vec<String> = query
-                .split('&')
-                .map(|kv| match kv.split_once('=') {
-                    Some((k, _))
-                        if ["password", "pass", "token", "secret"]
-                            .contains(&k.to_ascii_lowercase().as_str()) =>
-                    {
-                        format!("{k}=***")
-                    }
-                    _ => kv.to_string(),
-                })
-                .collect();
-            format!("{path}?{}", q.join("&"))
-        }
-        None => tail.to_string(),
-    };
-    format!("{head}{authority}{tail}")
-}
+/// `url` with any password replaced by `***`, for logs and errors (see [`herd_db::redact_url`]).
+pub use herd_db::redact_url;
 
 #[cfg(test)]
 mod tests {

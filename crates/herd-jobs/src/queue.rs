@@ -1,4 +1,4 @@
-//! The queue contract shared by the SQLite and Redis backends.
+//! The queue contract shared by the SQL (SQLite, PostgreSQL) and Redis backends.
 
 use std::time::Duration;
 
@@ -10,8 +10,8 @@ use crate::{
     QueueStats,
 };
 
-/// A durable job queue with leases. Both backends implement exactly these semantics (one test
-/// suite, `tests/queue.rs`, runs against both):
+/// A durable job queue with leases. Every backend implements exactly these semantics (one test
+/// suite, `tests/queue.rs`, runs against all of them):
 ///
 /// * `claim` hands out the highest-priority claimable job of the given queues (waiting, delayed
 ///   whose time has come, or running whose lease expired), oldest first, and increments its

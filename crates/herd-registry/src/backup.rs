@@ -16,7 +16,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::db::{dispatch, Db, RowExt};
+use crate::db::{dispatch, RowExt};
 use crate::error::{RegistryError, Result};
 use crate::registry::{alias_from_row, version_from_row, Registry};
 use crate::release::channel_from_row;
@@ -570,7 +570,7 @@ pub async fn backup_verify(dir: &Path, artifacts: &ArtifactStore) -> Result<Back
         scratch_dir.path().join("verify.db").display()
     );
     let scratch = Registry {
-        db: Db::connect(&url).await?,
+        db: crate::db::connect(&url).await?,
         store: artifacts.clone(),
         config_check: None,
     };

@@ -50,7 +50,7 @@ impl Registry {
     /// (a directory or `s3://bucket/prefix`).
     pub async fn open(registry_url: &str, artifacts_url: &str) -> Result<Registry> {
         let store = ArtifactStore::open(artifacts_url)?;
-        let db = Db::connect(registry_url).await?;
+        let db = crate::db::connect(registry_url).await?;
         tracing::debug!(
             registry = %crate::db::redact_url(registry_url),
             artifacts = artifacts_url,
@@ -66,7 +66,7 @@ impl Registry {
 
     /// Opens the metadata database at `registry_url` with an already opened artifact store.
     pub async fn open_with_store(registry_url: &str, store: ArtifactStore) -> Result<Registry> {
-        let db = Db::connect(registry_url).await?;
+        let db = crate::db::connect(registry_url).await?;
         Ok(Registry {
             db,
             store,
