@@ -73,10 +73,7 @@ pub enum Schema {
     /// `CREATE TABLE` (PostgreSQL's `IF NOT EXISTS` is not safe against a concurrent creator).
     /// No ledger table: it suits a user that shares a PostgreSQL database with another one
     /// (sqlx's ledger name is fixed, two users' versions would collide in it).
-    Idempotent {
-        sql: &'static str,
-        pg_lock_key: i64,
-    },
+    Idempotent { sql: &'static str, pg_lock_key: i64 },
 }
 
 /// How [`connect`] opens a database for one user (the registry, the queue).
@@ -183,9 +180,12 @@ async fn connect_sqlite(url: &str, opts: &DbOptions) -> Result<Db, DbError> {
     match opts.sqlite {
         Schema::Versioned(m) => Migrator::new(Embedded(m)).await?.run(&pool).await?,
         Schema::Idempotent { sql, .. } => {
-            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            sqlx::raw_sql(sql).execute(&mut *tx).await?;
-            tx.commit().await?;
+            // One simple query on one connection (a `raw_sql` future on a transaction is not
+            // `Send` for every lifetime, which spawned callers need). On an error the pool is
+            // dropped, and with it the connection left inside the transaction.
+            sqlx::raw_sql(&format!("BEGIN IMMEDIATE; {sql} COMMIT;"))
+                .execute(&pool)
+                .await?;
         }
     }
     Ok(Db::Sqlite(pool))
@@ -361,7 +361,8 @@ mod tests {
 
     const V1: &str = "CREATE TABLE things (id TEXT PRIMARY KEY, n BIGINT NOT NULL);";
     const V2: &str = "ALTER TABLE things ADD COLUMN note TEXT;";
-    const IDEMPOTENT: &str = "CREATE TABLE IF NOT EXISTS things (id TEXT PRIMARY KEY, n BIGINT NOT NULL, note TEXT);";
+    const IDEMPOTENT: &str =
+        "CREATE TABLE IF NOT EXISTS things (id TEXT PRIMARY KEY, n BIGINT NOT NULL, note TEXT);";
 
     fn versioned(m: &'static [(i64, &'static str, &'static str)]) -> DbOptions {
         DbOptions::new(
@@ -453,7 +454,9 @@ mod tests {
             db.close().await;
         }
         // This build only knows version 1: the database is newer.
-        let err = connect(&url, &versioned(ONE)).await.expect_err("newer database");
+        let err = connect(&url, &versioned(ONE))
+            .await
+            .expect_err("newer database");
         assert!(matches!(err, DbError::Migrate(_)), "{err}");
     }
 

@@ -147,22 +147,20 @@ impl SqlQueue {
         } else {
             crate::redact_url(url)
         };
-        let db = herd_db::connect(url, &OPTIONS)
-            .await
-            .map_err(|e| match e {
-                DbError::Config(reason) => JobsError::InvalidUrl {
-                    url: crate::redact_url(url),
-                    reason,
-                },
-                DbError::Io { context, error } => JobsError::Io {
-                    path: context,
-                    source: error,
-                },
-                DbError::Unreachable { source, .. } | DbError::Database(source) => {
-                    store_error(sqlite, &shown, source)
-                }
-                DbError::Migrate(m) => store_error(sqlite, &shown, sqlx::Error::Migrate(m.into())),
-            })?;
+        let db = herd_db::connect(url, &OPTIONS).await.map_err(|e| match e {
+            DbError::Config(reason) => JobsError::InvalidUrl {
+                url: crate::redact_url(url),
+                reason,
+            },
+            DbError::Io { context, error } => JobsError::Io {
+                path: context,
+                source: error,
+            },
+            DbError::Unreachable { source, .. } | DbError::Database(source) => {
+                store_error(sqlite, &shown, source)
+            }
+            DbError::Migrate(m) => store_error(sqlite, &shown, sqlx::Error::Migrate(m.into())),
+        })?;
         Ok(SqlQueue {
             db,
             shown,
@@ -249,10 +247,10 @@ impl SqlQueue {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| self.err(e))?;
-                sqlx::query(&self.q(
-                    "UPDATE {jobs} SET state = 'waiting', updated_ms = $1
-                     WHERE queue = $2 AND state = 'delayed' AND run_at_ms <= $1",
-                ))
+                sqlx::query(
+                    &self.q("UPDATE {jobs} SET state = 'waiting', updated_ms = $1
+                     WHERE queue = $2 AND state = 'delayed' AND run_at_ms <= $1"),
+                )
                 .bind(now)
                 .bind(name)
                 .execute(&mut *tx)
@@ -820,7 +818,12 @@ mod tests {
             .unwrap();
             pool.close().await;
         }
-        let queue = SqlQueue::open(&url, None).await.unwrap();
+        // Opened on a spawned task: the open future must be `Send` for callers that spawn it
+        // (herd-scale's queue probe did; a `raw_sql` on a transaction was not).
+        let queue = tokio::spawn(async move { SqlQueue::open(&url, None).await })
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(queue.backend(), "sqlite");
         let lease = queue
             .claim("w", &["default".to_string()], Duration::from_secs(10))
@@ -829,10 +832,7 @@ mod tests {
             .expect("the old job is claimable");
         assert_eq!(lease.job.id, "j-old");
         assert_eq!(lease.job.spec, spec);
-        queue
-            .ack(&lease, &JobOutcome::default())
-            .await
-            .unwrap();
+        queue.ack(&lease, &JobOutcome::default()).await.unwrap();
         let job = queue.show("j-old").await.unwrap().unwrap();
         assert_eq!(job.state, JobState::Done);
     }

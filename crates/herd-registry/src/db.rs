@@ -2,8 +2,8 @@
 //! text for both backends, see [`herd_db::dispatch!`]). This module holds what is the registry's
 //! own: its migrations, the gc lock and the stored time format.
 
-pub use herd_db::{redact_url, Db};
 pub(crate) use herd_db::{dispatch, is_unique_violation, RowExt};
+pub use herd_db::{redact_url, Db};
 
 use herd_db::{DbError, DbOptions, Schema};
 
