@@ -386,6 +386,15 @@ mod tests {
             ),
             ("redis://hunter2@h:1", "redis://***@h:1"),
             (
+                "rediss://default:hunter2@h:1?prefix=x",
+                "rediss://default:***@h:1?prefix=x",
+            ),
+            (
+                "redis+cluster://u:hunter2@a:1,b:2",
+                "redis+cluster://u:***@a:1,b:2",
+            ),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            (
                 "postgres://herd:hunter2@db/q?sslmode=require",
                 "postgres://herd:***@db/q?sslmode=require",
             ),

@@ -21,7 +21,7 @@
 //!   idle workers; SQLite workers poll.
 
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,34 +37,11 @@ use crate::{
 
 // ---- What differs between SQLite and PostgreSQL -------------------------------------------
 
-const SQLITE_SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS jobs (
-  id TEXT PRIMARY KEY,
-  queue TEXT NOT NULL,
-  state TEXT NOT NULL,
-  priority INTEGER NOT NULL,
-  spec TEXT NOT NULL,
-  attempts INTEGER NOT NULL DEFAULT 0,
-  max_attempts INTEGER NOT NULL,
-  created_ms INTEGER NOT NULL,
-  updated_ms INTEGER NOT NULL,
-  run_at_ms INTEGER NOT NULL,
-  finished_ms INTEGER,
-  worker_id TEXT,
-  lease_token TEXT,
-  lease_expires_ms INTEGER,
-  last_error TEXT,
-  result TEXT,
-  progress TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_claim ON jobs(queue, state, priority DESC, id);
-CREATE INDEX IF NOT EXISTS jobs_due ON jobs(queue, state, run_at_ms);
-CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(queue, state, lease_expires_ms);
-CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(state, finished_ms);
-"#;
-
-const POSTGRES_SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS herd_jobs (
+/// The schema, written once for both (`{jobs}` is the table). SQLite gives `BIGINT` columns
+/// INTEGER affinity, the same 64-bit integers as its files created with `INTEGER` columns
+/// before; `CREATE ... IF NOT EXISTS` leaves an existing table as it is.
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS {jobs} (
   id TEXT PRIMARY KEY,
   queue TEXT NOT NULL,
   state TEXT NOT NULL,
@@ -83,11 +60,14 @@ CREATE TABLE IF NOT EXISTS herd_jobs (
   result TEXT,
   progress TEXT
 );
-CREATE INDEX IF NOT EXISTS herd_jobs_claim ON herd_jobs(queue, state, priority DESC, id);
-CREATE INDEX IF NOT EXISTS herd_jobs_due ON herd_jobs(queue, state, run_at_ms);
-CREATE INDEX IF NOT EXISTS herd_jobs_lease ON herd_jobs(queue, state, lease_expires_ms);
-CREATE INDEX IF NOT EXISTS herd_jobs_finished ON herd_jobs(state, finished_ms);
+CREATE INDEX IF NOT EXISTS {jobs}_claim ON {jobs}(queue, state, priority DESC, id);
+CREATE INDEX IF NOT EXISTS {jobs}_due ON {jobs}(queue, state, run_at_ms);
+CREATE INDEX IF NOT EXISTS {jobs}_lease ON {jobs}(queue, state, lease_expires_ms);
+CREATE INDEX IF NOT EXISTS {jobs}_finished ON {jobs}(state, finished_ms);
 "#;
+
+/// [`SCHEMA`] for SQLite and for PostgreSQL.
+static SCHEMAS: LazyLock<[String; 2]> = LazyLock::new(|| [fill(SCHEMA, false), fill(SCHEMA, true)]);
 
 /// The PostgreSQL advisory lock held while the schema is created.
 const PG_SCHEMA_LOCK: i64 = 7421001;
@@ -95,30 +75,34 @@ const PG_SCHEMA_LOCK: i64 = 7421001;
 /// The PostgreSQL channel of enqueue notifications (the payload is the queue name).
 const PG_CHANNEL: &str = "herd_jobs";
 
-const OPTIONS: DbOptions = DbOptions {
-    // A process crash never loses a commit in WAL mode; a power loss may lose the last ones.
-    sqlite_synchronous: SqliteSynchronous::Normal,
-    ..DbOptions::new(
-        "queue",
-        crate::DEFAULT_QUEUE_URL,
-        Schema::Idempotent {
-            sql: SQLITE_SCHEMA,
-            pg_lock_key: PG_SCHEMA_LOCK,
-        },
-        Schema::Idempotent {
-            sql: POSTGRES_SCHEMA,
-            pg_lock_key: PG_SCHEMA_LOCK,
-        },
-    )
-};
+fn options() -> DbOptions {
+    let [sqlite, postgres] = &*SCHEMAS;
+    DbOptions {
+        // A process crash never loses a commit in WAL mode; a power loss may lose the last ones.
+        sqlite_synchronous: SqliteSynchronous::Normal,
+        ..DbOptions::new(
+            "queue",
+            crate::DEFAULT_QUEUE_URL,
+            Schema::Idempotent {
+                sql: sqlite,
+                pg_lock_key: PG_SCHEMA_LOCK,
+            },
+            Schema::Idempotent {
+                sql: postgres,
+                pg_lock_key: PG_SCHEMA_LOCK,
+            },
+        )
+    }
+}
 
 /// Fills the backend's slots of a query text: `{jobs}` (the table), `{skip_locked}` (PostgreSQL
 /// `FOR UPDATE SKIP LOCKED`) and `{for_update}` (PostgreSQL `FOR UPDATE`). SQLite needs no row
 /// locks: its write transactions (`BEGIN IMMEDIATE`) run one at a time.
-fn sql_for(db: &Db, text: &str) -> String {
-    let (table, skip_locked, for_update) = match db {
-        Db::Sqlite(_) => ("jobs", "", ""),
-        Db::Postgres(_) => ("herd_jobs", " FOR UPDATE SKIP LOCKED", " FOR UPDATE"),
+fn fill(text: &str, postgres: bool) -> String {
+    let (table, skip_locked, for_update) = if postgres {
+        ("herd_jobs", " FOR UPDATE SKIP LOCKED", " FOR UPDATE")
+    } else {
+        ("jobs", "", "")
     };
     text.replace("{jobs}", table)
         .replace("{skip_locked}", skip_locked)
@@ -147,20 +131,22 @@ impl SqlQueue {
         } else {
             crate::redact_url(url)
         };
-        let db = herd_db::connect(url, &OPTIONS).await.map_err(|e| match e {
-            DbError::Config(reason) => JobsError::InvalidUrl {
-                url: crate::redact_url(url),
-                reason,
-            },
-            DbError::Io { context, error } => JobsError::Io {
-                path: context,
-                source: error,
-            },
-            DbError::Unreachable { source, .. } | DbError::Database(source) => {
-                store_error(sqlite, &shown, source)
-            }
-            DbError::Migrate(m) => store_error(sqlite, &shown, sqlx::Error::Migrate(m.into())),
-        })?;
+        let db = herd_db::connect(url, &options())
+            .await
+            .map_err(|e| match e {
+                DbError::Config(reason) => JobsError::InvalidUrl {
+                    url: crate::redact_url(url),
+                    reason,
+                },
+                DbError::Io { context, error } => JobsError::Io {
+                    path: context,
+                    source: error,
+                },
+                DbError::Unreachable { source, .. } | DbError::Database(source) => {
+                    store_error(sqlite, &shown, source)
+                }
+                DbError::Migrate(m) => store_error(sqlite, &shown, sqlx::Error::Migrate(m.into())),
+            })?;
         Ok(SqlQueue {
             db,
             shown,
@@ -203,7 +189,7 @@ impl SqlQueue {
     // ---- One implementation for both -----------------------------------------------------
 
     fn q(&self, text: &str) -> String {
-        sql_for(&self.db, text)
+        fill(text, matches!(self.db, Db::Postgres(_)))
     }
 
     fn err(&self, source: sqlx::Error) -> JobsError {
@@ -807,7 +793,9 @@ mod tests {
                 .filename(&path)
                 .create_if_missing(true);
             let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
-            sqlx::raw_sql(SQLITE_SCHEMA).execute(&pool).await.unwrap();
+            // The schema as the queue wrote it before herd-db: `INTEGER` columns.
+            let old = fill(SCHEMA, false).replace("BIGINT", "INTEGER");
+            sqlx::raw_sql(&old).execute(&pool).await.unwrap();
             sqlx::query(
                 "INSERT INTO jobs (id, queue, state, priority, spec, attempts, max_attempts, created_ms, updated_ms, run_at_ms)
                  VALUES ('j-old', 'default', 'waiting', 0, ?, 0, 3, 1, 1, 1)",
@@ -837,19 +825,19 @@ mod tests {
         assert_eq!(job.state, JobState::Done);
     }
 
-    #[tokio::test]
-    async fn each_backend_gets_its_table_and_row_locks() {
+    #[test]
+    fn each_backend_gets_its_table_and_row_locks() {
         let text = "SELECT * FROM {jobs} WHERE id = $1{for_update} LIMIT 1{skip_locked}";
-        let sqlite = Db::Sqlite(sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap());
         assert_eq!(
-            sql_for(&sqlite, text),
+            fill(text, false),
             "SELECT * FROM jobs WHERE id = $1 LIMIT 1"
         );
-        let pg = Db::Postgres(sqlx::PgPool::connect_lazy("postgres://u@127.0.0.1:1/db").unwrap());
         assert_eq!(
-            sql_for(&pg, text),
+            fill(text, true),
             "SELECT * FROM herd_jobs WHERE id = $1 FOR UPDATE LIMIT 1 FOR UPDATE SKIP LOCKED"
         );
+        assert!(SCHEMAS[0].contains("CREATE TABLE IF NOT EXISTS jobs ("));
+        assert!(SCHEMAS[1].contains("CREATE INDEX IF NOT EXISTS herd_jobs_claim ON herd_jobs("));
     }
 
     #[tokio::test]
