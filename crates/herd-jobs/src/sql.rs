@@ -841,6 +841,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_unreachable_postgres_is_unavailable_and_its_password_hidden() {
+        // Port 1 on loopback refuses at once: the direct first connection reports it.
+        let err = match SqlQueue::open("postgres://herd:hunter2@127.0.0.1:1/q", None).await {
+            Ok(_) => panic!("nothing listens on port 1"),
+            Err(e) => e,
+        };
+        assert!(matches!(err, JobsError::Postgres { .. }), "{err}");
+        assert_eq!(
+            herd_api::HasErrorCode::code(&err),
+            herd_api::ErrorCode::Unavailable
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("herd:***@127.0.0.1:1"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+    }
+
+    #[tokio::test]
     async fn a_queue_url_without_a_file_path_is_refused_with_the_default() {
         let err = match SqlQueue::open("sqlite://", None).await {
             Ok(_) => panic!("an empty path must be refused"),
