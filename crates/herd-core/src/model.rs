@@ -216,6 +216,19 @@ fn compatible(a: &Job, b: &Job) -> bool {
             .all(|(x, y)| x.shape.get(1..) == y.shape.get(1..))
 }
 
+/// Adds `j` to `batch` (of `rows` rows) when it fits under `max` rows and has the same
+/// shapes; gives it back otherwise.
+fn join(batch: &mut Vec<Job>, rows: &mut usize, j: Job, max: usize) -> Result<(), Job> {
+    match j.rows {
+        Some(r) if *rows + r <= max && compatible(&batch[0], &j) => {
+            *rows += r;
+            batch.push(j);
+            Ok(())
+        }
+        _ => Err(j),
+    }
+}
+
 async fn batch_loop(
     model: String,
     mut rx: mpsc::Receiver<Job>,
@@ -254,21 +267,27 @@ async fn batch_loop(
                     Err(_) => None,
                 };
                 let Some(j) = next else { break };
-                match j.rows {
-                    Some(r) if rows + r <= settings.max_batch_size && compatible(&batch[0], &j) => {
-                        rows += r;
-                        batch.push(j);
-                    }
-                    _ => {
-                        pending = Some(j);
-                        break;
-                    }
+                if let Err(j) = join(&mut batch, &mut rows, j, settings.max_batch_size) {
+                    pending = Some(j);
+                    break;
                 }
             }
         }
         let Ok(permit) = pool.free.clone().acquire_owned().await else {
             break;
         };
+        // Requests that came while this batch waited for an instance join it: otherwise they
+        // would wait for the next run, and closed-loop clients would split into two cohorts
+        // that take turns in half-size batches.
+        if batchable && batch[0].rows.is_some() && pending.is_none() {
+            while rows < settings.max_batch_size {
+                let Ok(j) = rx.try_recv() else { break };
+                if let Err(j) = join(&mut batch, &mut rows, j, settings.max_batch_size) {
+                    pending = Some(j);
+                    break;
+                }
+            }
+        }
         queued.fetch_sub(batch.len(), Ordering::AcqRel);
         // Requests whose client went away are dropped here, before they cost an inference.
         batch.retain(|j| !j.reply.is_closed() && !j.cancel.is_cancelled());

@@ -14,7 +14,9 @@
 //! - all: `token_count` INT64 `[-1]` (tokens after truncation, for usage accounting).
 //!
 //! Texts batched together are padded to the longest of the batch; the attention mask keeps the
-//! padding out, so answers are the same as for each text alone.
+//! padding out, so answers are the same as for each text alone. A batch of texts of very
+//! different lengths (a merged dynamic batch) is run as a few groups of similar length
+//! ([`herd_pipeline::length_groups`]): less padding computed, the same answers.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,6 +36,8 @@ pub(crate) struct PipelineShared {
     pre: Preprocessor,
     binding: Binding,
     signature: Signature,
+    /// The cost model that splits a batch into groups of similar length.
+    cost: herd_pipeline::RunCost,
 }
 
 fn parse(table: &toml::Table) -> Result<PipelineConfig, String> {
@@ -106,11 +110,19 @@ pub(crate) fn prepare(
         .bind(&inner.inputs, &inner.outputs)
         .map_err(|e| e.to_string())?;
     let signature = served_signature(&cfg, &binding);
+    // An embedding model's output is [batch, seq, hidden] or [batch, hidden]; other kinds
+    // answer classes or logits there, and get the default hidden size.
+    let hidden = match cfg.kind() {
+        PipelineKind::Embedding(_) => binding.output.shape.last().copied().unwrap_or(0),
+        _ => 0,
+    };
+    let hidden = usize::try_from(hidden).unwrap_or(0);
     Ok(Arc::new(PipelineShared {
         cfg,
         pre,
         binding,
         signature,
+        cost: herd_pipeline::RunCost::for_hidden(hidden),
     }))
 }
 
@@ -195,7 +207,7 @@ impl Instance for PipelineInstance {
         if cancel.is_cancelled() {
             return Err(RuntimeError::Cancelled);
         }
-        let s = &self.shared;
+        let s = self.shared.clone();
         let kind = s.cfg.kind();
         let mut text = None;
         let mut pair = None;
@@ -267,14 +279,185 @@ impl Instance for PipelineInstance {
         }
         .map_err(request_error)?;
         let t1 = Instant::now();
+        metrics::histogram!("herd_pipeline_stage_seconds", "stage" => "tokenize")
+            .record(t1.duration_since(t0).as_secs_f64());
+        let lengths = enc.lengths();
+        // Texts of very different lengths (a merged dynamic batch) run as groups of similar
+        // length: less padding computed. One group is the batch as it is.
+        // (`length_groups = false` in [pipeline]: always one run.)
+        let groups = if s.cfg.length_groups {
+            herd_pipeline::length_groups(&lengths, &s.cost)
+        } else {
+            vec![(0..n).collect()]
+        };
+        let answer = if groups.len() == 1 {
+            self.run_group(&enc, cancel)?
+        } else {
+            metrics::counter!("herd_pipeline_length_groups_total").increment(groups.len() as u64);
+            let mut parts = Vec::with_capacity(groups.len());
+            for g in groups {
+                if cancel.is_cancelled() {
+                    return Err(RuntimeError::Cancelled);
+                }
+                let len = g.iter().map(|&i| lengths[i]).max().unwrap_or(0);
+                let answer = self.run_group(&enc.select(&g, len), cancel)?;
+                parts.push((g, answer));
+            }
+            Answer::scatter(parts, n)?
+        };
+        let tokens = Tensor::new(
+            "token_count",
+            vec![n as i64],
+            TensorData::I64(lengths.into_iter().map(|l| l as i64).collect()),
+        );
+        Ok(answer.into_tensors(n, tokens))
+    }
+}
+
+/// The post-processed answers of some texts, one entry per text.
+enum Answer {
+    /// Cross-encoders: one logit per pair (scores are computed from them).
+    Logits {
+        logits: Vec<f32>,
+        sigmoid: bool,
+    },
+    Embeddings(Vec<Vec<f32>>),
+    /// Classifiers: the top-k `(label, score)` of each text.
+    Labels(Vec<Vec<(String, f32)>>),
+}
+
+impl Answer {
+    fn len(&self) -> usize {
+        match self {
+            Answer::Logits { logits, .. } => logits.len(),
+            Answer::Embeddings(v) => v.len(),
+            Answer::Labels(v) => v.len(),
+        }
+    }
+
+    /// The answers of `n` texts from those of groups of them (`(rows, answer)`: `answer`'s
+    /// entry k is text `rows[k]`'s), back in the texts' order.
+    fn scatter(parts: Vec<(Vec<usize>, Answer)>, n: usize) -> Result<Answer, RuntimeError> {
+        fn place<T>(slots: &mut [Option<T>], rows: &[usize], values: Vec<T>) {
+            for (&r, v) in rows.iter().zip(values) {
+                slots[r] = Some(v);
+            }
+        }
+        let mut sigmoid = true;
+        let mut logits: Vec<Option<f32>> = Vec::new();
+        let mut embeddings: Vec<Option<Vec<f32>>> = Vec::new();
+        let mut labels: Vec<Option<Vec<(String, f32)>>> = Vec::new();
+        let mut kind = None;
+        for (rows, answer) in parts {
+            if answer.len() != rows.len() {
+                return Err(RuntimeError::Run(format!(
+                    "the model answered {} rows for a group of {}",
+                    answer.len(),
+                    rows.len()
+                )));
+            }
+            match answer {
+                Answer::Logits {
+                    logits: l,
+                    sigmoid: sg,
+                } => {
+                    sigmoid = sg;
+                    logits.resize(n, None);
+                    place(&mut logits, &rows, l);
+                    kind = Some(0);
+                }
+                Answer::Embeddings(e) => {
+                    embeddings.resize(n, None);
+                    place(&mut embeddings, &rows, e);
+                    kind = Some(1);
+                }
+                Answer::Labels(l) => {
+                    labels.resize(n, None);
+                    place(&mut labels, &rows, l);
+                    kind = Some(2);
+                }
+            }
+        }
+        fn all<T>(slots: Vec<Option<T>>) -> Result<Vec<T>, RuntimeError> {
+            slots
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| v.ok_or_else(|| RuntimeError::Run(format!("text {i} got no answer"))))
+                .collect()
+        }
+        Ok(match kind {
+            Some(0) => Answer::Logits {
+                logits: all(logits)?,
+                sigmoid,
+            },
+            Some(1) => Answer::Embeddings(all(embeddings)?),
+            Some(2) => Answer::Labels(all(labels)?),
+            _ => return Err(RuntimeError::Run("no group answered".into())),
+        })
+    }
+
+    /// The served outputs of `n` texts, `tokens` (their `token_count`) last.
+    fn into_tensors(self, n: usize, tokens: Tensor) -> Vec<Tensor> {
+        match self {
+            Answer::Logits { logits, sigmoid } => {
+                let scores: Vec<f32> = if sigmoid {
+                    logits.iter().map(|&l| herd_pipeline::sigmoid(l)).collect()
+                } else {
+                    logits.clone()
+                };
+                vec![
+                    Tensor::new("score", vec![n as i64], TensorData::F32(scores)),
+                    Tensor::new("logit", vec![n as i64], TensorData::F32(logits)),
+                    tokens,
+                ]
+            }
+            Answer::Embeddings(vecs) => {
+                let dim = vecs.first().map(Vec::len).unwrap_or(0);
+                let flat: Vec<f32> = vecs.into_iter().flatten().collect();
+                vec![
+                    Tensor::new(
+                        "embedding",
+                        vec![n as i64, dim as i64],
+                        TensorData::F32(flat),
+                    ),
+                    tokens,
+                ]
+            }
+            Answer::Labels(rows) => {
+                let k = rows.first().map(Vec::len).unwrap_or(0);
+                let mut labels = Vec::with_capacity(n * k);
+                let mut scores = Vec::with_capacity(n * k);
+                for row in rows {
+                    for (l, sc) in row {
+                        labels.push(l.into_bytes());
+                        scores.push(sc);
+                    }
+                }
+                let shape = vec![n as i64, k as i64];
+                vec![
+                    Tensor::new("label", shape.clone(), TensorData::Bytes(labels)),
+                    Tensor::new("score", shape, TensorData::F32(scores)),
+                    tokens,
+                ]
+            }
+        }
+    }
+}
+
+impl PipelineInstance {
+    /// Runs the model on one padded batch and post-processes its output: one answer per row.
+    fn run_group(
+        &mut self,
+        enc: &herd_pipeline::Encoded,
+        cancel: &Cancel,
+    ) -> Result<Answer, RuntimeError> {
+        let s = &self.shared;
+        let t1 = Instant::now();
         let outputs = self
             .inner
             .run_cancellable(enc.to_tensors(&s.binding), cancel)?;
-        let t2 = Instant::now();
-        metrics::histogram!("herd_pipeline_stage_seconds", "stage" => "tokenize")
-            .record(t1.duration_since(t0).as_secs_f64());
         metrics::histogram!("herd_pipeline_stage_seconds", "stage" => "model")
-            .record(t2.duration_since(t1).as_secs_f64());
+            .record(t1.elapsed().as_secs_f64());
         let _post = PostTimer(Instant::now());
         let out = outputs
             .iter()
@@ -286,70 +469,30 @@ impl Instance for PipelineInstance {
                 ))
             })?;
         let (values, shape) = herd_pipeline::f32_output(out).map_err(request_error)?;
-        let tokens = Tensor::new(
-            "token_count",
-            vec![n as i64],
-            TensorData::I64(enc.lengths().into_iter().map(|l| l as i64).collect()),
-        );
-        match kind {
-            PipelineKind::CrossEncoder => {
-                let logits = herd_pipeline::pair_logits(values, &shape).map_err(request_error)?;
-                let sigmoid = s.cfg.cross_encoder.as_ref().is_none_or(|c| c.sigmoid);
-                let scores: Vec<f32> = if sigmoid {
-                    logits.iter().map(|&l| herd_pipeline::sigmoid(l)).collect()
-                } else {
-                    logits.clone()
-                };
-                Ok(vec![
-                    Tensor::new("score", vec![n as i64], TensorData::F32(scores)),
-                    Tensor::new("logit", vec![n as i64], TensorData::F32(logits)),
-                    tokens,
-                ])
-            }
-            PipelineKind::Embedding(pooling) => {
-                let vecs = herd_pipeline::embeddings(
+        Ok(match s.cfg.kind() {
+            PipelineKind::CrossEncoder => Answer::Logits {
+                logits: herd_pipeline::pair_logits(values, &shape).map_err(request_error)?,
+                sigmoid: s.cfg.cross_encoder.as_ref().is_none_or(|c| c.sigmoid),
+            },
+            PipelineKind::Embedding(pooling) => Answer::Embeddings(
+                herd_pipeline::embeddings(
                     values,
                     &shape,
                     &enc.attention_mask,
                     pooling,
                     s.cfg.normalize,
                 )
-                .map_err(request_error)?;
-                let dim = vecs.first().map(Vec::len).unwrap_or(0);
-                let flat: Vec<f32> = vecs.into_iter().flatten().collect();
-                Ok(vec![
-                    Tensor::new(
-                        "embedding",
-                        vec![n as i64, dim as i64],
-                        TensorData::F32(flat),
-                    ),
-                    tokens,
-                ])
-            }
+                .map_err(request_error)?,
+            ),
             PipelineKind::Classifier => {
                 let cc = s
                     .cfg
                     .classifier
                     .as_ref()
                     .ok_or_else(|| RuntimeError::Run("classifier settings missing".into()))?;
-                let rows = herd_pipeline::classify(values, &shape, cc).map_err(request_error)?;
-                let k = rows.first().map(Vec::len).unwrap_or(0);
-                let mut labels = Vec::with_capacity(n * k);
-                let mut scores = Vec::with_capacity(n * k);
-                for row in rows {
-                    for (l, sc) in row {
-                        labels.push(l.into_bytes());
-                        scores.push(sc);
-                    }
-                }
-                let shape = vec![n as i64, k as i64];
-                Ok(vec![
-                    Tensor::new("label", shape.clone(), TensorData::Bytes(labels)),
-                    Tensor::new("score", shape, TensorData::F32(scores)),
-                    tokens,
-                ])
+                Answer::Labels(herd_pipeline::classify(values, &shape, cc).map_err(request_error)?)
             }
-        }
+        })
     }
 }
 
@@ -450,5 +593,160 @@ impl crate::Core {
         })
         .await
         .map_err(|_| crate::CoreError::ShuttingDown)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+
+    /// A tiny BERT-style tokenizer: lower-casing, WordPiece, `[CLS] text [SEP]`, pad id 0.
+    const TOKENIZER: &str = r###"{
+      "version": "1.0", "truncation": null, "padding": null,
+      "added_tokens": [
+        {"id":0,"content":"[PAD]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},
+        {"id":1,"content":"[UNK]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},
+        {"id":2,"content":"[CLS]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},
+        {"id":3,"content":"[SEP]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],
+      "normalizer": {"type":"BertNormalizer","clean_text":true,"handle_chinese_chars":true,"strip_accents":null,"lowercase":true},
+      "pre_tokenizer": {"type":"BertPreTokenizer"},
+      "post_processor": {"type":"TemplateProcessing",
+        "single":[{"SpecialToken":{"id":"[CLS]","type_id":0}},{"Sequence":{"id":"A","type_id":0}},{"SpecialToken":{"id":"[SEP]","type_id":0}}],
+        "pair":[{"SpecialToken":{"id":"[CLS]","type_id":0}},{"Sequence":{"id":"A","type_id":0}},{"SpecialToken":{"id":"[SEP]","type_id":0}},{"Sequence":{"id":"B","type_id":1}},{"SpecialToken":{"id":"[SEP]","type_id":1}}],
+        "special_tokens":{"[CLS]":{"id":"[CLS]","ids":[2],"tokens":["[CLS]"]},"[SEP]":{"id":"[SEP]","ids":[3],"tokens":["[SEP]"]}}},
+      "decoder": null,
+      "model": {"type":"WordPiece","unk_token":"[UNK]","continuing_subword_prefix":"##","max_input_chars_per_word":100,
+        "vocab":{"[PAD]":0,"[UNK]":1,"[CLS]":2,"[SEP]":3,"hello":4,"world":5,"the":6,"cat":7,"##s":8,",":9}}
+    }"###;
+
+    /// A token-level "encoder": token t of a row becomes `[id, position of t, 1]`, so mean
+    /// pooling depends on every real token and on nothing else. Records the `[batch, seq]`
+    /// of every run.
+    struct Encoder {
+        sig: Signature,
+        runs: Arc<Mutex<Vec<(usize, usize)>>>,
+    }
+
+    impl Instance for Encoder {
+        fn signature(&self) -> &Signature {
+            &self.sig
+        }
+        fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
+            let ids = &inputs[0];
+            let (b, l) = (ids.shape[0] as usize, ids.shape[1] as usize);
+            self.runs.lock().push((b, l));
+            let TensorData::I64(v) = &ids.data else {
+                return Err(RuntimeError::Run("ids not i64".into()));
+            };
+            let mut out = Vec::with_capacity(b * l * 3);
+            for (k, &id) in v.iter().enumerate() {
+                out.extend([id as f32, (k % l) as f32, 1.0]);
+            }
+            Ok(vec![Tensor::new(
+                "last_hidden_state",
+                vec![b as i64, l as i64, 3],
+                TensorData::F32(out),
+            )])
+        }
+    }
+
+    fn pipeline(extra: &str) -> (PipelineInstance, Arc<Mutex<Vec<(usize, usize)>>>) {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "herd-core-pipeline-groups-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let version = dir.join("1");
+        std::fs::create_dir_all(&version).unwrap();
+        std::fs::write(dir.join("tokenizer.json"), TOKENIZER).unwrap();
+        let i64_rows = |name: &str| TensorMetadata {
+            name: name.into(),
+            datatype: DataType::I64,
+            shape: vec![-1, -1],
+        };
+        let sig = Signature {
+            inputs: vec![i64_rows("input_ids"), i64_rows("attention_mask")],
+            outputs: vec![TensorMetadata {
+                name: "last_hidden_state".into(),
+                datatype: DataType::F32,
+                shape: vec![-1, -1, 3],
+            }],
+        };
+        let table: toml::Table =
+            toml::from_str(&format!("max_length = 64\npooling = \"mean\"\n{extra}")).unwrap();
+        let shared = prepare(&table, &version.join("model.onnx"), &sig).unwrap();
+        let runs = Arc::new(Mutex::new(Vec::new()));
+        let inner = Encoder {
+            sig,
+            runs: runs.clone(),
+        };
+        (PipelineInstance::new(Box::new(inner), shared), runs)
+    }
+
+    fn texts(t: &[String]) -> Vec<Tensor> {
+        vec![Tensor::new(
+            TEXT_INPUT,
+            vec![t.len() as i64],
+            TensorData::Bytes(t.iter().map(|s| s.clone().into_bytes()).collect()),
+        )]
+    }
+
+    #[test]
+    fn a_batch_of_short_and_long_texts_runs_as_length_groups_with_the_answers_of_each_alone() {
+        // Six 1-word texts and two 40-word texts, mixed: one run would pad all eight to 42
+        // tokens.
+        let long = ["the cat"; 20].join(" ");
+        let batch: Vec<String> = [
+            "hello", "world", &long, "cat", "the", &long, "hello", "cats",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (mut p, runs) = pipeline("");
+        let out = p.run(texts(&batch)).unwrap();
+        // Two runs: the six short texts at their own length, the two long ones at theirs.
+        let mut seen = runs.lock().clone();
+        seen.sort_unstable();
+        assert_eq!(seen, vec![(2, 42), (6, 4)], "{seen:?}");
+        // Each text's embedding and token count are those of the text alone, in the order
+        // sent.
+        let TensorData::F32(emb) = &out[0].data else {
+            panic!("embedding not f32");
+        };
+        assert_eq!(out[0].shape, vec![8, 3]);
+        assert_eq!(out[1].name, "token_count");
+        let mut want_tokens = Vec::new();
+        for (i, t) in batch.iter().enumerate() {
+            let alone = p.run(texts(std::slice::from_ref(t))).unwrap();
+            let TensorData::F32(a) = &alone[0].data else {
+                panic!("embedding not f32");
+            };
+            assert_eq!(&emb[i * 3..(i + 1) * 3], a.as_slice(), "text {i}");
+            let TensorData::I64(n) = &alone[1].data else {
+                panic!("token_count not i64");
+            };
+            want_tokens.push(n[0]);
+        }
+        assert_eq!(out[1].data, TensorData::I64(want_tokens));
+
+        // length_groups = false: one run padded to the longest, the same answers.
+        let (mut q, runs) = pipeline("length_groups = false\n");
+        let one = q.run(texts(&batch)).unwrap();
+        assert_eq!(*runs.lock(), vec![(8, 42)]);
+        assert_eq!(one, out);
+    }
+
+    #[test]
+    fn texts_of_similar_length_stay_one_run() {
+        let batch: Vec<String> = ["hello world", "the cat", "cats, the", "world hello"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (mut p, runs) = pipeline("");
+        let out = p.run(texts(&batch)).unwrap();
+        assert_eq!(*runs.lock(), vec![(4, 6)]);
+        assert_eq!(out[0].shape, vec![4, 3]);
     }
 }

@@ -4,7 +4,8 @@
 //! model's input/output signature ([`read_signature`], or streaming and signature-only from a file
 //! with [`scan_file`], which also lists external-data files), and writing tiny linear classifiers
 //! ([`LinearClassifier`]) and token-id text classifiers ([`TextClassifier`]) with pure-Rust
-//! reference `predict`s — what `herd demo` uses to write thousands of per-customer models.
+//! reference `predict`s — what `herd demo` uses to write thousands of per-customer models —
+//! and chains of matrix products whose runs take as long as a test needs ([`MatMulChain`]).
 //! [`initializers`] plans the sharing of large initializers between models (keys, folding,
 //! stripping) on the wire format.
 //! Must not depend on: tokio, inference engines, HTTP, storage.
@@ -12,11 +13,13 @@
 pub mod initializers;
 pub mod proto;
 
+mod chain;
 mod classifier;
 mod scan;
 mod signature;
 mod text_classifier;
 
+pub use chain::MatMulChain;
 pub use classifier::LinearClassifier;
 pub use scan::{scan, scan_file, FileScan};
 pub use signature::{data_type, read_signature, Signature};

@@ -6,6 +6,8 @@
 //! max_length = 256               # tokens, special tokens included
 //! truncation = true              # longer texts are cut to max_length (false: they are an error)
 //! padding = "longest"            # a batch is padded to its longest text
+//! length_groups = true           # texts of very different lengths run as groups of similar
+//!                                # length, each padded to its longest (false: one run)
 //! pooling = "mean"               # embedding models: "mean" | "cls" | "max"
 //! normalize = true               # embedding models: L2-normalise the pooled vector
 //! # output = "last_hidden_state" # the ONNX output to post-process (default: the first)
@@ -52,6 +54,10 @@ pub struct PipelineConfig {
     pub truncation: bool,
     #[serde(default)]
     pub padding: Padding,
+    /// Run a batch of texts of very different lengths as groups of similar length (less
+    /// padding computed; see [`crate::length_groups`]); false: always one run.
+    #[serde(default = "default_true")]
+    pub length_groups: bool,
     /// Pooling of an embedding model's token vectors; `None` for classifiers.
     #[serde(default)]
     pub pooling: Option<Pooling>,

@@ -9,6 +9,7 @@
 //! between [`Preprocessor::encode`] and [`post::embeddings`] / [`post::classify`].
 
 pub mod config;
+mod group;
 pub mod post;
 mod pre;
 
@@ -20,6 +21,7 @@ pub use config::{
     Binding, ClassifierConfig, CrossEncoderConfig, InputNames, Padding, PipelineConfig,
     PipelineKind, Pooling,
 };
+pub use group::{length_groups, RunCost};
 pub use post::{
     classify, embeddings, f32_output, l2_normalize, pair_logits, pool, sigmoid, softmax, top_k,
 };

@@ -9,9 +9,16 @@
 //! load does not parse them again. Folded tensors are computed once by running a small model
 //! made of the folding nodes. A tensor is freed when the last session that uses it is dropped.
 //!
-//! Sessions that use shared tensors do not pre-pack them (`session.disable_prepacking`):
-//! a pre-packed copy would be per session (or, with ONNX Runtime's pre-packed weights
-//! container, kept for the life of the container, so never freed on eviction).
+//! Pre-packing (ONNX Runtime's weight layout for its matrix kernels, made once at load) keeps a
+//! copy per session (or, with ONNX Runtime's pre-packed weights container, for the life of the
+//! container, so never freed on eviction). Without it every run packs the weights again:
+//! measured on MiniLM int8, ~45% of a one-sentence run's CPU time, 6.6 vs 4.4 ms per request
+//! (notes/issue-8.md). So a session pre-packs when its copy is paid once: a shared trunk
+//! (one session for every model on it; its packed copy is in the trunk's measured bytes), or
+//! a whole session whose shared tensors no other model holds yet (the first model of its
+//! weights: the copy is its own memory, measured in its load and freed with it). Sessions
+//! that join tensors already resident (heads, later whole sessions) do not pre-pack
+//! (`session.disable_prepacking`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -322,13 +329,15 @@ pub(crate) struct SharedSession {
     pub trunk: Option<TrunkUse>,
 }
 
-/// Builds a session of `model` whose placeholders are the `weights` (by name).
+/// Builds a session of `model` whose placeholders are the `weights` (by name); `prepack`:
+/// whether ONNX Runtime pre-packs the weights (a copy in this session, see the module docs).
 fn build_session(
     env: &Environment,
     store: &SharedStore,
     model: &[u8],
     weights: &[(&str, &Arc<SharedWeight>)],
     opts: &LoadOptions,
+    prepack: bool,
 ) -> Result<Session, String> {
     let file = if weights.is_empty() {
         None
@@ -347,7 +356,7 @@ fn build_session(
             .map_err(|e| e.to_string())?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(s)?
-            .with_prepacking(false)
+            .with_prepacking(prepack)
             .map_err(s)?;
         // As for unshared models: no arena, no per-shape memory patterns.
         let mut b = crate::ort_backend::memory_options(b)?;
@@ -498,7 +507,9 @@ pub(crate) fn load(
     drop(bytes);
     let named: Vec<(&str, &Arc<SharedWeight>)> =
         weights.iter().map(|(n, w)| (n.as_str(), w)).collect();
-    let session = build_session(env, store, &stripped, &named, opts);
+    // No other model holds these tensors yet: this session's packed copy is paid once.
+    let prepack = resident.is_empty();
+    let session = build_session(env, store, &stripped, &named, opts, prepack);
     drop(stripped);
     release_free_memory();
     let session = session.map_err(fail)?;
@@ -543,7 +554,7 @@ fn load_split(
             let model = plan.trunk_model(bytes, split, placeholders);
             let named = pick(&split.trunk_shared);
             let before = crate::memory::allocated_bytes();
-            let session = build_session(env, store, &model, &named, opts)
+            let session = build_session(env, store, &model, &named, opts, true)
                 .map_err(|e| format!("shared trunk: {e}"))?;
             let after = crate::memory::allocated_bytes();
             let measured = match (before, after) {
@@ -584,7 +595,7 @@ fn load_split(
     };
     let head_model = plan.head_model(bytes, split, &types, placeholders);
     let head_named = pick(&split.head_shared);
-    let session = build_session(env, store, &head_model, &head_named, opts)?;
+    let session = build_session(env, store, &head_model, &head_named, opts, false)?;
     let mut used: Vec<(Key, u64)> = trunk
         ._weights
         .iter()

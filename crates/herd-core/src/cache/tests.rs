@@ -402,6 +402,68 @@ async fn a_timed_out_request_stops_its_run_and_queued_requests_are_dropped() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_queue_while_a_batch_waits_for_the_instance_join_that_batch() {
+    let (core, seen) = core_with(
+        CoreConfig::default(),
+        &[("m", 100, ModelConfig::default())],
+        0,
+        "topup",
+    );
+    core.get("m", None).await.unwrap();
+    seen.runs.lock().clear();
+    let started = seen.long_started.load(Ordering::SeqCst);
+    // A long run holds the only instance (until its caller goes away).
+    let long = vec![Tensor::new(
+        "x",
+        vec![1, 2],
+        TensorData::F32(vec![-1.0, 0.0]),
+    )];
+    let c = core.clone();
+    let first = tokio::spawn(async move { c.infer(req("m", long)).await });
+    while seen.long_started.load(Ordering::SeqCst) == started {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    // The next request becomes a batch of its own that waits for the instance...
+    let c = core.clone();
+    let second = tokio::spawn(async move { c.infer(req("m", x(1))).await });
+    for _ in 0..20_000 {
+        if core.queue_depths().iter().any(|(_, d)| *d == 1) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // ...and two more come while it waits.
+    let more: Vec<_> = (0..2)
+        .map(|_| {
+            let c = core.clone();
+            tokio::spawn(async move { c.infer(req("m", x(2))).await })
+        })
+        .collect();
+    for _ in 0..20_000 {
+        if core.queue_depths().iter().any(|(_, d)| *d == 3) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    // The long run's caller goes away: its run stops and the instance is free.
+    first.abort();
+    let out = second.await.unwrap().unwrap();
+    assert_eq!(out.outputs[0].data, TensorData::F32(vec![0.0, 2.0]));
+    for m in more {
+        let out = m.await.unwrap().unwrap();
+        assert_eq!(
+            out.outputs[0].data,
+            TensorData::F32(vec![0.0, 2.0, 4.0, 6.0])
+        );
+        assert_eq!(out.batch_rows, 5);
+    }
+    assert_eq!(out.batch_rows, 5);
+    // The stopped long run, then one run of all three waiting requests (1 + 2 + 2 rows).
+    assert_eq!(*seen.runs.lock(), vec![1, 5]);
+}
+
 /// One model `m` whose served versions switch like a registry channel's release: each switch
 /// bumps the generation (and wakes `changes()`). Loads of versions in `gated` wait until the
 /// gate opens.
