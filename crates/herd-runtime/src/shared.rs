@@ -13,12 +13,14 @@
 //! copy per session (or, with ONNX Runtime's pre-packed weights container, for the life of the
 //! container, so never freed on eviction). Without it every run packs the weights again:
 //! measured on MiniLM int8, ~45% of a one-sentence run's CPU time, 6.6 vs 4.4 ms per request
-//! (notes/issue-8.md). So a session pre-packs when its copy is paid once: a shared trunk
-//! (one session for every model on it; its packed copy is in the trunk's measured bytes), or
-//! a whole session whose shared tensors no other model holds yet (the first model of its
-//! weights: the copy is its own memory, measured in its load and freed with it). Sessions
-//! that join tensors already resident (heads, later whole sessions) do not pre-pack
-//! (`session.disable_prepacking`).
+//! (notes/issue-8.md). So a session with at least [`prepack_min_bytes`] of shared tensors
+//! (16 MiB by default, `HERD_PREPACK_MIN_BYTES`) pre-packs when its copy is paid once: a
+//! shared trunk (one session for every model on it; its packed copy is in the trunk's measured
+//! bytes), or a whole session whose shared tensors no other model holds yet (the first model
+//! of its weights: the copy is its own memory, measured in its load and freed with it).
+//! Sessions that join tensors already resident (heads, later whole sessions) and small models
+//! (thousands of per-customer models: their memory would double, for little speed) do not
+//! pre-pack (`session.disable_prepacking`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -50,6 +52,15 @@ pub fn trunks_enabled_by_env() -> bool {
         std::env::var("HERD_SHARED_TRUNKS").as_deref(),
         Ok("off" | "0" | "false")
     )
+}
+
+/// Shared tensors a session needs (in bytes) before it pre-packs them: `HERD_PREPACK_MIN_BYTES`,
+/// default 16 MiB (see the module docs).
+pub fn prepack_min_bytes() -> u64 {
+    std::env::var("HERD_PREPACK_MIN_BYTES")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(16 << 20)
 }
 
 /// What a loaded instance shares with others (for the cache's accounting).
@@ -508,7 +519,8 @@ pub(crate) fn load(
     let named: Vec<(&str, &Arc<SharedWeight>)> =
         weights.iter().map(|(n, w)| (n.as_str(), w)).collect();
     // No other model holds these tensors yet: this session's packed copy is paid once.
-    let prepack = resident.is_empty();
+    let total: u64 = weights.iter().map(|(_, w)| w.bytes).sum();
+    let prepack = resident.is_empty() && total >= prepack_min_bytes();
     let session = build_session(env, store, &stripped, &named, opts, prepack);
     drop(stripped);
     release_free_memory();
@@ -554,7 +566,9 @@ fn load_split(
             let model = plan.trunk_model(bytes, split, placeholders);
             let named = pick(&split.trunk_shared);
             let before = crate::memory::allocated_bytes();
-            let session = build_session(env, store, &model, &named, opts, true)
+            let total: u64 = named.iter().map(|(_, w)| w.bytes).sum();
+            let prepack = total >= prepack_min_bytes();
+            let session = build_session(env, store, &model, &named, opts, prepack)
                 .map_err(|e| format!("shared trunk: {e}"))?;
             let after = crate::memory::allocated_bytes();
             let measured = match (before, after) {
