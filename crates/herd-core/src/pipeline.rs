@@ -625,7 +625,7 @@ mod tests {
     /// of every run.
     struct Encoder {
         sig: Signature,
-        runs: Arc<Mutex<Vec<(usize, usize)>>>,
+        runs: Runs,
     }
 
     impl Instance for Encoder {
@@ -651,7 +651,10 @@ mod tests {
         }
     }
 
-    fn pipeline(extra: &str) -> (PipelineInstance, Arc<Mutex<Vec<(usize, usize)>>>) {
+    /// The `[batch, seq]` of every run, in order.
+    type Runs = Arc<Mutex<Vec<(usize, usize)>>>;
+
+    fn pipeline(extra: &str) -> (PipelineInstance, Runs) {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "herd-core-pipeline-groups-{}-{}",

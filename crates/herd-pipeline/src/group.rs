@@ -64,8 +64,8 @@ pub fn length_groups(lengths: &[usize], cost: &RunCost) -> Vec<Vec<usize>> {
     for j in 1..=n {
         let mut b = f64::INFINITY;
         let mut c = 0;
-        for i in 0..j {
-            let v = best[i] + cost.of(j - i, sorted[j - 1]);
+        for (i, &before) in best[..j].iter().enumerate() {
+            let v = before + cost.of(j - i, sorted[j - 1]);
             if v < b {
                 b = v;
                 c = i;
