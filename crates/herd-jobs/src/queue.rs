@@ -108,6 +108,70 @@ pub fn backoff_delay_ms(backoff: &Backoff, attempt: u32, rng: &mut impl Rng) -> 
     }
 }
 
+/// One backend insert of [`enqueue_with_fresh_id`]: the id it drew, and whether it was stored.
+pub(crate) struct Drawn {
+    pub id: JobId,
+    pub inserted: bool,
+}
+
+/// The enqueue loop every backend shares: `insert` draws a fresh id and stores the job under it
+/// only when no job has that id (atomically, in the backend's own way); a taken id is never
+/// overwritten, another is drawn (odds 2^-80 per pair of same-millisecond ids), eight times at
+/// the most.
+pub(crate) async fn enqueue_with_fresh_id<F, Fut>(
+    queue: &str,
+    mut insert: F,
+) -> Result<JobId, JobsError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Drawn, JobsError>>,
+{
+    for _ in 0..8 {
+        let Drawn { id, inserted } = insert().await?;
+        if inserted {
+            metrics::counter!("herd_jobs_enqueued_total", "queue" => queue.to_string())
+                .increment(1);
+            return Ok(id);
+        }
+        tracing::warn!(job_id = %id, "job id already taken; drawing another");
+    }
+    Err(JobsError::Corrupt(
+        "eight fresh job ids in a row were taken: is the id generator broken?".into(),
+    ))
+}
+
+/// One claim attempt of [`claim_past_poison`].
+pub(crate) enum ClaimStep {
+    /// The claim's answer: a lease, or nothing claimable.
+    Done(Option<Lease>),
+    /// The job it took was a poison job (its record does not decode); the backend has moved
+    /// it to the dead letter with the reason, and the claim goes on.
+    Buried,
+}
+
+/// The claim loop every backend shares: nothing to claim from no queues; a poison job is
+/// dead-lettered by `attempt` (atomically, in the backend's own way) and the next job is
+/// claimed, sixteen poison jobs at the most per call.
+pub(crate) async fn claim_past_poison<F, Fut>(
+    queues: &[String],
+    mut attempt: F,
+) -> Result<Option<Lease>, JobsError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<ClaimStep, JobsError>>,
+{
+    if queues.is_empty() {
+        return Ok(None);
+    }
+    for _ in 0..16 {
+        match attempt().await? {
+            ClaimStep::Done(lease) => return Ok(lease),
+            ClaimStep::Buried => continue,
+        }
+    }
+    Ok(None)
+}
+
 pub(crate) fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }

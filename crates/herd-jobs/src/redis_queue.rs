@@ -36,7 +36,7 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
-use crate::queue::duration_ms;
+use crate::queue::{claim_past_poison, duration_ms, enqueue_with_fresh_id, ClaimStep, Drawn};
 use crate::{
     backoff_delay_ms, new_job_id, new_token, redact_url, Clock, FailOutcome, Failure, Job, JobId,
     JobOutcome, JobSpec, JobState, JobsError, Lease, ListFilter, Progress, Queue, QueueStats,
@@ -557,6 +557,62 @@ impl RedisQueue {
         Ok(jobs)
     }
 
+    /// One claim; a poison job it takes is buried (BURY, with the claim's token) and reported
+    /// as [`ClaimStep::Buried`].
+    async fn claim_once(
+        &self,
+        worker_id: &str,
+        queues: &[String],
+        lease: Duration,
+    ) -> Result<ClaimStep, JobsError> {
+        let token = new_token();
+        let mut inv = self.claim.prepare_invoke();
+        for q in queues {
+            inv.key(self.qkey(q, "delayed"))
+                .key(self.qkey(q, "running"))
+                .key(self.qkey(q, "waiting"))
+                .key(self.qkey(q, "dead"));
+        }
+        inv.arg(self.job_prefix())
+            .arg(worker_id)
+            .arg(&token)
+            .arg(duration_ms(lease))
+            .arg(self.now_arg())
+            .arg(SCAN_LIMIT);
+        let mut conn = self.conn.clone();
+        let out: Value = inv.invoke_async(&mut conn).await?;
+        let map: HashMap<String, String> = match out {
+            Value::Nil | Value::Boolean(false) => return Ok(ClaimStep::Done(None)),
+            other => redis::from_redis_value(&other)?,
+        };
+        let Some(id) = map.get("id").cloned() else {
+            return Err(JobsError::Corrupt("claim returned no job id".into()));
+        };
+        let expires = map
+            .get("__expires")
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0);
+        match hash_to_job(&id, &map) {
+            Ok(job) => Ok(ClaimStep::Done(Some(Lease {
+                job,
+                token,
+                worker_id: worker_id.to_string(),
+                expires_ms: expires,
+            }))),
+            Err(e) => {
+                let queue = map.get("queue").cloned().unwrap_or_default();
+                let reason = format!("undecodable job record, moved to the dead letter: {e}");
+                tracing::error!(job_id = %id, queue = %queue, error = %e, "poison job: moving it to the dead letter");
+                if queues.contains(&queue) {
+                    self.bury(&id, &queue, &token, &reason).await?;
+                    Ok(ClaimStep::Buried)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
     /// Moves a claimed job whose record does not decode to the dead letter.
     async fn bury(
         &self,
@@ -675,14 +731,15 @@ impl Queue for RedisQueue {
         spec.validate()?;
         let spec_json =
             serde_json::to_string(&spec).map_err(|e| JobsError::InvalidSpec(e.to_string()))?;
-        let mut conn = self.conn.clone();
-        // An id that exists already is never overwritten: draw another (odds 2^-80 per pair).
-        for _ in 0..8 {
+        // An id that exists already is never overwritten: ENQUEUE checks and writes in one script.
+        let (spec, spec_json) = (&spec, &spec_json);
+        enqueue_with_fresh_id(&spec.queue, || async move {
             let now = match &self.clock {
                 Some(c) => c.now_ms(),
                 None => crate::SystemClock.now_ms(),
             };
             let id = new_job_id(now);
+            let mut conn = self.conn.clone();
             let created: i64 = self
                 .enqueue
                 .key(self.job_key(&id))
@@ -693,20 +750,16 @@ impl Queue for RedisQueue {
                 .arg(&spec.queue)
                 .arg(spec.priority)
                 .arg(spec.max_attempts)
-                .arg(&spec_json)
+                .arg(spec_json)
                 .arg(&id)
                 .invoke_async(&mut conn)
                 .await?;
-            if created == 1 {
-                metrics::counter!("herd_jobs_enqueued_total", "queue" => spec.queue.clone())
-                    .increment(1);
-                return Ok(id);
-            }
-            tracing::warn!(job_id = %id, "job id already taken; drawing another");
-        }
-        Err(JobsError::Corrupt(
-            "eight fresh job ids in a row were taken: is the id generator broken?".into(),
-        ))
+            Ok(Drawn {
+                id,
+                inserted: created == 1,
+            })
+        })
+        .await
     }
 
     async fn claim(
@@ -715,60 +768,8 @@ impl Queue for RedisQueue {
         queues: &[String],
         lease: Duration,
     ) -> Result<Option<Lease>, JobsError> {
-        if queues.is_empty() {
-            return Ok(None);
-        }
         // A poison job (a record that does not decode) is buried and the claim goes on.
-        for _ in 0..16 {
-            let token = new_token();
-            let mut inv = self.claim.prepare_invoke();
-            for q in queues {
-                inv.key(self.qkey(q, "delayed"))
-                    .key(self.qkey(q, "running"))
-                    .key(self.qkey(q, "waiting"))
-                    .key(self.qkey(q, "dead"));
-            }
-            inv.arg(self.job_prefix())
-                .arg(worker_id)
-                .arg(&token)
-                .arg(duration_ms(lease))
-                .arg(self.now_arg())
-                .arg(SCAN_LIMIT);
-            let mut conn = self.conn.clone();
-            let out: Value = inv.invoke_async(&mut conn).await?;
-            let map: HashMap<String, String> = match out {
-                Value::Nil | Value::Boolean(false) => return Ok(None),
-                other => redis::from_redis_value(&other)?,
-            };
-            let Some(id) = map.get("id").cloned() else {
-                return Err(JobsError::Corrupt("claim returned no job id".into()));
-            };
-            let expires = map
-                .get("__expires")
-                .and_then(|v| v.parse::<i64>().ok())
-                .unwrap_or(0);
-            match hash_to_job(&id, &map) {
-                Ok(job) => {
-                    return Ok(Some(Lease {
-                        job,
-                        token,
-                        worker_id: worker_id.to_string(),
-                        expires_ms: expires,
-                    }))
-                }
-                Err(e) => {
-                    let queue = map.get("queue").cloned().unwrap_or_default();
-                    let reason = format!("undecodable job record, moved to the dead letter: {e}");
-                    tracing::error!(job_id = %id, queue = %queue, error = %e, "poison job: moving it to the dead letter");
-                    if queues.contains(&queue) {
-                        self.bury(&id, &queue, &token, &reason).await?;
-                    } else {
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        Ok(None)
+        claim_past_poison(queues, || self.claim_once(worker_id, queues, lease)).await
     }
 
     async fn renew(

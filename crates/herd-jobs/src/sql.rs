@@ -29,7 +29,7 @@ use herd_db::{dispatch, Db, DbError, DbOptions, RowExt, Schema, SqliteSynchronou
 use sqlx::postgres::PgListener;
 use sqlx::Row;
 
-use crate::queue::duration_ms;
+use crate::queue::{claim_past_poison, duration_ms, enqueue_with_fresh_id, ClaimStep, Drawn};
 use crate::{
     backoff_delay_ms, new_job_id, new_token, Clock, FailOutcome, Failure, Job, JobId, JobOutcome,
     JobSpec, JobState, JobsError, Lease, ListFilter, Progress, Queue, QueueStats, SystemClock,
@@ -196,13 +196,14 @@ impl SqlQueue {
         store_error(matches!(self.db, Db::Sqlite(_)), &self.shown, source)
     }
 
-    /// One claim; a poison job found on the way is dead-lettered and reported as Corrupt.
+    /// One claim; a poison job found on the way is dead-lettered and reported as
+    /// [`ClaimStep::Buried`].
     async fn claim_once(
         &self,
         worker_id: &str,
         queues: &[String],
         lease: Duration,
-    ) -> Result<Option<Lease>, JobsError> {
+    ) -> Result<ClaimStep, JobsError> {
         let now = self.now().await?;
         let token = new_token();
         let expires = now.saturating_add(duration_ms(lease));
@@ -264,7 +265,7 @@ impl SqlQueue {
             }
             let Some((_, id)) = best else {
                 tx.commit().await.map_err(|e| self.err(e))?;
-                return Ok(None);
+                return Ok(ClaimStep::Done(None));
             };
             let row = sqlx::query(&self.q(
                 "UPDATE {jobs} SET state = 'running', attempts = attempts + 1, worker_id = $1,
@@ -281,12 +282,12 @@ impl SqlQueue {
             match row_to_job(&row) {
                 Ok(job) => {
                     tx.commit().await.map_err(|e| self.err(e))?;
-                    Ok(Some(Lease {
+                    Ok(ClaimStep::Done(Some(Lease {
                         job,
                         token,
                         worker_id: worker_id.to_string(),
                         expires_ms: expires,
-                    }))
+                    })))
                 }
                 Err(e) => {
                     // A poison job: its record does not decode. Dead-letter it with the reason,
@@ -303,7 +304,7 @@ impl SqlQueue {
                     .await
                     .map_err(|e| self.err(e))?;
                     tx.commit().await.map_err(|e| self.err(e))?;
-                    Err(JobsError::Corrupt(format!("job {id}: {e}")))
+                    Ok(ClaimStep::Buried)
                 }
             }
         })
@@ -403,17 +404,17 @@ impl Queue for SqlQueue {
              created_ms, updated_ms, run_at_ms)
              VALUES ($1, $2, 'waiting', $3, $4, 0, $5, $6, $6, $6) ON CONFLICT(id) DO NOTHING",
         );
-        // An id that exists already is never overwritten (nor is the insert an error): draw
-        // another (odds 2^-80 per pair of same-millisecond ids).
-        for _ in 0..8 {
+        // An id that exists already is never overwritten (nor is the insert an error).
+        let (sql, spec, spec_json) = (&sql, &spec, &spec_json);
+        enqueue_with_fresh_id(&spec.queue, || async move {
             let now = self.now().await?;
             let id = new_job_id(now);
             let inserted = dispatch!(&self.db, |pool, _b| {
-                sqlx::query(&sql)
+                sqlx::query(sql)
                     .bind(&id)
                     .bind(&spec.queue)
                     .bind(i64::from(spec.priority))
-                    .bind(&spec_json)
+                    .bind(spec_json)
                     .bind(i64::from(spec.max_attempts))
                     .bind(now)
                     .execute(pool)
@@ -423,15 +424,13 @@ impl Queue for SqlQueue {
             });
             if inserted == 1 {
                 self.notify(&spec.queue).await;
-                metrics::counter!("herd_jobs_enqueued_total", "queue" => spec.queue.clone())
-                    .increment(1);
-                return Ok(id);
             }
-            tracing::warn!(job_id = %id, "job id already taken; drawing another");
-        }
-        Err(JobsError::Corrupt(
-            "eight fresh job ids in a row were taken: is the id generator broken?".into(),
-        ))
+            Ok(Drawn {
+                id,
+                inserted: inserted == 1,
+            })
+        })
+        .await
     }
 
     async fn claim(
@@ -440,17 +439,8 @@ impl Queue for SqlQueue {
         queues: &[String],
         lease: Duration,
     ) -> Result<Option<Lease>, JobsError> {
-        if queues.is_empty() {
-            return Ok(None);
-        }
         // Poison jobs are dead-lettered one by one; the claim goes on to the next job.
-        for _ in 0..16 {
-            match self.claim_once(worker_id, queues, lease).await {
-                Err(JobsError::Corrupt(_)) => continue,
-                other => return other,
-            }
-        }
-        Ok(None)
+        claim_past_poison(queues, || self.claim_once(worker_id, queues, lease)).await
     }
 
     async fn renew(
