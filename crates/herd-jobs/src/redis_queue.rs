@@ -47,7 +47,10 @@ use crate::{
 pub const SCAN_LIMIT: usize = 256;
 
 /// Helpers every script starts with: `now_ms(override)` (the server's clock unless a test clock
-/// passed a time) and `s(n)` (a number as an integer string).
+/// passed a time), `s(n)` (a number as an integer string), `priority_of(k)` (a job hash's
+/// priority, 0 when unset), `queue_state(k, q)` (false when the job hash does not exist or is
+/// another queue's, else true and its state) and `revive(k, id, kdead, kwait, nows)` (a dead
+/// job back to waiting with fresh attempts: requeue one, requeue a batch).
 const PRELUDE: &str = r#"
 local function now_ms(override)
   if override ~= nil and override ~= '' then return tonumber(override) end
@@ -55,6 +58,18 @@ local function now_ms(override)
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function s(n) return string.format('%.0f', n) end
+local function priority_of(k) return tonumber(redis.call('HGET', k, 'priority') or '0') or 0 end
+local function queue_state(k, q)
+  local jq = redis.call('HGET', k, 'queue')
+  if not jq or jq ~= q then return false end
+  return true, redis.call('HGET', k, 'state')
+end
+local function revive(k, id, kdead, kwait, nows)
+  redis.call('ZREM', kdead, id)
+  redis.call('ZADD', kwait, -priority_of(k), id)
+  redis.call('HSET', k, 'state', 'waiting', 'attempts', 0, 'run_at_ms', nows, 'updated_ms', nows)
+  redis.call('HDEL', k, 'finished_ms', 'worker_id')
+end
 "#;
 
 /// KEYS: per claimed queue 4 keys (delayed, running, waiting, dead).
@@ -71,7 +86,7 @@ for i = 0, nq - 1 do
   local due = redis.call('ZRANGEBYSCORE', kd, '-inf', now, 'LIMIT', 0, limit)
   for _, id in ipairs(due) do
     local k = JP .. id
-    local prio = tonumber(redis.call('HGET', k, 'priority') or '0') or 0
+    local prio = priority_of(k)
     redis.call('ZREM', kd, id)
     redis.call('ZADD', kw, -prio, id)
     redis.call('HSET', k, 'state', 'waiting')
@@ -89,7 +104,7 @@ for i = 0, nq - 1 do
       redis.call('HDEL', k, 'lease_token', 'lease_expires_ms')
       redis.call('ZADD', kx, now, id)
     else
-      local prio = tonumber(redis.call('HGET', k, 'priority') or '0') or 0
+      local prio = priority_of(k)
       redis.call('ZADD', kw, -prio, id)
       redis.call('HSET', k, 'state', 'waiting')
       redis.call('HDEL', k, 'lease_token', 'lease_expires_ms')
@@ -177,7 +192,7 @@ return {1, s(run_at)}
 const RELEASE: &str = r#"
 local id = ARGV[3]
 redis.call('ZREM', KEYS[2], id)
-local prio = tonumber(redis.call('HGET', k, 'priority') or '0') or 0
+local prio = priority_of(k)
 redis.call('ZADD', KEYS[3], -prio, id)
 local attempts = tonumber(redis.call('HGET', k, 'attempts') or '0') or 0
 if attempts > 0 then
@@ -220,21 +235,14 @@ return 1
 /// Returns {1} or {-1} (not found) or {-2, state}.
 const REQUEUE_ONE: &str = r#"
 local k = KEYS[1]
-local q = redis.call('HGET', k, 'queue')
-if not q or q ~= ARGV[1] then
+local found, state = queue_state(k, ARGV[1])
+if not found then
   return {-1}
 end
-local state = redis.call('HGET', k, 'state')
 if state ~= 'dead' then
   return {-2, state}
 end
-local now = now_ms(ARGV[2])
-local nows = s(now)
-local prio = tonumber(redis.call('HGET', k, 'priority') or '0') or 0
-redis.call('ZREM', KEYS[2], ARGV[3])
-redis.call('ZADD', KEYS[3], -prio, ARGV[3])
-redis.call('HSET', k, 'state', 'waiting', 'attempts', 0, 'run_at_ms', nows, 'updated_ms', nows)
-redis.call('HDEL', k, 'finished_ms', 'worker_id')
+revive(k, ARGV[3], KEYS[2], KEYS[3], s(now_ms(ARGV[2])))
 return {1}
 "#;
 
@@ -242,11 +250,10 @@ return {1}
 /// Returns {1, previous state} or {-1} (not found) or {-2, state} (done or dead already).
 const CANCEL: &str = r#"
 local k = KEYS[1]
-local q = redis.call('HGET', k, 'queue')
-if not q or q ~= ARGV[1] then
+local found, state = queue_state(k, ARGV[1])
+if not found then
   return {-1}
 end
-local state = redis.call('HGET', k, 'state')
 if state ~= 'waiting' and state ~= 'delayed' and state ~= 'running' then
   return {-2, state}
 end
@@ -268,12 +275,7 @@ local now = now_ms(ARGV[2])
 local nows = s(now)
 local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)
 for _, id in ipairs(ids) do
-  local k = ARGV[1] .. id
-  local prio = tonumber(redis.call('HGET', k, 'priority') or '0') or 0
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('ZADD', KEYS[2], -prio, id)
-  redis.call('HSET', k, 'state', 'waiting', 'attempts', 0, 'run_at_ms', nows, 'updated_ms', nows)
-  redis.call('HDEL', k, 'finished_ms', 'worker_id')
+  revive(ARGV[1] .. id, id, KEYS[1], KEYS[2], nows)
 end
 return #ids
 "#;
