@@ -910,21 +910,7 @@ max_attempts = 2
                 ),
             )
             .unwrap();
-        let job = Job {
-            id: "j1".into(),
-            spec,
-            state: JobState::Waiting,
-            attempts: 0,
-            created_ms: 0,
-            updated_ms: 0,
-            run_at_ms: 0,
-            finished_ms: None,
-            worker_id: None,
-            lease_expires_ms: None,
-            last_error: None,
-            result: None,
-            progress: None,
-        };
+        let job = Job::for_test("j1", spec, JobState::Waiting, 0);
         let v = serde_json::to_string(&redacted(job)).unwrap();
         assert!(!v.contains("s3cr3t") && v.contains("SECRET"), "{v}");
     }

@@ -1145,17 +1145,45 @@ mod tests {
         BatchInferParams::new("http://127.0.0.1:9", "m", input)
     }
 
+    /// The rows that parsed, as (line, id, features).
+    fn good_rows(parsed: &Parsed) -> Vec<(u64, Option<Value>, Vec<f64>)> {
+        parsed
+            .rows
+            .iter()
+            .map(|r| (r.line, r.id.clone(), r.features.clone()))
+            .collect()
+    }
+
+    /// Writes `path` as a Parquet file of `schema` (message type text) with one row group, each
+    /// column written by `write(column index, writer)`.
+    fn write_parquet(
+        path: &Path,
+        schema: &str,
+        props: parquet::file::properties::WriterProperties,
+        mut write: impl FnMut(usize, &mut parquet::file::writer::SerializedColumnWriter<'_>),
+    ) {
+        use std::sync::Arc;
+        let schema = Arc::new(parquet::schema::parser::parse_message_type(schema).unwrap());
+        let file = std::fs::File::create(path).unwrap();
+        let mut w = parquet::file::writer::SerializedFileWriter::new(file, schema, Arc::new(props))
+            .unwrap();
+        let mut rg = w.next_row_group().unwrap();
+        let mut col = 0;
+        while let Some(mut c) = rg.next_column().unwrap() {
+            write(col, &mut c);
+            c.close().unwrap();
+            col += 1;
+        }
+        rg.close().unwrap();
+        w.close().unwrap();
+    }
+
     #[test]
     fn jsonl_bad_rows_have_line_numbers_and_good_rows_survive() {
         let text = "[1, 2]\n{\"id\": \"a\", \"input\": [3, 4.5]}\n\nnot json\n{\"id\": 7, \"features\": [1]}\n[1, \"x\"]\n\"str\"\n[5, 6]\n";
         let parsed = parse_jsonl(text.as_bytes(), &params("x.jsonl")).unwrap();
-        let good: Vec<_> = parsed
-            .rows
-            .iter()
-            .map(|r| (r.line, r.id.clone(), r.features.clone()))
-            .collect();
         assert_eq!(
-            good,
+            good_rows(&parsed),
             vec![
                 (1, None, vec![1.0, 2.0]),
                 (2, Some(json!("a")), vec![3.0, 4.5]),
@@ -1231,13 +1259,8 @@ mod tests {
     fn csv_header_id_column_and_bad_rows_with_file_line_numbers() {
         let text = "id,f1,f2\na,1,2\nb,x,2\nc,3\nd,4,5,6\n\"e\",5.5,-1e3\n";
         let parsed = parse_csv(text.as_bytes(), &params("x.csv")).unwrap();
-        let good: Vec<_> = parsed
-            .rows
-            .iter()
-            .map(|r| (r.line, r.id.clone(), r.features.clone()))
-            .collect();
         assert_eq!(
-            good,
+            good_rows(&parsed),
             vec![
                 (2, Some(json!("a")), vec![1.0, 2.0]),
                 (6, Some(json!("e")), vec![5.5, -1000.0])
@@ -1265,29 +1288,16 @@ mod tests {
         use parquet::basic::Compression;
         use parquet::data_type::{DoubleType, FloatType, Int64Type};
         use parquet::file::properties::WriterProperties;
-        use parquet::file::writer::SerializedFileWriter;
-        use parquet::schema::parser::parse_message_type;
-        use std::sync::Arc;
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.parquet");
-        let schema = Arc::new(
-            parse_message_type(
-                "message s { REQUIRED INT64 id; OPTIONAL DOUBLE f1; REQUIRED FLOAT f2; }",
-            )
-            .unwrap(),
-        );
-        let props = Arc::new(
+        write_parquet(
+            &path,
+            "message s { REQUIRED INT64 id; OPTIONAL DOUBLE f1; REQUIRED FLOAT f2; }",
             WriterProperties::builder()
                 .set_compression(Compression::SNAPPY)
                 .build(),
-        );
-        let file = std::fs::File::create(&path).unwrap();
-        let mut w = SerializedFileWriter::new(file, schema, props).unwrap();
-        let mut rg = w.next_row_group().unwrap();
-        let mut col = 0;
-        while let Some(mut c) = rg.next_column().unwrap() {
-            match col {
+            |col, c| match col {
                 0 => {
                     c.typed::<Int64Type>()
                         .write_batch(&[10, 11, 12], None, None)
@@ -1304,23 +1314,14 @@ mod tests {
                         .write_batch(&[2.0, 4.0, 6.0], None, None)
                         .unwrap();
                 }
-            }
-            c.close().unwrap();
-            col += 1;
-        }
-        rg.close().unwrap();
-        w.close().unwrap();
+            },
+        );
 
         let p = params(path.to_str().unwrap());
         let (format, parsed) = parse_input(&p).unwrap();
         assert_eq!(format, InputFormat::Parquet);
-        let good: Vec<_> = parsed
-            .rows
-            .iter()
-            .map(|r| (r.line, r.id.clone(), r.features.clone()))
-            .collect();
         assert_eq!(
-            good,
+            good_rows(&parsed),
             vec![
                 (1, Some(json!(10)), vec![1.5, 2.0]),
                 (3, Some(json!(12)), vec![3.5, 6.0])
@@ -1339,57 +1340,38 @@ mod tests {
     fn parquet_list_column_is_the_feature_vector() {
         use parquet::data_type::{ByteArray, ByteArrayType, FloatType};
         use parquet::file::properties::WriterProperties;
-        use parquet::file::writer::SerializedFileWriter;
-        use parquet::schema::parser::parse_message_type;
-        use std::sync::Arc;
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.parquet");
-        let schema = Arc::new(
-            parse_message_type(
-                "message s { REQUIRED BINARY id (UTF8); OPTIONAL GROUP input (LIST) { REPEATED GROUP list { OPTIONAL FLOAT element; } } }",
-            )
-            .unwrap(),
+        write_parquet(
+            &path,
+            "message s { REQUIRED BINARY id (UTF8); OPTIONAL GROUP input (LIST) { REPEATED GROUP list { OPTIONAL FLOAT element; } } }",
+            WriterProperties::builder().build(),
+            |col, c| {
+                if col == 0 {
+                    let ids: Vec<ByteArray> = ["a", "b", "c"]
+                        .iter()
+                        .map(|s| ByteArray::from(*s))
+                        .collect();
+                    c.typed::<ByteArrayType>()
+                        .write_batch(&ids, None, None)
+                        .unwrap();
+                } else {
+                    // Rows: [1, 2], [3, null], [5, 6]. def 3 = value, 2 = null element; rep 0 starts a row.
+                    c.typed::<FloatType>()
+                        .write_batch(
+                            &[1.0, 2.0, 3.0, 5.0, 6.0],
+                            Some(&[3, 3, 3, 2, 3, 3]),
+                            Some(&[0, 1, 0, 1, 0, 1]),
+                        )
+                        .unwrap();
+                }
+            },
         );
-        let file = std::fs::File::create(&path).unwrap();
-        let mut w =
-            SerializedFileWriter::new(file, schema, Arc::new(WriterProperties::builder().build()))
-                .unwrap();
-        let mut rg = w.next_row_group().unwrap();
-        let mut col = 0;
-        while let Some(mut c) = rg.next_column().unwrap() {
-            if col == 0 {
-                let ids: Vec<ByteArray> = ["a", "b", "c"]
-                    .iter()
-                    .map(|s| ByteArray::from(*s))
-                    .collect();
-                c.typed::<ByteArrayType>()
-                    .write_batch(&ids, None, None)
-                    .unwrap();
-            } else {
-                // Rows: [1, 2], [3, null], [5, 6]. def 3 = value, 2 = null element; rep 0 starts a row.
-                c.typed::<FloatType>()
-                    .write_batch(
-                        &[1.0, 2.0, 3.0, 5.0, 6.0],
-                        Some(&[3, 3, 3, 2, 3, 3]),
-                        Some(&[0, 1, 0, 1, 0, 1]),
-                    )
-                    .unwrap();
-            }
-            c.close().unwrap();
-            col += 1;
-        }
-        rg.close().unwrap();
-        w.close().unwrap();
 
         let parsed = parse_parquet(&path, &params(path.to_str().unwrap())).unwrap();
-        let good: Vec<_> = parsed
-            .rows
-            .iter()
-            .map(|r| (r.line, r.id.clone(), r.features.clone()))
-            .collect();
         assert_eq!(
-            good,
+            good_rows(&parsed),
             vec![
                 (1, Some(json!("a")), vec![1.0, 2.0]),
                 (3, Some(json!("c")), vec![5.0, 6.0])
@@ -1422,21 +1404,7 @@ mod tests {
         );
         let mut spec = crate::JobSpec::new("q", crate::JobKind::BatchInfer(p.clone()));
         spec.result_dir = dir.path().join("out").display().to_string();
-        let job = Job {
-            id: "jx".into(),
-            spec,
-            state: crate::JobState::Running,
-            attempts: 1,
-            created_ms: 0,
-            updated_ms: 0,
-            run_at_ms: 0,
-            finished_ms: None,
-            worker_id: None,
-            lease_expires_ms: None,
-            last_error: None,
-            result: None,
-            progress: None,
-        };
+        let job = Job::for_test("jx", spec, crate::JobState::Running, 1);
         let (tx, _rx) = tokio::sync::watch::channel(None);
         let err = run(
             &reqwest::Client::new(),
@@ -1500,21 +1468,7 @@ mod tests {
     fn job_for(p: &BatchInferParams, dir: &Path) -> Job {
         let mut spec = crate::JobSpec::new("q", crate::JobKind::BatchInfer(p.clone()));
         spec.result_dir = dir.join("out").display().to_string();
-        Job {
-            id: "jbusy".into(),
-            spec,
-            state: crate::JobState::Running,
-            attempts: 1,
-            created_ms: 0,
-            updated_ms: 0,
-            run_at_ms: 0,
-            finished_ms: None,
-            worker_id: None,
-            lease_expires_ms: None,
-            last_error: None,
-            result: None,
-            progress: None,
-        }
+        Job::for_test("jbusy", spec, crate::JobState::Running, 1)
     }
 
     /// Regression: 429/503 after three retries became bad rows and the job was done. Now the

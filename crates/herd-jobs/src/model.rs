@@ -417,6 +417,29 @@ pub struct Job {
     pub progress: Option<Progress>,
 }
 
+#[cfg(test)]
+impl Job {
+    /// A job of `spec` in `state` after `attempts` claims, with no times, holder, lease, error,
+    /// result or progress: what unit tests hand to the API and the runners.
+    pub(crate) fn for_test(id: &str, spec: JobSpec, state: JobState, attempts: u32) -> Job {
+        Job {
+            id: id.into(),
+            spec,
+            state,
+            attempts,
+            created_ms: 0,
+            updated_ms: 0,
+            run_at_ms: 0,
+            finished_ms: None,
+            worker_id: None,
+            lease_expires_ms: None,
+            last_error: None,
+            result: None,
+            progress: None,
+        }
+    }
+}
+
 /// A claimed job. Only the holder of the token can renew, ack, fail or release it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lease {

@@ -567,21 +567,7 @@ mod tests {
     fn job(dir: &Path, c: CommandParams) -> Job {
         let mut spec = JobSpec::new("q", JobKind::Command(c));
         spec.result_dir = dir.display().to_string();
-        Job {
-            id: "jtest".into(),
-            spec,
-            state: JobState::Running,
-            attempts: 1,
-            created_ms: 0,
-            updated_ms: 0,
-            run_at_ms: 0,
-            finished_ms: None,
-            worker_id: None,
-            lease_expires_ms: None,
-            last_error: None,
-            result: None,
-            progress: None,
-        }
+        Job::for_test("jtest", spec, JobState::Running, 1)
     }
 
     fn sh(script: &str) -> CommandParams {
