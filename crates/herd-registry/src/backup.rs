@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 
 use crate::db::{dispatch, RowExt};
 use crate::error::{RegistryError, Result};
-use crate::registry::{alias_from_row, version_from_row, Registry};
-use crate::release::channel_from_row;
+use crate::registry::{alias_event_from_row, alias_from_row, version_from_row, Registry};
+use crate::release::{channel_event_from_row, channel_from_row};
 use crate::store::ArtifactStore;
 use crate::types::*;
 
@@ -149,6 +149,72 @@ impl BackupVerifyReport {
     }
 }
 
+/// Every row that `$sql` selects in the transaction `$tx`, each read by `$from_row`
+/// (a `fn(&impl RowExt) -> Result<T>`); expands inside [`dispatch!`], once per backend.
+macro_rules! read_all {
+    ($tx:ident, $sql:expr, $from_row:expr) => {
+        sqlx::query($sql)
+            .fetch_all(&mut *$tx)
+            .await?
+            .iter()
+            .map($from_row)
+            .collect::<Result<Vec<_>>>()?
+    };
+}
+
+/// Runs `$sql` in the transaction `$tx` once for every item `$x` of `$rows`, binding the
+/// listed values in order; expands inside [`dispatch!`], once per backend.
+macro_rules! insert_all {
+    ($tx:ident, $sql:expr, $rows:expr, |$x:ident| [$($value:expr),+ $(,)?]) => {
+        for $x in $rows {
+            sqlx::query($sql)
+                $(.bind($value))+
+                .execute(&mut *$tx)
+                .await?;
+        }
+    };
+}
+
+fn model_from_row(r: &impl RowExt) -> Result<ModelRow> {
+    Ok(ModelRow {
+        name: r.s("name")?,
+        tenant: r.os("tenant")?,
+        description: r.s("description")?,
+        tags: r.s("tags")?,
+        created_at: r.s("created_at")?,
+    })
+}
+
+fn release_from_row(r: &impl RowExt) -> Result<ReleaseRow> {
+    Ok(ReleaseRow {
+        id: r.s("id")?,
+        manifest: r.s("manifest")?,
+        model_count: r.i("model_count")?,
+        note: r.os("note")?,
+        created_at: r.s("created_at")?,
+        created_by: r.s("created_by")?,
+    })
+}
+
+fn release_entry_from_row(r: &impl RowExt) -> Result<ReleaseEntryRow> {
+    Ok(ReleaseEntryRow {
+        release_id: r.s("release_id")?,
+        model: r.s("model")?,
+        version: r.i("version")?,
+        digest: r.s("digest")?,
+    })
+}
+
+fn version_file_from_row(r: &impl RowExt) -> Result<VersionFileRow> {
+    Ok(VersionFileRow {
+        model: r.s("model")?,
+        version: r.i("version")?,
+        path: r.s("path")?,
+        digest: r.s("digest")?,
+        size: r.i("size")?.max(0) as u64,
+    })
+}
+
 fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
@@ -163,99 +229,46 @@ impl Registry {
                 "BEGIN"
             };
             let mut tx = pool.begin_with(start).await?;
-            let mut s = Snapshot::default();
-            for r in sqlx::query("SELECT * FROM models ORDER BY name")
-                .fetch_all(&mut *tx)
-                .await?
-            {
-                s.models.push(ModelRow {
-                    name: r.s("name")?,
-                    tenant: r.os("tenant")?,
-                    description: r.s("description")?,
-                    tags: r.s("tags")?,
-                    created_at: r.s("created_at")?,
-                });
-            }
-            for r in sqlx::query("SELECT * FROM versions ORDER BY model, version")
-                .fetch_all(&mut *tx)
-                .await?
-            {
-                s.versions.push(version_from_row(&r)?);
-            }
-            for r in sqlx::query("SELECT * FROM aliases ORDER BY model, name")
-                .fetch_all(&mut *tx)
-                .await?
-            {
-                s.aliases.push(alias_from_row(&r)?);
-            }
-            for r in sqlx::query("SELECT * FROM alias_history ORDER BY id")
-                .fetch_all(&mut *tx)
-                .await?
-            {
-                s.alias_history.push(AliasEvent {
-                    model: r.s("model")?,
-                    alias: r.s("name")?,
-                    from_version: r.oi("from_version")?,
-                    to_version: r.i("to_version")?,
-                    at: r.s("at")?,
-                    by: r.s("by_user")?,
-                });
-            }
-            for r in sqlx::query("SELECT * FROM releases ORDER BY created_at, id")
-                .fetch_all(&mut *tx)
-                .await?
-            {
-                s.releases.push(ReleaseRow {
-                    id: r.s("id")?,
-                    manifest: r.s("manifest")?,
-                    model_count: r.i("model_count")?,
-                    note: r.os("note")?,
-                    created_at: r.s("created_at")?,
-                    created_by: r.s("created_by")?,
-                });
-            }
-            for r in sqlx::query("SELECT * FROM release_entries ORDER BY release_id, model")
-                .fetch_all(&mut *tx)
-                .await?
-            {
-                s.release_entries.push(ReleaseEntryRow {
-                    release_id: r.s("release_id")?,
-                    model: r.s("model")?,
-                    version: r.i("version")?,
-                    digest: r.s("digest")?,
-                });
-            }
-            for r in sqlx::query("SELECT * FROM channels ORDER BY name")
-                .fetch_all(&mut *tx)
-                .await?
-            {
-                s.channels.push(channel_from_row(&r)?);
-            }
-            for r in sqlx::query("SELECT * FROM channel_history ORDER BY id")
-                .fetch_all(&mut *tx)
-                .await?
-            {
-                s.channel_history.push(ChannelEvent {
-                    channel: r.s("channel")?,
-                    action: r.s("action")?,
-                    from_release: r.os("from_release")?,
-                    to_release: r.s("to_release")?,
-                    at: r.s("at")?,
-                    by: r.s("by_user")?,
-                });
-            }
-            for r in sqlx::query("SELECT * FROM version_files ORDER BY model, version, path")
-                .fetch_all(&mut *tx)
-                .await?
-            {
-                s.version_files.push(VersionFileRow {
-                    model: r.s("model")?,
-                    version: r.i("version")?,
-                    path: r.s("path")?,
-                    digest: r.s("digest")?,
-                    size: r.i("size")?.max(0) as u64,
-                });
-            }
+            let s = Snapshot {
+                models: read_all!(tx, "SELECT * FROM models ORDER BY name", model_from_row),
+                versions: read_all!(
+                    tx,
+                    "SELECT * FROM versions ORDER BY model, version",
+                    version_from_row
+                ),
+                aliases: read_all!(
+                    tx,
+                    "SELECT * FROM aliases ORDER BY model, name",
+                    alias_from_row
+                ),
+                alias_history: read_all!(
+                    tx,
+                    "SELECT * FROM alias_history ORDER BY id",
+                    alias_event_from_row
+                ),
+                releases: read_all!(
+                    tx,
+                    "SELECT * FROM releases ORDER BY created_at, id",
+                    release_from_row
+                ),
+                release_entries: read_all!(
+                    tx,
+                    "SELECT * FROM release_entries ORDER BY release_id, model",
+                    release_entry_from_row
+                ),
+                channels: read_all!(tx, "SELECT * FROM channels ORDER BY name", channel_from_row),
+                channel_history: read_all!(
+                    tx,
+                    "SELECT * FROM channel_history ORDER BY id",
+                    channel_event_from_row
+                ),
+                version_files: read_all!(
+                    tx,
+                    "SELECT * FROM version_files ORDER BY model, version, path",
+                    version_file_from_row
+                ),
+                ..Snapshot::default()
+            };
             tx.commit().await?;
             s
         });
@@ -384,132 +397,132 @@ impl Registry {
                     .execute(&mut *tx)
                     .await?;
             }
-            for m in &s.models {
-                sqlx::query(
-                    "INSERT INTO models (name, tenant, description, tags, created_at) VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(&m.name)
-                .bind(&m.tenant)
-                .bind(&m.description)
-                .bind(&m.tags)
-                .bind(&m.created_at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            for v in &s.versions {
-                sqlx::query(
-                    "INSERT INTO versions (model, version, digest, size, framework, signature, metrics, \
-                     data_ref, code_ref, created_at, created_by, artifact_deleted_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                )
-                .bind(&v.model)
-                .bind(v.version)
-                .bind(&v.digest)
-                .bind(v.size as i64)
-                .bind(&v.framework)
-                .bind(v.signature.to_string())
-                .bind(serde_json::to_string(&v.metrics).unwrap_or_else(|_| "{}".into()))
-                .bind(&v.data_ref)
-                .bind(&v.code_ref)
-                .bind(&v.created_at)
-                .bind(&v.created_by)
-                .bind(&v.artifact_deleted_at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            for a in &s.aliases {
-                sqlx::query(
-                    "INSERT INTO aliases (model, name, version, updated_at, updated_by) VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(&a.model)
-                .bind(&a.alias)
-                .bind(a.version)
-                .bind(&a.updated_at)
-                .bind(&a.updated_by)
-                .execute(&mut *tx)
-                .await?;
-            }
-            for h in &s.alias_history {
-                sqlx::query(
-                    "INSERT INTO alias_history (model, name, from_version, to_version, at, by_user) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(&h.model)
-                .bind(&h.alias)
-                .bind(h.from_version)
-                .bind(h.to_version)
-                .bind(&h.at)
-                .bind(&h.by)
-                .execute(&mut *tx)
-                .await?;
-            }
-            for r in &s.releases {
-                sqlx::query(
-                    "INSERT INTO releases (id, manifest, model_count, note, created_at, created_by) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(&r.id)
-                .bind(&r.manifest)
-                .bind(r.model_count)
-                .bind(&r.note)
-                .bind(&r.created_at)
-                .bind(&r.created_by)
-                .execute(&mut *tx)
-                .await?;
-            }
-            for e in &s.release_entries {
-                sqlx::query(
-                    "INSERT INTO release_entries (release_id, model, version, digest) VALUES ($1, $2, $3, $4)",
-                )
-                .bind(&e.release_id)
-                .bind(&e.model)
-                .bind(e.version)
-                .bind(&e.digest)
-                .execute(&mut *tx)
-                .await?;
-            }
-            for c in &s.channels {
-                sqlx::query(
-                    "INSERT INTO channels (name, release_id, revision, updated_at, updated_by) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(&c.name)
-                .bind(&c.release_id)
-                .bind(match current.get(&c.name) {
-                    Some(cur) => c.revision.max(cur + 1),
-                    None => c.revision,
-                })
-                .bind(&c.updated_at)
-                .bind(&c.updated_by)
-                .execute(&mut *tx)
-                .await?;
-            }
-            for f in &s.version_files {
-                sqlx::query(
-                    "INSERT INTO version_files (model, version, path, digest, size) VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(&f.model)
-                .bind(f.version)
-                .bind(&f.path)
-                .bind(&f.digest)
-                .bind(f.size as i64)
-                .execute(&mut *tx)
-                .await?;
-            }
-            for h in &s.channel_history {
-                sqlx::query(
-                    "INSERT INTO channel_history (channel, action, from_release, to_release, at, by_user) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(&h.channel)
-                .bind(&h.action)
-                .bind(&h.from_release)
-                .bind(&h.to_release)
-                .bind(&h.at)
-                .bind(&h.by)
-                .execute(&mut *tx)
-                .await?;
-            }
+            insert_all!(
+                tx,
+                "INSERT INTO models (name, tenant, description, tags, created_at) VALUES ($1, $2, $3, $4, $5)",
+                &s.models,
+                |m| [
+                    &m.name,
+                    &m.tenant,
+                    &m.description,
+                    &m.tags,
+                    &m.created_at,
+                ]
+            );
+            insert_all!(
+                tx,
+                "INSERT INTO versions (model, version, digest, size, framework, signature, metrics, \
+                 data_ref, code_ref, created_at, created_by, artifact_deleted_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                &s.versions,
+                |v| [
+                    &v.model,
+                    v.version,
+                    &v.digest,
+                    v.size as i64,
+                    &v.framework,
+                    v.signature.to_string(),
+                    serde_json::to_string(&v.metrics).unwrap_or_else(|_| "{}".into()),
+                    &v.data_ref,
+                    &v.code_ref,
+                    &v.created_at,
+                    &v.created_by,
+                    &v.artifact_deleted_at,
+                ]
+            );
+            insert_all!(
+                tx,
+                "INSERT INTO aliases (model, name, version, updated_at, updated_by) VALUES ($1, $2, $3, $4, $5)",
+                &s.aliases,
+                |a| [
+                    &a.model,
+                    &a.alias,
+                    a.version,
+                    &a.updated_at,
+                    &a.updated_by,
+                ]
+            );
+            insert_all!(
+                tx,
+                "INSERT INTO alias_history (model, name, from_version, to_version, at, by_user) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &s.alias_history,
+                |h| [
+                    &h.model,
+                    &h.alias,
+                    h.from_version,
+                    h.to_version,
+                    &h.at,
+                    &h.by,
+                ]
+            );
+            insert_all!(
+                tx,
+                "INSERT INTO releases (id, manifest, model_count, note, created_at, created_by) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &s.releases,
+                |r| [
+                    &r.id,
+                    &r.manifest,
+                    r.model_count,
+                    &r.note,
+                    &r.created_at,
+                    &r.created_by,
+                ]
+            );
+            insert_all!(
+                tx,
+                "INSERT INTO release_entries (release_id, model, version, digest) VALUES ($1, $2, $3, $4)",
+                &s.release_entries,
+                |e| [
+                    &e.release_id,
+                    &e.model,
+                    e.version,
+                    &e.digest,
+                ]
+            );
+            insert_all!(
+                tx,
+                "INSERT INTO channels (name, release_id, revision, updated_at, updated_by) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                &s.channels,
+                |c| [
+                    &c.name,
+                    &c.release_id,
+                    match current.get(&c.name) {
+                        Some(cur) => c.revision.max(cur + 1),
+                        None => c.revision,
+                    },
+                    &c.updated_at,
+                    &c.updated_by,
+                ]
+            );
+            insert_all!(
+                tx,
+                "INSERT INTO version_files (model, version, path, digest, size) VALUES ($1, $2, $3, $4, $5)",
+                &s.version_files,
+                |f| [
+                    &f.model,
+                    f.version,
+                    &f.path,
+                    &f.digest,
+                    f.size as i64,
+                ]
+            );
+            insert_all!(
+                tx,
+                "INSERT INTO channel_history (channel, action, from_release, to_release, at, by_user) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &s.channel_history,
+                |h| [
+                    &h.channel,
+                    &h.action,
+                    &h.from_release,
+                    &h.to_release,
+                    &h.at,
+                    &h.by,
+                ]
+            );
             tx.commit().await?;
         });
         Ok(())

@@ -723,18 +723,7 @@ impl Registry {
             .bind(alias)
             .fetch_all(pool)
             .await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(AliasEvent {
-                        model: r.s("model")?,
-                        alias: r.s("name")?,
-                        from_version: r.oi("from_version")?,
-                        to_version: r.i("to_version")?,
-                        at: r.s("at")?,
-                        by: r.s("by_user")?,
-                    })
-                })
-                .collect()
+            rows.iter().map(alias_event_from_row).collect()
         })
     }
 
@@ -818,6 +807,18 @@ pub(crate) fn alias_from_row(r: &impl RowExt) -> Result<Alias> {
         version: r.i("version")?,
         updated_at: r.s("updated_at")?,
         updated_by: r.s("updated_by")?,
+    })
+}
+
+/// An `alias_history` row.
+pub(crate) fn alias_event_from_row(r: &impl RowExt) -> Result<AliasEvent> {
+    Ok(AliasEvent {
+        model: r.s("model")?,
+        alias: r.s("name")?,
+        from_version: r.oi("from_version")?,
+        to_version: r.i("to_version")?,
+        at: r.s("at")?,
+        by: r.s("by_user")?,
     })
 }
 

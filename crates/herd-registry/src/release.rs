@@ -448,18 +448,7 @@ impl Registry {
                 .bind(channel)
                 .fetch_all(pool)
                 .await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(ChannelEvent {
-                        channel: r.s("channel")?,
-                        action: r.s("action")?,
-                        from_release: r.os("from_release")?,
-                        to_release: r.s("to_release")?,
-                        at: r.s("at")?,
-                        by: r.s("by_user")?,
-                    })
-                })
-                .collect()
+            rows.iter().map(channel_event_from_row).collect()
         })
     }
 
@@ -676,5 +665,17 @@ pub(crate) fn channel_from_row(r: &impl RowExt) -> Result<Channel> {
         revision: r.i("revision")?,
         updated_at: r.s("updated_at")?,
         updated_by: r.s("updated_by")?,
+    })
+}
+
+/// A `channel_history` row.
+pub(crate) fn channel_event_from_row(r: &impl RowExt) -> Result<ChannelEvent> {
+    Ok(ChannelEvent {
+        channel: r.s("channel")?,
+        action: r.s("action")?,
+        from_release: r.os("from_release")?,
+        to_release: r.s("to_release")?,
+        at: r.s("at")?,
+        by: r.s("by_user")?,
     })
 }
