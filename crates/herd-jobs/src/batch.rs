@@ -1394,27 +1394,7 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let dir = tempfile::tempdir().unwrap();
-        let input = dir.path().join("in.jsonl");
-        std::fs::write(&input, "[1, 2]\n").unwrap();
-        let p = BatchInferParams::new(
-            format!("http://127.0.0.1:{port}"),
-            "m",
-            input.to_str().unwrap(),
-        );
-        let mut spec = crate::JobSpec::new("q", crate::JobKind::BatchInfer(p.clone()));
-        spec.result_dir = dir.path().join("out").display().to_string();
-        let job = Job::for_test("jx", spec, crate::JobState::Running, 1);
-        let (tx, _rx) = tokio::sync::watch::channel(None);
-        let err = run(
-            &reqwest::Client::new(),
-            &job,
-            &p,
-            &dir.path().join("out"),
-            &tx,
-        )
-        .await
-        .unwrap_err();
+        let (dir, err) = failed_run(format!("http://127.0.0.1:{port}"), "[1, 2]\n").await;
         assert!(err.retryable, "{}", err.message);
         assert!(err.message.contains("unreachable"), "{}", err.message);
         assert!(!dir.path().join("out").exists());
@@ -1465,10 +1445,27 @@ mod tests {
         (format!("http://{addr}"), hits)
     }
 
-    fn job_for(p: &BatchInferParams, dir: &Path) -> Job {
+    /// Runs the batch-infer job `jbusy` over `rows` (JSONL text) against `server` in a fresh
+    /// directory, which it returns (the output would be `out/jbusy.jsonl`) with the failure.
+    async fn failed_run(server: String, rows: &str) -> (tempfile::TempDir, Failure) {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.jsonl");
+        std::fs::write(&input, rows).unwrap();
+        let p = BatchInferParams::new(server, "m", input.to_str().unwrap());
         let mut spec = crate::JobSpec::new("q", crate::JobKind::BatchInfer(p.clone()));
-        spec.result_dir = dir.join("out").display().to_string();
-        Job::for_test("jbusy", spec, crate::JobState::Running, 1)
+        spec.result_dir = dir.path().join("out").display().to_string();
+        let job = Job::for_test("jbusy", spec, crate::JobState::Running, 1);
+        let (tx, _rx) = tokio::sync::watch::channel(None);
+        let err = run(
+            &reqwest::Client::new(),
+            &job,
+            &p,
+            &dir.path().join("out"),
+            &tx,
+        )
+        .await
+        .unwrap_err();
+        (dir, err)
     }
 
     /// Regression: 429/503 after three retries became bad rows and the job was done. Now the
@@ -1477,20 +1474,7 @@ mod tests {
     async fn busy_server_fails_the_attempt_not_the_rows() {
         for status in ["429 Too Many Requests", "503 Service Unavailable"] {
             let (server, hits) = busy_server(status, 0).await;
-            let dir = tempfile::tempdir().unwrap();
-            let input = dir.path().join("in.jsonl");
-            std::fs::write(&input, "[1, 2]\n[3, 4]\n").unwrap();
-            let p = BatchInferParams::new(server, "m", input.to_str().unwrap());
-            let (tx, _rx) = tokio::sync::watch::channel(None);
-            let err = run(
-                &reqwest::Client::new(),
-                &job_for(&p, dir.path()),
-                &p,
-                &dir.path().join("out"),
-                &tx,
-            )
-            .await
-            .unwrap_err();
+            let (dir, err) = failed_run(server, "[1, 2]\n[3, 4]\n").await;
             assert!(err.retryable, "{status}: {}", err.message);
             assert!(err.message.contains(&status[..3]), "{}", err.message);
             assert_eq!(
@@ -1503,20 +1487,7 @@ mod tests {
         // A Retry-After longer than the client waits fails the attempt at once; the queue's
         // backoff takes over.
         let (server, hits) = busy_server("503 Service Unavailable", 3600).await;
-        let dir = tempfile::tempdir().unwrap();
-        let input = dir.path().join("in.jsonl");
-        std::fs::write(&input, "[1, 2]\n").unwrap();
-        let p = BatchInferParams::new(server, "m", input.to_str().unwrap());
-        let (tx, _rx) = tokio::sync::watch::channel(None);
-        let err = run(
-            &reqwest::Client::new(),
-            &job_for(&p, dir.path()),
-            &p,
-            &dir.path().join("out"),
-            &tx,
-        )
-        .await
-        .unwrap_err();
+        let (_dir, err) = failed_run(server, "[1, 2]\n").await;
         assert!(err.retryable);
         assert!(
             err.message.contains("asked to wait 3600s"),
