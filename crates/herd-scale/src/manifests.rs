@@ -323,6 +323,19 @@ fn empty_dir(name: &str, limit: Option<u64>) -> Volume {
     }
 }
 
+/// A volume of the Secret `secret`, files readable by owner and group only (0440).
+fn secret_volume(name: &str, secret: String) -> Volume {
+    Volume {
+        name: s(name),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret),
+            default_mode: Some(0o440),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: s(name),
@@ -861,15 +874,7 @@ impl ManifestOptions {
             ]),
             volumes: Some(vec![
                 empty_dir("artifact-cache", Some(self.artifact_cache_size)),
-                Volume {
-                    name: s("tokens"),
-                    secret: Some(SecretVolumeSource {
-                        secret_name: Some(self.name("tokens")),
-                        default_mode: Some(0o440),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
+                secret_volume("tokens", self.name("tokens")),
                 empty_dir("tmp", Some(256 << 20)),
             ]),
             ..Default::default()
@@ -1266,15 +1271,7 @@ impl ManifestOptions {
                     }),
                     ..Default::default()
                 },
-                Volume {
-                    name: s("metrics-token"),
-                    secret: Some(SecretVolumeSource {
-                        secret_name: Some(self.name("metrics-token")),
-                        default_mode: Some(0o440),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
+                secret_volume("metrics-token", self.name("metrics-token")),
                 empty_dir("tmp", Some(64 << 20)),
             ]),
             ..Default::default()
