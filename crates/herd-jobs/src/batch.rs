@@ -1118,16 +1118,23 @@ fn error_message(body: &str) -> String {
     msg.chars().take(300).collect()
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is rare for APIs and not honoured).
+/// `Retry-After`: delay-seconds, or an HTTP-date (the wait until then; a date in the past is no
+/// wait). Anything else is ignored (the caller's default backoff applies).
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
+    let v = headers
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
         .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+        .trim();
+    parse_retry_after(v, std::time::SystemTime::now())
+}
+
+fn parse_retry_after(v: &str, now: std::time::SystemTime) -> Option<Duration> {
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 fn flatten(v: &Value, out: &mut Vec<Value>) {
@@ -1176,6 +1183,21 @@ mod tests {
         }
         rg.close().unwrap();
         w.close().unwrap();
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(42));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(42))
+        );
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(5));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-3", now), None);
     }
 
     #[test]

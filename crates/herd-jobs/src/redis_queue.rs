@@ -468,6 +468,24 @@ impl RedisQueue {
             Conn::Cluster(client.get_async_connection().await?)
         } else {
             let client = redis::Client::open(target.nodes[0].as_str()).map_err(invalid)?;
+            // One direct connection first: a refused connection or a wrong password is reported
+            // at once (the connection manager retries a failed handshake for minutes).
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                client.get_multiplexed_async_connection(),
+            )
+            .await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    return Err(redis::RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("{} did not answer within 10 s", redact_url(url)),
+                    ))
+                    .into())
+                }
+            }
             let cfg = redis::aio::ConnectionManagerConfig::new()
                 .set_connection_timeout(Duration::from_secs(5))
                 .set_response_timeout(Duration::from_secs(30))

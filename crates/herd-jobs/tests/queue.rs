@@ -11,6 +11,8 @@ use herd_jobs::{
     JobSpec, JobState, JobsError, ListFilter, ManualClock, Progress, Queue, QueueStats,
 };
 
+#[path = "queue/auth.rs"]
+mod auth;
 #[path = "queue/common.rs"]
 mod common;
 #[path = "queue/defects.rs"]
