@@ -46,7 +46,9 @@ pub enum JobsError {
     },
 
     #[error("Redis queue: {0} (is redis-server running and the URL right?)")]
-    Redis(#[from] redis::RedisError),
+    // Not `#[from]`/`#[source]`: the message already holds the Redis error, and as a source it
+    // was printed two more times by every `{:#}` chain.
+    Redis(redis::RedisError),
 
     #[error("stored job record is unreadable: {0}")]
     Corrupt(String),
@@ -94,5 +96,11 @@ impl HasErrorCode for JobsError {
                 ErrorCode::Internal
             }
         }
+    }
+}
+
+impl From<redis::RedisError> for JobsError {
+    fn from(e: redis::RedisError) -> Self {
+        JobsError::Redis(e)
     }
 }
