@@ -37,6 +37,8 @@ pub(crate) struct BaseSession {
     resident: Arc<AtomicU64>,
     /// Shared tensors the session uses (dropped after it).
     _weights: Vec<Arc<SharedWeight>>,
+    /// The pre-packed weights container of those tensors, if the session packs into one.
+    _packed: Option<Arc<crate::shared::PackedSet>>,
 }
 
 impl Drop for BaseSession {
@@ -162,11 +164,11 @@ fn build_base(
         Some(s) => crate::shared::load(env, s, path, &plain)?.filter(|s| s.trunk.is_none()),
         None => None,
     };
-    let (session, sharing, weights) = match shared {
-        Some(s) => (s.session, s.sharing, s.weights),
+    let (session, sharing, weights, packed) = match shared {
+        Some(s) => (s.session, s.sharing, s.weights, s.packed),
         None => {
             let session = plain_session(env, path, &plain).map_err(fail)?;
-            (session, Sharing::default(), Vec::new())
+            (session, Sharing::default(), Vec::new(), None)
         }
     };
     let after = crate::memory::allocated_bytes();
@@ -183,6 +185,7 @@ fn build_base(
         sharing,
         resident: bases.resident.clone(),
         _weights: weights,
+        _packed: packed,
     })
 }
 

@@ -119,6 +119,7 @@ impl Backend for OrtBackend {
                     signature,
                     trunk: s.trunk,
                     _shared: s.weights,
+                    _packed: s.packed,
                     sharing: s.sharing,
                 }));
             }
@@ -144,6 +145,7 @@ impl Backend for OrtBackend {
             signature,
             trunk: None,
             _shared: Vec::new(),
+            _packed: None,
             sharing: Default::default(),
         }))
     }
@@ -213,6 +215,8 @@ struct OrtInstance {
     trunk: Option<crate::shared::TrunkUse>,
     /// Keeps the shared weights the session uses alive (dropped after the session).
     _shared: Vec<std::sync::Arc<crate::shared::SharedWeight>>,
+    /// The pre-packed weights container of those tensors, if the session packs into one.
+    _packed: Option<std::sync::Arc<crate::shared::PackedSet>>,
     sharing: crate::shared::Sharing,
 }
 

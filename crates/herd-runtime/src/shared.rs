@@ -9,18 +9,18 @@
 //! load does not parse them again. Folded tensors are computed once by running a small model
 //! made of the folding nodes. A tensor is freed when the last session that uses it is dropped.
 //!
-//! Pre-packing (ONNX Runtime's weight layout for its matrix kernels, made once at load) keeps a
-//! copy per session (or, with ONNX Runtime's pre-packed weights container, for the life of the
-//! container, so never freed on eviction). Without it every run packs the weights again:
-//! measured on MiniLM int8, ~45% of a one-sentence run's CPU time, 6.6 vs 4.4 ms per request
+//! Pre-packing (ONNX Runtime's weight layout for its matrix kernels, made once at load) is a
+//! second copy of the weights. Without it every run packs the weights again: measured on
+//! MiniLM int8, ~45% of a one-sentence run's CPU time, 6.6 vs 4.4 ms per request
 //! (notes/issue-8.md). So a session with at least [`prepack_min_bytes`] of shared tensors
-//! (16 MiB by default, `HERD_PREPACK_MIN_BYTES`) pre-packs when its copy is paid once: a
-//! shared trunk (one session for every model on it; its packed copy is in the trunk's measured
-//! bytes), or a whole session whose shared tensors no other model holds yet (the first model
-//! of its weights: the copy is its own memory, measured in its load and freed with it).
-//! Sessions that join tensors already resident (heads, later whole sessions) and small models
-//! (thousands of per-customer models: their memory would double, for little speed) do not
-//! pre-pack (`session.disable_prepacking`).
+//! (16 MiB by default, `HERD_PREPACK_MIN_BYTES`) pre-packs into the [`PackedSet`] of its weight
+//! set: one ONNX Runtime pre-packed weights container for every session over the same shared
+//! tensors (instances of a model, later models of the same weights). ONNX Runtime keys the
+//! container's buffers by op type and a hash of the packed contents, so a later session finds
+//! the packed copy the first one made and keeps none of its own; the set is charged once (the
+//! first session's measured build) and freed with its last user (a shared trunk over the same
+//! tensors uses the same set). Small models (thousands of per-customer models:
+//! their memory would double, for little speed) do not pre-pack (`session.disable_prepacking`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,7 +31,7 @@ pub use herd_onnx::initializers::Key;
 use herd_onnx::initializers::{self, Placeholder};
 use herd_onnx::proto::elem_type;
 use ort::environment::Environment;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
 use ort::session::Session;
 use ort::value::{DynValue, TensorElementType, ValueType};
 
@@ -136,6 +136,8 @@ pub struct SharedStore {
     map: Mutex<HashMap<Key, Weak<SharedWeight>>>,
     /// Trunk sessions shared by models whose graphs begin with the same computation.
     trunks: Mutex<HashMap<Key, Weak<Trunk>>>,
+    /// Pre-packed weights containers, by weight set.
+    packed: Mutex<HashMap<Key, Weak<PackedSet>>>,
     /// Whether models are split into a shared trunk and a head of their own.
     split: bool,
     resident: Arc<AtomicU64>,
@@ -149,6 +151,7 @@ impl SharedStore {
         SharedStore {
             map: Mutex::new(HashMap::new()),
             trunks: Mutex::new(HashMap::new()),
+            packed: Mutex::new(HashMap::new()),
             split: trunks_enabled_by_env(),
             resident: Arc::new(AtomicU64::new(0)),
             threshold,
@@ -219,6 +222,31 @@ impl SharedStore {
         (t, true)
     }
 
+    /// Number of pre-packed weight sets alive now.
+    pub fn packed_sets(&self) -> usize {
+        let map = self.packed.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().filter(|w| w.strong_count() > 0).count()
+    }
+
+    /// The pre-packed weights container of the weight set `weights` (content keys), and whether
+    /// this call created it (then the caller's session build fills it: [`PackedSet::charge`]).
+    fn packed_set(&self, weights: &[&Arc<SharedWeight>]) -> (Arc<PackedSet>, bool) {
+        let key = packed_set_key(weights.iter().map(|w| &w.key));
+        let mut map = self.packed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = map.get(&key).and_then(Weak::upgrade) {
+            return (p, false);
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let p = Arc::new(PackedSet {
+            key,
+            container: PrepackedWeights::new(),
+            bytes: AtomicU64::new(0),
+            resident: self.resident.clone(),
+        });
+        map.insert(key, Arc::downgrade(&p));
+        (p, true)
+    }
+
     /// A private directory holding the never-read placeholder file that ONNX Runtime wants to
     /// exist next to a model with external-data placeholders.
     fn work_dir(&self) -> Result<PathBuf, String> {
@@ -265,12 +293,108 @@ pub struct Trunk {
     resident: Arc<AtomicU64>,
     /// Tensors the trunk's session uses (dropped after it).
     _weights: Vec<Arc<SharedWeight>>,
+    /// The pre-packed weights container of those tensors, if the trunk packs into one.
+    packed: Option<Arc<PackedSet>>,
 }
 
 impl Drop for Trunk {
     fn drop(&mut self) {
         self.resident.fetch_sub(self.bytes, Ordering::Relaxed);
     }
+}
+
+/// One ONNX Runtime pre-packed weights container for the sessions over one set of shared
+/// tensors (see the module docs). Every session built with it holds the container (the `ort`
+/// session keeps it); herd's users hold this handle so later loads find it, and the set is
+/// charged under its own key while any of them lives.
+pub struct PackedSet {
+    key: Key,
+    container: PrepackedWeights,
+    /// What the first session's build allocated (its packed copy, and that session's own
+    /// structures: an upper bound on the container's size).
+    bytes: AtomicU64,
+    resident: Arc<AtomicU64>,
+}
+
+impl PackedSet {
+    /// Sets the measured size (once, by the load that created the set).
+    fn charge(&self, bytes: u64) {
+        self.bytes.store(bytes, Ordering::Relaxed);
+        self.resident.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The key under which the set is charged, and its bytes.
+    pub fn usage(&self) -> (Key, u64) {
+        (self.key, self.bytes.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for PackedSet {
+    fn drop(&mut self) {
+        self.resident
+            .fetch_sub(*self.bytes.get_mut(), Ordering::Relaxed);
+    }
+}
+
+/// The key of a weight set's pre-packed container: the sorted content keys of its tensors.
+fn packed_set_key<'a>(keys: impl Iterator<Item = &'a Key>) -> Key {
+    use sha2::Digest;
+    let mut keys: Vec<&Key> = keys.collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut h = sha2::Sha256::new();
+    h.update(b"herd-prepacked-v1\0");
+    for k in keys {
+        h.update(k);
+    }
+    h.finalize().into()
+}
+
+/// Builds a session whose shared tensors pre-pack into their weight set's container when they
+/// are large enough ([`prepack_min_bytes`]); returns the session, the set, and the bytes of the
+/// set this build created (charged to the load that made it).
+fn build_packed(
+    env: &Environment,
+    store: &SharedStore,
+    model: &[u8],
+    weights: &[(&str, &Arc<SharedWeight>)],
+    opts: &LoadOptions,
+) -> Result<(Session, Option<Arc<PackedSet>>, u64), String> {
+    let total: u64 = weights.iter().map(|(_, w)| w.bytes).sum();
+    if weights.is_empty() || total < prepack_min_bytes() {
+        let s = build_session(env, store, model, weights, opts, Prepack::Off)?;
+        return Ok((s, None, 0));
+    }
+    let set: Vec<&Arc<SharedWeight>> = weights.iter().map(|(_, w)| *w).collect();
+    let (packed, new) = store.packed_set(&set);
+    let before = crate::memory::allocated_bytes();
+    let session = build_session(
+        env,
+        store,
+        model,
+        weights,
+        opts,
+        Prepack::Shared(&packed.container),
+    )?;
+    let mut created = 0;
+    if new {
+        let after = crate::memory::allocated_bytes();
+        created = match (before, after) {
+            (Some(b), Some(a)) => a.saturating_sub(b),
+            // Without the allocator's count, assume a packed copy as large as the tensors.
+            _ => total,
+        };
+        packed.charge(created);
+    }
+    Ok((session, Some(packed), created))
+}
+
+/// Whether and where a session pre-packs its weights.
+#[derive(Clone, Copy)]
+enum Prepack<'a> {
+    Off,
+    /// Into a weight set's container, shared with the other sessions over those tensors.
+    Shared(&'a PrepackedWeights),
 }
 
 /// How a split model runs: the shared trunk, then its own head.
@@ -338,17 +462,19 @@ pub(crate) struct SharedSession {
     pub sharing: Sharing,
     /// Set when the model runs on a shared trunk (`session` is then its head).
     pub trunk: Option<TrunkUse>,
+    /// The pre-packed weights container the session uses, if any.
+    pub packed: Option<Arc<PackedSet>>,
 }
 
 /// Builds a session of `model` whose placeholders are the `weights` (by name); `prepack`:
-/// whether ONNX Runtime pre-packs the weights (a copy in this session, see the module docs).
+/// whether ONNX Runtime pre-packs the weights, and where (see the module docs).
 fn build_session(
     env: &Environment,
     store: &SharedStore,
     model: &[u8],
     weights: &[(&str, &Arc<SharedWeight>)],
     opts: &LoadOptions,
-    prepack: bool,
+    prepack: Prepack<'_>,
 ) -> Result<Session, String> {
     let file = if weights.is_empty() {
         None
@@ -367,7 +493,7 @@ fn build_session(
             .map_err(|e| e.to_string())?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(s)?
-            .with_prepacking(prepack)
+            .with_prepacking(!matches!(prepack, Prepack::Off))
             .map_err(s)?;
         // As for unshared models: no arena, no per-shape memory patterns.
         let mut b = crate::ort_backend::memory_options(b)?;
@@ -380,6 +506,9 @@ fn build_session(
         }
         for (name, w) in weights {
             b = b.with_initializer(*name, w.value().clone()).map_err(s)?;
+        }
+        if let Prepack::Shared(container) = prepack {
+            b = b.with_prepacked_weights(container).map_err(s)?;
         }
         match &file {
             Some(f) => b.commit_from_file(f).map_err(|e| e.to_string()),
@@ -518,16 +647,15 @@ pub(crate) fn load(
     drop(bytes);
     let named: Vec<(&str, &Arc<SharedWeight>)> =
         weights.iter().map(|(n, w)| (n.as_str(), w)).collect();
-    // No other model holds these tensors yet: this session's packed copy is paid once.
-    let total: u64 = weights.iter().map(|(_, w)| w.bytes).sum();
-    let prepack = resident.is_empty() && total >= prepack_min_bytes();
-    let session = build_session(env, store, &stripped, &named, opts, prepack);
+    let built = build_packed(env, store, &stripped, &named, opts);
     drop(stripped);
     release_free_memory();
-    let session = session.map_err(fail)?;
+    let (session, packed, packed_created) = built.map_err(fail)?;
+    let mut used: Vec<(Key, u64)> = weights.iter().map(|(_, w)| (w.key, w.bytes)).collect();
+    used.extend(packed.as_ref().map(|p| p.usage()));
     let sharing = Sharing {
-        weights: weights.iter().map(|(_, w)| (w.key, w.bytes)).collect(),
-        created_bytes: created,
+        weights: used,
+        created_bytes: created + packed_created,
         stripped_file_bytes: plan.stripped_bytes,
         serial_runs: None,
     };
@@ -536,6 +664,7 @@ pub(crate) fn load(
         weights: weights.into_iter().map(|(_, w)| w).collect(),
         sharing,
         trunk: None,
+        packed,
     }))
 }
 
@@ -566,15 +695,15 @@ fn load_split(
             let model = plan.trunk_model(bytes, split, placeholders);
             let named = pick(&split.trunk_shared);
             let before = crate::memory::allocated_bytes();
-            let total: u64 = named.iter().map(|(_, w)| w.bytes).sum();
-            let prepack = total >= prepack_min_bytes();
-            let session = build_session(env, store, &model, &named, opts, prepack)
+            let (session, packed, packed_created) = build_packed(env, store, &model, &named, opts)
                 .map_err(|e| format!("shared trunk: {e}"))?;
             let after = crate::memory::allocated_bytes();
+            // The packed set is charged on its own (other sessions over these tensors use it).
             let measured = match (before, after) {
-                (Some(b), Some(a)) => a.saturating_sub(b),
+                (Some(b), Some(a)) => a.saturating_sub(b).saturating_sub(packed_created),
                 _ => model.len() as u64,
             };
+            created += packed_created;
             let trunk = Trunk {
                 key: split.key,
                 inputs: split.trunk_inputs.clone(),
@@ -582,6 +711,7 @@ fn load_split(
                 bytes: measured.max(model.len() as u64),
                 resident: store.resident.clone(),
                 _weights: named.iter().map(|(_, w)| Arc::clone(w)).collect(),
+                packed,
                 session: Mutex::new(session),
             };
             let (t, new) = store.insert_trunk(trunk);
@@ -609,7 +739,9 @@ fn load_split(
     };
     let head_model = plan.head_model(bytes, split, &types, placeholders);
     let head_named = pick(&split.head_shared);
-    let session = build_session(env, store, &head_model, &head_named, opts, false)?;
+    let (session, packed, packed_created) =
+        build_packed(env, store, &head_model, &head_named, opts)?;
+    created += packed_created;
     let mut used: Vec<(Key, u64)> = trunk
         ._weights
         .iter()
@@ -619,6 +751,8 @@ fn load_split(
     used.sort_unstable();
     used.dedup();
     used.push((trunk.key, trunk.bytes));
+    used.extend(trunk.packed.as_ref().map(|p| p.usage()));
+    used.extend(packed.as_ref().map(|p| p.usage()));
     let sharing = Sharing {
         weights: used,
         created_bytes: created,
@@ -634,6 +768,7 @@ fn load_split(
             head_inputs: split.head_inputs.clone(),
             inputs: split.inputs.clone(),
         }),
+        packed,
     })
 }
 
