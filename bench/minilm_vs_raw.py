@@ -124,6 +124,17 @@ def raw_backend(threads):
     return call, lambda: None
 
 
+def rss_mib(pid):
+    """Resident memory (VmRSS from /proc) of process `pid` in MiB, 0 when unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -220,11 +231,16 @@ def main():
         variants.append(("herd ungrouped", "length_groups = false\n"))
     servers = []
     rows = []
+    rss = {}
     try:
         for name, extra in variants:
             proc, port, repo = start_herd(a.herd, a.threads, a.max_batch_size, a.instances, extra)
             stats = HerdStats()
-            servers.append((name, proc, repo, herd_backend(port, stats), stats))
+            backend = herd_backend(port, stats)
+            # One request loads every instance (pinned models load at start anyway).
+            backend[0](backend[1](), texts[0])
+            rss[name] = [rss_mib(proc.pid)]
+            servers.append((name, proc, repo, backend, stats))
         rc, rs = raw_backend(a.threads)
         for c in levels:
             # Interleave them so that machine noise hits all alike.
@@ -236,6 +252,8 @@ def main():
                 h["batch"], h["queue"], h["inference"] = stats.summary()
                 hs.append((name, h))
             rows.append((c, r, hs))
+        for name, proc, _, _, _ in servers:
+            rss[name].append(rss_mib(proc.pid))
     finally:
         for _, proc, repo, _, _ in servers:
             proc.kill()
@@ -258,6 +276,9 @@ def main():
         print(f"| {c} | raw ORT | {r['cpu']:.2f} | | | | |")
         for name, h in hs:
             print(f"| {c} | {name} | {h['cpu']:.2f} | {h['server_cpu']:.2f} | {h['batch']:.1f} | {h['queue']:.2f} | {h['inference']:.2f} |")
+    for name, (before, after) in rss.items():
+        print(f"\n{name} server resident memory (VmRSS, /proc): {before:.0f} MiB after the first request, "
+              f"{after:.0f} MiB after the runs")
     load = os.getloadavg()
     print(f"\nload average after the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
