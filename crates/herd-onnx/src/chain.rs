@@ -1,12 +1,8 @@
 //! A model whose runs cost what the test asks: `depth` chained `[dim, dim]` matrix products.
 //! For tests of what happens while a request is running (shutdown, cancellation).
 
-use prost::Message;
-
-use crate::classifier::{f32_le_bytes, IR_VERSION, OPSET};
-use crate::proto::{
-    elem_type, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, ValueInfoProto,
-};
+use crate::classifier::{f32_le_bytes, OPSET};
+use crate::proto::{elem_type, GraphProto, NodeProto, TensorProto, ValueInfoProto};
 
 /// `y = x · I · I · … · I` (`depth` products with the `[dim, dim]` identity), so `y = x`.
 ///
@@ -70,24 +66,15 @@ impl MatMulChain {
             )],
             ..Default::default()
         };
-        ModelProto {
-            ir_version: Some(IR_VERSION),
-            producer_name: Some("herd".into()),
-            producer_version: Some(env!("CARGO_PKG_VERSION").into()),
-            graph: Some(graph),
-            opset_import: vec![OperatorSetIdProto {
-                domain: Some(String::new()),
-                version: Some(OPSET),
-            }],
-            ..Default::default()
-        }
-        .encode_to_vec()
+        crate::proto::model_bytes(graph, OPSET)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::ModelProto;
+    use prost::Message;
 
     #[test]
     fn the_chain_has_one_product_per_step_and_the_row_signature() {

@@ -1,12 +1,7 @@
 //! A tiny linear classifier: random weights from a seed, its ONNX graph, and a Rust reference
 //! `predict` that computes what onnxruntime computes on that graph.
 
-use prost::Message;
-
-use crate::proto::{
-    elem_type, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    ValueInfoProto,
-};
+use crate::proto::{elem_type, AttributeProto, GraphProto, NodeProto, TensorProto, ValueInfoProto};
 use crate::OnnxError;
 
 /// `softmax(x · W + b)` over `classes`, with `label = argmax`.
@@ -46,7 +41,6 @@ impl SplitMix64 {
 }
 
 pub const OPSET: i64 = 13;
-pub const IR_VERSION: i64 = 8;
 
 impl LinearClassifier {
     /// A classifier with the given parts; the lengths must match `dim` and `classes`.
@@ -158,18 +152,7 @@ impl LinearClassifier {
             ],
             ..Default::default()
         };
-        ModelProto {
-            ir_version: Some(IR_VERSION),
-            producer_name: Some("herd".into()),
-            producer_version: Some(env!("CARGO_PKG_VERSION").into()),
-            graph: Some(graph),
-            opset_import: vec![OperatorSetIdProto {
-                domain: Some(String::new()),
-                version: Some(OPSET),
-            }],
-            ..Default::default()
-        }
-        .encode_to_vec()
+        crate::proto::model_bytes(graph, OPSET)
     }
 
     /// The reference output for `x`, a row-major `[batch, dim]` buffer: per row the label

@@ -282,6 +282,26 @@ impl Dimension {
     }
 }
 
+/// The ONNX IR version of the files herd writes.
+pub const IR_VERSION: i64 = 8;
+
+/// `graph` as an ONNX file: IR version [`IR_VERSION`], the default domain at `opset`, producer herd.
+pub fn model_bytes(graph: GraphProto, opset: i64) -> Vec<u8> {
+    use prost::Message;
+    ModelProto {
+        ir_version: Some(IR_VERSION),
+        producer_name: Some("herd".into()),
+        producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+        graph: Some(graph),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(opset),
+        }],
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
 impl ValueInfoProto {
     /// A tensor value with the given element type and dims; a negative dim becomes a named
     /// symbolic dimension (`"N"`).

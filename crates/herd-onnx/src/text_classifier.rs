@@ -1,13 +1,8 @@
 //! A tiny text classifier over token ids — what a per-customer intent classifier behind a
 //! tokenizer pipeline looks like, small enough to write thousands of.
 
-use prost::Message;
-
 use crate::classifier::{f32_le_bytes, SplitMix64};
-use crate::proto::{
-    elem_type, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    ValueInfoProto,
-};
+use crate::proto::{elem_type, AttributeProto, GraphProto, NodeProto, TensorProto, ValueInfoProto};
 use crate::OnnxError;
 
 /// Hashed bag-of-embeddings classifier: `logits = mean_masked(E[ids mod buckets]) · W + b`.
@@ -134,18 +129,7 @@ impl TextClassifier {
                 shape.dim[1] = crate::proto::Dimension::param("S");
             }
         }
-        ModelProto {
-            ir_version: Some(crate::classifier::IR_VERSION),
-            producer_name: Some("herd".into()),
-            producer_version: Some(env!("CARGO_PKG_VERSION").into()),
-            graph: Some(graph),
-            opset_import: vec![OperatorSetIdProto {
-                domain: Some(String::new()),
-                version: Some(crate::classifier::OPSET),
-            }],
-            ..Default::default()
-        }
-        .encode_to_vec()
+        crate::proto::model_bytes(graph, crate::classifier::OPSET)
     }
 
     /// Reference logits, row-major `[batch, classes]`, for row-major `[batch, seq]` ids and mask

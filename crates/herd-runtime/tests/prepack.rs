@@ -6,10 +6,9 @@
 
 use herd_api::v2::{Tensor, TensorData};
 use herd_onnx::proto::{
-    elem_type, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, ValueInfoProto,
+    elem_type, model_bytes, GraphProto, NodeProto, TensorProto, ValueInfoProto,
 };
 use herd_runtime::{Backend, LoadOptions, OrtBackend};
-use prost::Message;
 
 /// 2048 x 2048 f32 = 16 MiB: the default pre-packing threshold (`HERD_PREPACK_MIN_BYTES`).
 const N: usize = 2048;
@@ -62,17 +61,8 @@ fn model(dir: &std::path::Path, name: &str, relu: bool) -> std::path::PathBuf {
         )],
         ..Default::default()
     };
-    let m = ModelProto {
-        ir_version: Some(8),
-        graph: Some(g),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        ..Default::default()
-    };
     let p = dir.join(format!("{name}.onnx"));
-    std::fs::write(&p, m.encode_to_vec()).unwrap();
+    std::fs::write(&p, model_bytes(g, 17)).unwrap();
     p
 }
 

@@ -4,11 +4,9 @@
 
 use herd_api::v2::{Tensor, TensorData};
 use herd_onnx::proto::{
-    elem_type, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    ValueInfoProto,
+    elem_type, model_bytes, AttributeProto, GraphProto, NodeProto, TensorProto, ValueInfoProto,
 };
 use herd_runtime::{Backend, LoadOptions, OrtBackend};
-use prost::Message;
 
 const N: usize = 300; // 300 x 300 int8 = 90,000 bytes: above the 64 KiB threshold
 
@@ -84,17 +82,8 @@ fn customer(dir: &std::path::Path, seed: u32) -> std::path::PathBuf {
         output: vec![ValueInfoProto::tensor("y", elem_type::FLOAT, &[-1, 2])],
         ..Default::default()
     };
-    let m = ModelProto {
-        ir_version: Some(8),
-        graph: Some(g),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        ..Default::default()
-    };
     let p = dir.join(format!("customer-{seed}.onnx"));
-    std::fs::write(&p, m.encode_to_vec()).unwrap();
+    std::fs::write(&p, model_bytes(g, 17)).unwrap();
     p
 }
 
