@@ -352,23 +352,7 @@ pub(crate) mod tests {
     use herd_api::{ErrorCode, HasErrorCode};
 
     /// A tiny BERT-style tokenizer: lower-casing, WordPiece, `[CLS] text [SEP]`, pad id 0.
-    pub(crate) const TINY_TOKENIZER: &str = r###"{
-      "version": "1.0", "truncation": null, "padding": null,
-      "added_tokens": [
-        {"id":0,"content":"[PAD]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},
-        {"id":1,"content":"[UNK]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},
-        {"id":2,"content":"[CLS]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},
-        {"id":3,"content":"[SEP]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],
-      "normalizer": {"type":"BertNormalizer","clean_text":true,"handle_chinese_chars":true,"strip_accents":null,"lowercase":true},
-      "pre_tokenizer": {"type":"BertPreTokenizer"},
-      "post_processor": {"type":"TemplateProcessing",
-        "single":[{"SpecialToken":{"id":"[CLS]","type_id":0}},{"Sequence":{"id":"A","type_id":0}},{"SpecialToken":{"id":"[SEP]","type_id":0}}],
-        "pair":[{"SpecialToken":{"id":"[CLS]","type_id":0}},{"Sequence":{"id":"A","type_id":0}},{"SpecialToken":{"id":"[SEP]","type_id":0}},{"Sequence":{"id":"B","type_id":1}},{"SpecialToken":{"id":"[SEP]","type_id":1}}],
-        "special_tokens":{"[CLS]":{"id":"[CLS]","ids":[2],"tokens":["[CLS]"]},"[SEP]":{"id":"[SEP]","ids":[3],"tokens":["[SEP]"]}}},
-      "decoder": null,
-      "model": {"type":"WordPiece","unk_token":"[UNK]","continuing_subword_prefix":"##","max_input_chars_per_word":100,
-        "vocab":{"[PAD]":0,"[UNK]":1,"[CLS]":2,"[SEP]":3,"hello":4,"world":5,"the":6,"cat":7,"##s":8,",":9}}
-    }"###;
+    pub(crate) const TINY_TOKENIZER: &str = include_str!("../testdata/tiny-tokenizer.json");
 
     /// A fresh directory under the target dir holding `tokenizer.json` (if given).
     pub(crate) fn model_dir(name: &str, tokenizer: Option<&str>) -> PathBuf {
