@@ -5,47 +5,13 @@
 //! Runs the real `herd` binary on 127.0.0.1 with the real ONNX Runtime (skipped with a message
 //! outside CI when the library is not installed: `herd runtime install`; fails under CI=true).
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const HERD: &str = env!("CARGO_BIN_EXE_herd");
-
-fn runtime_available() -> bool {
-    Command::new(HERD)
-        .args(["runtime", "path"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sigterm(pid: u32) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -TERM {pid} failed");
-}
+mod support;
+use support::{free_port, require_runtime, sigterm, Kill, HERD};
 
 async fn get(http: &reqwest::Client, url: &str) -> Option<(u16, Value)> {
     let r = http.get(url).send().await.ok()?;
@@ -55,12 +21,7 @@ async fn get(http: &reqwest::Client, url: &str) -> Option<(u16, Value)> {
 
 #[tokio::test]
 async fn sigterm_turns_readiness_off_before_the_listener_closes() {
-    if !runtime_available() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "ONNX Runtime is missing under CI"
-        );
-        eprintln!("SKIPPED: ONNX Runtime not installed (herd runtime install)");
+    if !require_runtime() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -288,12 +249,7 @@ async fn wait_exit(child: &mut Kill, within: Duration) -> std::process::ExitStat
 
 #[tokio::test]
 async fn a_request_running_at_sigterm_gets_its_answer_within_the_grace() {
-    if !runtime_available() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "ONNX Runtime is missing under CI"
-        );
-        eprintln!("SKIPPED: ONNX Runtime not installed (herd runtime install)");
+    if !require_runtime() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -329,12 +285,7 @@ async fn a_request_running_at_sigterm_gets_its_answer_within_the_grace() {
 
 #[tokio::test]
 async fn the_process_ends_after_its_grace_with_a_request_still_running() {
-    if !runtime_available() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "ONNX Runtime is missing under CI"
-        );
-        eprintln!("SKIPPED: ONNX Runtime not installed (herd runtime install)");
+    if !require_runtime() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
