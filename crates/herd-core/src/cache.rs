@@ -607,8 +607,12 @@ impl Core {
         config: &ModelConfig,
         path: std::path::PathBuf,
     ) -> Result<(std::path::PathBuf, LoadOptions), CoreError> {
+        let plain = LoadOptions {
+            intra_threads: config.threads,
+            ..LoadOptions::default()
+        };
         let Some(base) = &config.base else {
-            return Ok((path, LoadOptions::default()));
+            return Ok((path, plain));
         };
         let (entry, version) = self.resolve(base, None)?;
         if entry.config.base.is_some() {
@@ -622,7 +626,7 @@ impl Core {
             base_path,
             LoadOptions {
                 adapter: Some(path),
-                ..LoadOptions::default()
+                ..plain
             },
         ))
     }

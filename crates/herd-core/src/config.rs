@@ -3,8 +3,11 @@
 //! ```toml
 //! versions = ["2"]            # versions to serve; default: the highest numeric version
 //! max_batch_size = 32         # dynamic batching: most rows per batch (1 = no batching)
-//! max_queue_delay_ms = 0      # how long a batch may wait for more requests
+//! max_queue_delay_ms = 0      # how long a batch may wait for more requests (only while others
+//!                             # run, or the last batch's clients have not yet come back)
 //! instances = 1               # runnable copies of the model (concurrent inferences)
+//! threads = 0                 # threads one run of an instance uses (0 = the server's shared
+//!                             # pool, --threads); with N > 0 each instance has its own N threads
 //! pinned = false              # preload at start, never evict
 //! warmup = false              # (every load now runs one inference at the largest shape)
 //! warmup_interval_secs = 0    # and again every N seconds while loaded (0 = never)
@@ -35,6 +38,10 @@ pub struct ModelConfig {
     pub max_batch_size: usize,
     pub max_queue_delay_ms: u64,
     pub instances: usize,
+    /// Threads one run of an instance may use inside an operator: 0 = the server's shared pool
+    /// (`--threads`), N = each instance gets its own pool of N threads (e.g. `instances = 2`,
+    /// `threads = 1` on two cores: two runs side by side, none waiting on the other's threads).
+    pub threads: usize,
     pub pinned: bool,
     pub warmup: bool,
     pub warmup_interval_secs: u64,
@@ -64,6 +71,7 @@ impl Default for ModelConfig {
             max_batch_size: 32,
             max_queue_delay_ms: 0,
             instances: 1,
+            threads: 0,
             pinned: false,
             warmup: false,
             warmup_interval_secs: 0,
@@ -100,6 +108,11 @@ impl ModelConfig {
         };
         if self.instances == 0 || self.instances > 64 {
             return Err(bad("instances must be between 1 and 64"));
+        }
+        if self.threads > 256 {
+            return Err(bad(
+                "threads must be at most 256 (0 = the server's shared pool)",
+            ));
         }
         if self.max_batch_size == 0 {
             return Err(bad("max_batch_size must be at least 1"));
@@ -184,5 +197,13 @@ mod tests {
     #[test]
     fn zero_instances_rejected() {
         assert!(ModelConfig::parse("m", "instances = 0").is_err());
+    }
+
+    #[test]
+    fn threads_default_to_the_shared_pool_and_are_bounded() {
+        assert_eq!(ModelConfig::parse("m", "").unwrap().threads, 0);
+        assert_eq!(ModelConfig::parse("m", "threads = 1").unwrap().threads, 1);
+        let e = ModelConfig::parse("m", "threads = 100000").unwrap_err();
+        assert!(e.to_string().contains("threads must be at most 256"), "{e}");
     }
 }

@@ -49,8 +49,45 @@ pub struct LoadedModel {
     pub(crate) queued: Arc<AtomicUsize>,
     pub(crate) capacity: usize,
     pub(crate) pool: Arc<InstancePool>,
+    pub(crate) returning: Arc<Returning>,
     /// Every output has a dynamic first dimension: rows can be batched and chunked.
     pub(crate) batchable: bool,
+}
+
+/// Whether more requests are on their way: the clients of the last answered batch, most of
+/// which send their next request within a few milliseconds when they run in a closed loop
+/// (a client, or a pool of them, waiting for each answer before it sends the next).
+/// The batcher waits up to `max_queue_delay` for them while fewer have arrived since.
+#[derive(Default)]
+pub(crate) struct Returning {
+    /// Requests in the last answered batch, and when it was answered.
+    last: Mutex<Option<(usize, Instant)>>,
+    /// Requests submitted since then.
+    arrived: AtomicUsize,
+}
+
+impl Returning {
+    /// Clients of a batch answered within `WINDOW` count as coming back.
+    const WINDOW: Duration = Duration::from_millis(100);
+
+    pub(crate) fn answered(&self, n: usize) {
+        *self.last.lock() = Some((n, Instant::now()));
+        self.arrived.store(0, Ordering::Release);
+    }
+
+    pub(crate) fn arrived(&self) {
+        self.arrived.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Requests expected soon: the last batch's count less those that came since it was answered.
+    pub(crate) fn expected(&self) -> usize {
+        match *self.last.lock() {
+            Some((n, at)) if at.elapsed() < Self::WINDOW => {
+                n.saturating_sub(self.arrived.load(Ordering::Acquire))
+            }
+            _ => 0,
+        }
+    }
 }
 
 pub(crate) struct InstancePool {
@@ -110,11 +147,13 @@ impl LoadedModel {
             .iter()
             .all(|o| o.shape.first() == Some(&-1));
         let batchable = batch.max_batch_size > 1 && rows_split;
+        let returning = Arc::new(Returning::default());
         tokio::spawn(batch_loop(
             name.clone(),
             rx,
             pool.clone(),
             queued.clone(),
+            returning.clone(),
             batch,
             batchable,
         ));
@@ -127,6 +166,7 @@ impl LoadedModel {
             queued,
             capacity,
             pool,
+            returning,
             batchable: rows_split,
         }
     }
@@ -157,6 +197,7 @@ impl LoadedModel {
                 capacity: self.capacity,
             });
         }
+        self.returning.arrived();
         match self.tx.try_send(job) {
             Ok(()) => Ok(Pending {
                 rx,
@@ -234,6 +275,7 @@ async fn batch_loop(
     mut rx: mpsc::Receiver<Job>,
     pool: Arc<InstancePool>,
     queued: Arc<AtomicUsize>,
+    returning: Arc<Returning>,
     settings: BatchSettings,
     batchable: bool,
 ) {
@@ -252,12 +294,14 @@ async fn batch_loop(
             let deadline = tokio::time::Instant::now() + settings.max_queue_delay;
             while rows < settings.max_batch_size {
                 // Wait for company only when it can come: another request is running on this
-                // model now. A lone request runs at once.
-                let others_running = pool.free.available_permits() < pool.total;
+                // model now, or the clients of the last answered batch have not all come back.
+                // A lone request runs at once.
+                let company =
+                    pool.free.available_permits() < pool.total || returning.expected() > 0;
                 let next = match rx.try_recv() {
                     Ok(j) => Some(j),
                     Err(mpsc::error::TryRecvError::Empty)
-                        if !settings.max_queue_delay.is_zero() && others_running =>
+                        if !settings.max_queue_delay.is_zero() && company =>
                     {
                         tokio::time::timeout_at(deadline, rx.recv())
                             .await
@@ -279,9 +323,26 @@ async fn batch_loop(
         // Requests that came while this batch waited for an instance join it: otherwise they
         // would wait for the next run, and closed-loop clients would split into two cohorts
         // that take turns in half-size batches.
+        // When the batch that held the instance was just answered, its clients are about to
+        // send again: wait up to `max_queue_delay` for them, so they run in this batch rather
+        // than in the next one (closed-loop clients would otherwise split into a large and a
+        // small cohort, and the small one runs alone).
         if batchable && batch[0].rows.is_some() && pending.is_none() {
+            let deadline = tokio::time::Instant::now() + settings.max_queue_delay;
             while rows < settings.max_batch_size {
-                let Ok(j) = rx.try_recv() else { break };
+                let next = match rx.try_recv() {
+                    Ok(j) => Some(j),
+                    Err(mpsc::error::TryRecvError::Empty)
+                        if !settings.max_queue_delay.is_zero() && returning.expected() > 0 =>
+                    {
+                        tokio::time::timeout_at(deadline, rx.recv())
+                            .await
+                            .ok()
+                            .flatten()
+                    }
+                    Err(_) => None,
+                };
+                let Some(j) = next else { break };
                 if let Err(j) = join(&mut batch, &mut rows, j, settings.max_batch_size) {
                     pending = Some(j);
                     break;
@@ -296,9 +357,10 @@ async fn batch_loop(
         }
         let pool = pool.clone();
         let model = model.clone();
+        let returning = returning.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            run_batch(&model, &pool, batch);
+            run_batch(&model, &pool, batch, &returning);
             // Give back what a large run freed, so resident memory comes back down.
             herd_runtime::memory::trim();
         });
@@ -319,7 +381,9 @@ fn run_error(model: &str, e: RuntimeError) -> CoreError {
     }
 }
 
-fn run_batch(model: &str, pool: &InstancePool, batch: Vec<Job>) {
+/// Runs `batch` and answers its requests; `returning` learns of the answers just before they
+/// go out (so that the clients' next requests count as arrived after them).
+fn run_batch(model: &str, pool: &InstancePool, batch: Vec<Job>, returning: &Returning) {
     let started = Instant::now();
     if batch.len() == 1 {
         let job = batch.into_iter().next().expect("one job");
@@ -327,6 +391,7 @@ fn run_batch(model: &str, pool: &InstancePool, batch: Vec<Job>) {
         let rows = job.rows.unwrap_or(1);
         let r = pool.run(job.inputs, &job.cancel);
         let inference = started.elapsed();
+        returning.answered(1);
         let _ = job.reply.send(
             r.map(|outputs| JobOutput {
                 outputs,
@@ -363,6 +428,7 @@ fn run_batch(model: &str, pool: &InstancePool, batch: Vec<Job>) {
     }
     let result = pool.run(merged, &cancel);
     let inference = started.elapsed();
+    returning.answered(batch.len());
     let outputs = match result {
         Ok(o) => o,
         Err(e) => {
@@ -408,5 +474,28 @@ fn run_batch(model: &str, pool: &InstancePool, batch: Vec<Job>) {
             }),
         });
         offset += rows;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Returning;
+
+    #[test]
+    fn clients_of_the_last_batch_are_expected_until_they_come_back() {
+        let r = Returning::default();
+        assert_eq!(r.expected(), 0, "nothing answered yet: nobody to wait for");
+        r.answered(3);
+        assert_eq!(r.expected(), 3);
+        r.arrived();
+        r.arrived();
+        assert_eq!(r.expected(), 1);
+        r.arrived();
+        r.arrived();
+        assert_eq!(r.expected(), 0, "more came than were answered");
+        // A lone client: its next request is the only one expected, and it has come.
+        r.answered(1);
+        r.arrived();
+        assert_eq!(r.expected(), 0);
     }
 }

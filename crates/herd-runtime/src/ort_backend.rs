@@ -26,6 +26,12 @@ pub struct OrtBackend {
     adapter_bases: Arc<crate::adapters::Bases>,
 }
 
+/// Whether the shared pool's threads spin between operators (`HERD_ORT_SPIN=1`): faster hand-offs
+/// on small runs, but idle threads burn CPU for a while after each run. Off by default.
+fn spin_by_env() -> bool {
+    std::env::var("HERD_ORT_SPIN").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
 impl OrtBackend {
     /// Loads the library (once per process) and creates the environment.
     /// `intra_threads` sizes the shared pool (0 = ONNX Runtime's default, one per core).
@@ -37,7 +43,7 @@ impl OrtBackend {
             let pool = GlobalThreadPoolOptions::default()
                 .with_intra_threads(intra_threads)
                 .and_then(|p| p.with_inter_threads(1))
-                .and_then(|p| p.with_spin_control(false))
+                .and_then(|p| p.with_spin_control(spin_by_env()))
                 .map_err(|e| e.to_string())?;
             crate::memory::tune_allocator();
             let env = builder
