@@ -270,6 +270,26 @@ fn join(batch: &mut Vec<Job>, rows: &mut usize, j: Job, max: usize) -> Result<()
     }
 }
 
+/// The next queued request: one already waiting, or, when `company` can come and the model
+/// has a queue delay, the first to arrive before `deadline`.
+async fn next_job(
+    rx: &mut mpsc::Receiver<Job>,
+    company: bool,
+    settings: &BatchSettings,
+    deadline: tokio::time::Instant,
+) -> Option<Job> {
+    match rx.try_recv() {
+        Ok(j) => Some(j),
+        Err(mpsc::error::TryRecvError::Empty) if !settings.max_queue_delay.is_zero() && company => {
+            tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .ok()
+                .flatten()
+        }
+        Err(_) => None,
+    }
+}
+
 async fn batch_loop(
     model: String,
     mut rx: mpsc::Receiver<Job>,
@@ -298,19 +318,9 @@ async fn batch_loop(
                 // A lone request runs at once.
                 let company =
                     pool.free.available_permits() < pool.total || returning.expected() > 0;
-                let next = match rx.try_recv() {
-                    Ok(j) => Some(j),
-                    Err(mpsc::error::TryRecvError::Empty)
-                        if !settings.max_queue_delay.is_zero() && company =>
-                    {
-                        tokio::time::timeout_at(deadline, rx.recv())
-                            .await
-                            .ok()
-                            .flatten()
-                    }
-                    Err(_) => None,
+                let Some(j) = next_job(&mut rx, company, &settings, deadline).await else {
+                    break;
                 };
-                let Some(j) = next else { break };
                 if let Err(j) = join(&mut batch, &mut rows, j, settings.max_batch_size) {
                     pending = Some(j);
                     break;
@@ -330,19 +340,10 @@ async fn batch_loop(
         if batchable && batch[0].rows.is_some() && pending.is_none() {
             let deadline = tokio::time::Instant::now() + settings.max_queue_delay;
             while rows < settings.max_batch_size {
-                let next = match rx.try_recv() {
-                    Ok(j) => Some(j),
-                    Err(mpsc::error::TryRecvError::Empty)
-                        if !settings.max_queue_delay.is_zero() && returning.expected() > 0 =>
-                    {
-                        tokio::time::timeout_at(deadline, rx.recv())
-                            .await
-                            .ok()
-                            .flatten()
-                    }
-                    Err(_) => None,
+                let company = returning.expected() > 0;
+                let Some(j) = next_job(&mut rx, company, &settings, deadline).await else {
+                    break;
                 };
-                let Some(j) = next else { break };
                 if let Err(j) = join(&mut batch, &mut rows, j, settings.max_batch_size) {
                     pending = Some(j);
                     break;
