@@ -30,7 +30,7 @@ static PRIMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::ne
 type LoadResult = Option<Result<Arc<Served>, CoreError>>;
 /// Instances, their signature, their charge in bytes, and a text pipeline's shared part.
 type Loaded = (
-    Vec<Box<dyn Instance>>,
+    crate::model::Instances,
     Signature,
     u64,
     Option<Arc<PipelineShared>>,
@@ -649,6 +649,8 @@ impl Core {
         let file_size = weights_bytes(&path).map_err(fail)?;
         let (path, load_opts) = self.adapter_load(name, config, path)?;
         let instances_n = config.instances.max(1) as u64;
+        // Sessions the load makes: the instances and the solo one (weights are held by each).
+        let sessions_n = instances_n + u64::from(config.solo_instance());
         // Reserve room before loading; the reservation is kept in the entry until the true-up.
         // When every loaded model is busy, wait a little for one to become idle (requests are
         // short) rather than failing at once; give up with NoRoom after `room_wait`.
@@ -656,7 +658,7 @@ impl Core {
         loop {
             let key = (name.to_string(), version.to_string());
             let mut st = self.state.lock();
-            let estimate = st.overheads.estimate(file_size) * instances_n;
+            let estimate = st.overheads.estimate(file_size) * sessions_n;
             match self.make_room(&mut st, name, estimate, &key) {
                 Ok(()) => {}
                 Err(CoreError::NoRoom { .. }) if waiting_since.elapsed() < self.cfg.room_wait => {
@@ -690,18 +692,43 @@ impl Core {
         }
         let before = memory::allocated_bytes();
         let mut instances: Vec<Box<dyn Instance>> = Vec::with_capacity(instances_n as usize);
-        for _ in 0..instances_n {
+        // The first instance may run on a trunk shared with other models; the others are
+        // sessions of their own (on the same weights), so that the instances run side by side.
+        let more = LoadOptions {
+            whole: true,
+            ..load_opts.clone()
+        };
+        for i in 0..instances_n {
+            let opts = if i == 0 { &load_opts } else { &more };
             let inst = self
                 .backend
-                .load(&path, &load_opts)
+                .load(&path, opts)
                 .map_err(|e| fail(e.to_string()))?;
             instances.push(inst);
         }
+        // A run alone on the model gets the shared pool (every core) on one more session.
+        let solo = if config.solo_instance() {
+            let opts = LoadOptions {
+                intra_threads: 0,
+                ..more
+            };
+            Some(
+                self.backend
+                    .load(&path, &opts)
+                    .map_err(|e| fail(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let mut instances = crate::model::Instances {
+            each: instances,
+            solo,
+        };
         // A text pipeline shares one tokenizer between its instances, prepared inside the
         // measured window so the tokenizer is charged with the model.
         let mut pipeline = None;
         if let Some(table) = &config.pipeline {
-            let shared = crate::pipeline::prepare(table, &path, instances[0].signature())
+            let shared = crate::pipeline::prepare(table, &path, instances.each[0].signature())
                 .map_err(|reason| fail(format!("text pipeline: {reason}")))?;
             pipeline = Some(shared);
         }
@@ -710,7 +737,7 @@ impl Core {
         // Working memory: a run at the largest shape a request can reach (max_batch_size rows,
         // a pipeline's max_length tokens); its peak over the loaded level, plus the run's
         // inputs and outputs, is charged for each instance (each runs on its own).
-        let sig0 = instances[0].signature().clone();
+        let sig0 = instances.each[0].signature().clone();
         let make_inputs = |rows: usize| match &pipeline {
             Some(p) => crate::pipeline::warmup_tensors(p, rows),
             None => max_shape_inputs(&sig0, rows, config.max_dynamic_dim.unwrap_or(1)),
@@ -750,7 +777,7 @@ impl Core {
                 }
             }
         };
-        let working_io = warm(&mut instances[0]);
+        let working_io = warm(&mut instances.each[0]);
         sampling.store(false, Ordering::Relaxed);
         let _ = sampler.join();
         let working_io = working_io?;
@@ -760,20 +787,17 @@ impl Core {
             .unwrap_or(0);
         drop(guard);
         if let Some(shared) = &pipeline {
-            instances = instances
-                .into_iter()
-                .map(|i| {
-                    Box::new(crate::pipeline::PipelineInstance::new(i, shared.clone()))
-                        as Box<dyn Instance>
-                })
-                .collect();
+            instances = instances.map(|i| {
+                Box::new(crate::pipeline::PipelineInstance::new(i, shared.clone()))
+                    as Box<dyn Instance>
+            });
         }
         let (measured, working) = match (before, loaded, warmed) {
             (Some(b), Some(l), Some(w)) => (l.saturating_sub(b), w.saturating_sub(l) + working_io),
             _ => (0, rss_growth + working_io),
         };
         let key = (name.to_string(), version.to_string());
-        let (shared, created, stripped, serial) = shared_weights(&instances);
+        let (shared, created, stripped, serial) = shared_weights(instances.all());
         // A model whose runs take turns on a session shared with other models (a shared trunk,
         // a LoRA base) needs that session's run memory only during its turn: the run memory is
         // charged once for all the session's users (the most any of them measured); the model
@@ -792,15 +816,16 @@ impl Core {
             // Working memory is each instance's own, shared weights or not.
             measured
                 .saturating_sub(created)
-                .max(file_size.saturating_sub(stripped) * instances_n)
+                .max(file_size.saturating_sub(stripped) * sessions_n)
                 + working * instances_n
         } else {
             let mut st = self.state.lock();
             let reserved = st.entries.get(&key).map(|e| e.charge).unwrap_or(0);
-            let per_instance =
+            // Every session holds the weights; only `instances` of them run at once.
+            let per_session =
                 st.overheads
-                    .charge(file_size, measured / instances_n, reserved / instances_n);
-            (per_instance + working) * instances_n
+                    .charge(file_size, measured / sessions_n, reserved / sessions_n);
+            per_session * sessions_n + working * instances_n
         };
         if charge > self.cfg.memory_budget {
             return Err(CoreError::TooLarge {
@@ -846,7 +871,7 @@ impl Core {
             self.publish(&st);
             break;
         }
-        let signature = instances[0].signature().clone();
+        let signature = instances.each[0].signature().clone();
         if signature.outputs.is_empty() {
             return Err(fail("the model has no outputs".into()));
         }
@@ -1518,8 +1543,8 @@ fn shared_sizes(st: &CacheState) -> HashMap<herd_runtime::shared::Key, u64> {
 /// The distinct shared weights of a model's instances, the bytes of those its load created,
 /// and the file bytes not handed to the engine.
 #[allow(clippy::type_complexity)]
-fn shared_weights(
-    instances: &[Box<dyn Instance>],
+fn shared_weights<'a>(
+    instances: impl Iterator<Item = &'a Box<dyn Instance>>,
 ) -> (
     Arc<[(herd_runtime::shared::Key, u64)]>,
     u64,

@@ -8,6 +8,9 @@
 //! instances = 1               # runnable copies of the model (concurrent inferences)
 //! threads = 0                 # threads one run of an instance uses (0 = the server's shared
 //!                             # pool, --threads); with N > 0 each instance has its own N threads
+//! solo = true                 # with threads > 0: a run that has the model to itself runs on
+//!                             # the shared pool instead, on every core (default: on when
+//!                             # instances > 1 and threads > 0; one more session, same weights)
 //! pinned = false              # preload at start, never evict
 //! warmup = false              # (every load now runs one inference at the largest shape)
 //! warmup_interval_secs = 0    # and again every N seconds while loaded (0 = never)
@@ -42,6 +45,11 @@ pub struct ModelConfig {
     /// (`--threads`), N = each instance gets its own pool of N threads (e.g. `instances = 2`,
     /// `threads = 1` on two cores: two runs side by side, none waiting on the other's threads).
     pub threads: usize,
+    /// With `threads > 0`: one more instance on the server's shared pool, used by a run that
+    /// has the model to itself (no other run of it in progress), so a lone request gets every
+    /// core while concurrent ones run side by side on their own threads. Unset: on when
+    /// `instances > 1` (see [`ModelConfig::solo_instance`]).
+    pub solo: Option<bool>,
     pub pinned: bool,
     pub warmup: bool,
     pub warmup_interval_secs: u64,
@@ -72,6 +80,7 @@ impl Default for ModelConfig {
             max_queue_delay_ms: 0,
             instances: 1,
             threads: 0,
+            solo: None,
             pinned: false,
             warmup: false,
             warmup_interval_secs: 0,
@@ -101,6 +110,11 @@ impl ModelConfig {
         Ok(cfg)
     }
 
+    /// Whether the model gets a solo instance on the shared pool besides its `instances`.
+    pub fn solo_instance(&self) -> bool {
+        self.threads > 0 && self.solo.unwrap_or(self.instances > 1)
+    }
+
     pub fn validate(&self, model: &str) -> Result<(), CoreError> {
         let bad = |reason: &str| CoreError::BadConfig {
             model: model.to_string(),
@@ -112,6 +126,12 @@ impl ModelConfig {
         if self.threads > 256 {
             return Err(bad(
                 "threads must be at most 256 (0 = the server's shared pool)",
+            ));
+        }
+        if self.solo == Some(true) && self.threads == 0 {
+            return Err(bad(
+                "solo = true needs threads > 0 (with threads = 0 every run already uses the \
+                 shared pool)",
             ));
         }
         if self.max_batch_size == 0 {
@@ -197,6 +217,22 @@ mod tests {
     #[test]
     fn zero_instances_rejected() {
         assert!(ModelConfig::parse("m", "instances = 0").is_err());
+    }
+
+    #[test]
+    fn a_solo_instance_comes_with_several_instances_on_their_own_threads() {
+        let solo = |t: &str| ModelConfig::parse("m", t).unwrap().solo_instance();
+        assert!(!solo(""));
+        assert!(!solo("instances = 2"));
+        assert!(!solo("threads = 1"));
+        assert!(solo("instances = 2\nthreads = 1"));
+        assert!(!solo("instances = 2\nthreads = 1\nsolo = false"));
+        assert!(solo("threads = 1\nsolo = true"));
+        let e = ModelConfig::parse("m", "solo = true").unwrap_err();
+        assert!(
+            e.to_string().contains("solo = true needs threads > 0"),
+            "{e}"
+        );
     }
 
     #[test]

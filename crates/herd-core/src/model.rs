@@ -90,8 +90,34 @@ impl Returning {
     }
 }
 
+/// A model's runnable instances, as loaded.
+pub(crate) struct Instances {
+    /// Each runs one batch at a time: as many runs at once as there are instances.
+    pub each: Vec<Box<dyn Instance>>,
+    /// An instance on the server's shared pool for a run that has the model to itself
+    /// (config `solo`): a lone request gets every core, concurrent ones use `each`.
+    pub solo: Option<Box<dyn Instance>>,
+}
+
+impl Instances {
+    /// Every instance, the solo one last.
+    pub fn all(&self) -> impl Iterator<Item = &Box<dyn Instance>> {
+        self.each.iter().chain(self.solo.as_ref())
+    }
+
+    pub fn map(self, f: impl Fn(Box<dyn Instance>) -> Box<dyn Instance>) -> Instances {
+        Instances {
+            each: self.each.into_iter().map(&f).collect(),
+            solo: self.solo.map(f),
+        }
+    }
+}
+
 pub(crate) struct InstancePool {
     instances: Mutex<Vec<Box<dyn Instance>>>,
+    solo: Mutex<Option<Box<dyn Instance>>>,
+    /// Runs in progress (the solo instance is used only by a run that starts alone).
+    running: AtomicUsize,
     free: Arc<Semaphore>,
     total: usize,
 }
@@ -104,21 +130,41 @@ impl Drop for InstancePool {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         self.instances.get_mut().clear();
+        self.solo.get_mut().take();
     }
 }
 
 impl InstancePool {
-    pub fn new(instances: Vec<Box<dyn Instance>>) -> InstancePool {
-        let n = instances.len();
+    pub fn new(instances: Instances) -> InstancePool {
+        let n = instances.each.len();
         InstancePool {
-            instances: Mutex::new(instances),
+            instances: Mutex::new(instances.each),
+            solo: Mutex::new(instances.solo),
+            running: AtomicUsize::new(0),
             free: Arc::new(Semaphore::new(n)),
             total: n,
         }
     }
 
-    /// Runs `inputs` on a free instance (blocking; call on the blocking pool with a permit held).
+    /// Runs `inputs` on a free instance (blocking; call on the blocking pool with a permit held):
+    /// the solo instance when no other run is in progress and the model has one.
     fn run(&self, inputs: Vec<Tensor>, cancel: &Cancel) -> Result<Vec<Tensor>, RuntimeError> {
+        struct Running<'a>(&'a AtomicUsize);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let alone = self.running.fetch_add(1, Ordering::AcqRel) == 0;
+        let _running = Running(&self.running);
+        if alone {
+            let solo = self.solo.lock().take();
+            if let Some(mut inst) = solo {
+                let r = inst.run_cancellable(inputs, cancel);
+                *self.solo.lock() = Some(inst);
+                return r;
+            }
+        }
         let mut inst =
             self.instances.lock().pop().ok_or_else(|| {
                 RuntimeError::Run("no free instance (internal error)".to_string())
@@ -135,7 +181,7 @@ impl LoadedModel {
         version: String,
         signature: Signature,
         platform: &'static str,
-        instances: Vec<Box<dyn Instance>>,
+        instances: Instances,
         capacity: usize,
         batch: BatchSettings,
     ) -> LoadedModel {
@@ -480,7 +526,89 @@ fn run_batch(model: &str, pool: &InstancePool, batch: Vec<Job>, returning: &Retu
 
 #[cfg(test)]
 mod tests {
-    use super::Returning;
+    use std::sync::mpsc as std_mpsc;
+    use std::sync::Arc;
+
+    use herd_api::v2::{Tensor, TensorData};
+    use herd_runtime::{Cancel, Instance, RuntimeError, Signature};
+
+    use super::{InstancePool, Instances, Returning};
+
+    /// Answers its own name; a run holds until the test lets it go (`gate`), so the test
+    /// decides which runs overlap.
+    struct Tagged {
+        name: &'static str,
+        sig: Signature,
+        started: std_mpsc::Sender<&'static str>,
+        gate: Arc<parking_lot::Mutex<std_mpsc::Receiver<()>>>,
+    }
+
+    impl Instance for Tagged {
+        fn signature(&self) -> &Signature {
+            &self.sig
+        }
+        fn run(&mut self, _inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
+            self.started.send(self.name).unwrap();
+            self.gate.lock().recv().unwrap();
+            Ok(vec![Tensor::new(
+                self.name,
+                vec![1],
+                TensorData::Bytes(vec![self.name.as_bytes().to_vec()]),
+            )])
+        }
+    }
+
+    fn answered_by(r: Result<Vec<Tensor>, RuntimeError>) -> String {
+        match &r.unwrap()[0].data {
+            TensorData::Bytes(b) => String::from_utf8(b[0].clone()).unwrap(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_lone_run_takes_the_solo_instance_and_overlapping_runs_their_own() {
+        let (started_tx, started) = std_mpsc::channel();
+        let (go, gate) = std_mpsc::channel();
+        let gate = Arc::new(parking_lot::Mutex::new(gate));
+        let inst = |name| -> Box<dyn Instance> {
+            Box::new(Tagged {
+                name,
+                sig: Signature {
+                    inputs: vec![],
+                    outputs: vec![],
+                },
+                started: started_tx.clone(),
+                gate: gate.clone(),
+            })
+        };
+        let pool = Arc::new(InstancePool::new(Instances {
+            each: vec![inst("one"), inst("two")],
+            solo: Some(inst("solo")),
+        }));
+        let run = |pool: &Arc<InstancePool>| {
+            let pool = pool.clone();
+            std::thread::spawn(move || pool.run(vec![], &Cancel::new()))
+        };
+        // Alone: the solo instance.
+        let a = run(&pool);
+        assert_eq!(started.recv().unwrap(), "solo");
+        // Started while the solo run is in progress: one of the model's own instances.
+        let b = run(&pool);
+        assert_ne!(started.recv().unwrap(), "solo");
+        go.send(()).unwrap();
+        go.send(()).unwrap();
+        let by = [
+            answered_by(a.join().unwrap()),
+            answered_by(b.join().unwrap()),
+        ];
+        assert_eq!(by[0], "solo", "{by:?}");
+        assert_ne!(by[1], "solo", "{by:?}");
+        // Nothing in progress again: the next lone run is solo's once more.
+        let c = run(&pool);
+        assert_eq!(started.recv().unwrap(), "solo");
+        go.send(()).unwrap();
+        assert_eq!(answered_by(c.join().unwrap()), "solo");
+    }
 
     #[test]
     fn clients_of_the_last_batch_are_expected_until_they_come_back() {

@@ -16,7 +16,7 @@ use herd_runtime::OrtBackend;
 const TOKENIZER: &str = include_str!("../../herd-pipeline/testdata/tiny-tokenizer.json");
 
 fn backend() -> Arc<OrtBackend> {
-    Arc::new(OrtBackend::new(None, 1).expect(
+    Arc::new(OrtBackend::new(None, 1, false).expect(
         "ONNX Runtime library not found: run `cargo run -p herd -- runtime install` (scripts/test.sh does)",
     ))
 }

@@ -47,7 +47,7 @@ async fn minilm_charge_vs_resident_memory() {
         "max_batch_size = 32\n[pipeline]\nmax_length = 256\npooling = \"mean\"\nnormalize = true\n",
     )
     .unwrap();
-    let backend = Arc::new(OrtBackend::new(None, 0).unwrap());
+    let backend = Arc::new(OrtBackend::new(None, 0, false).unwrap());
     let core = Core::new(
         CoreConfig {
             memory_budget: 4 << 30,

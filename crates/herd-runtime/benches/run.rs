@@ -48,7 +48,7 @@ fn input_dim(instance: &dyn Instance) -> Option<(String, usize)> {
 }
 
 fn bench_run(c: &mut Criterion) {
-    let backend = match OrtBackend::new(None, 1) {
+    let backend = match OrtBackend::new(None, 1, false) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("SKIPPED: {e}");

@@ -38,6 +38,10 @@ pub struct LoadOptions {
     /// A LoRA adapter file (ONNX Runtime `.onnx_adapter`) to activate on every run of the model
     /// at `path`; instances with adapters on one base file share one session of it.
     pub adapter: Option<std::path::PathBuf>,
+    /// A session of the whole model, never a head on a shared trunk: for a model's second and
+    /// later instances, which must run side by side (the instances of one model hold the same
+    /// tensors, so they would otherwise share one trunk session and take turns on it).
+    pub whole: bool,
 }
 
 /// An inference engine. Implementations must be cheap to share across threads.

@@ -621,7 +621,7 @@ pub(crate) fn load(
             }
         })
         .collect();
-    if store.split {
+    if store.split && !opts.whole {
         if let Some(split) = plan.split(&bytes, |k| resident.contains(k)) {
             let s = load_split(
                 env,

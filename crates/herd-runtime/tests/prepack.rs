@@ -15,7 +15,7 @@ const N: usize = 2048;
 const MIB: u64 = 1 << 20;
 
 fn backend() -> OrtBackend {
-    OrtBackend::new(None, 1).expect(
+    OrtBackend::new(None, 1, false).expect(
         "ONNX Runtime library not found: run `cargo run -p herd -- runtime install` (scripts/test.sh does)",
     )
 }

@@ -11,7 +11,7 @@ use herd_runtime::{Backend, LoadOptions, OrtBackend};
 const N: usize = 300; // 300 x 300 int8 = 90,000 bytes: above the 64 KiB threshold
 
 fn backend() -> OrtBackend {
-    OrtBackend::new(None, 1).expect(
+    OrtBackend::new(None, 1, false).expect(
         "ONNX Runtime library not found: run `cargo run -p herd -- runtime install` (scripts/test.sh does)",
     )
 }

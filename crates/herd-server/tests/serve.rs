@@ -18,7 +18,7 @@ const DIM: usize = 8;
 const CLASSES: usize = 3;
 
 fn backend() -> Arc<OrtBackend> {
-    Arc::new(OrtBackend::new(None, 1).expect(
+    Arc::new(OrtBackend::new(None, 1, false).expect(
         "ONNX Runtime library not found: run `cargo run -p herd -- runtime install` (scripts/test.sh does)",
     ))
 }

@@ -34,7 +34,7 @@ async fn start_with(
     auth: Auth,
     jobs: Option<Arc<dyn herd_jobs::Queue>>,
 ) -> (String, Arc<Core>) {
-    let backend = Arc::new(OrtBackend::new(None, 1).expect(
+    let backend = Arc::new(OrtBackend::new(None, 1, false).expect(
         "ONNX Runtime library not found: run `cargo run -p herd -- runtime install` (scripts/test.sh does)",
     ));
     let source = Arc::new(DirectorySource::new(repo).unwrap());
@@ -223,7 +223,8 @@ async fn a_channel_source_shows_its_channel_and_release() {
         herd_server::serving::RegistrySource::open(Arc::new(reg), "production", home.join("cache"))
             .await
             .unwrap();
-    let backend = Arc::new(OrtBackend::new(None, 1).expect("ONNX Runtime library not found"));
+    let backend =
+        Arc::new(OrtBackend::new(None, 1, false).expect("ONNX Runtime library not found"));
     let core = Core::new(CoreConfig::default(), source, backend);
     let state = AppState::new(core, Arc::new(Auth::open()), None);
     state.health.mark_started();

@@ -141,7 +141,7 @@ impl Server {
     /// finds or installs it first). Starts the channel watcher, the pinned preloads and the
     /// warm-up loop. Must run inside a tokio runtime.
     pub async fn build(settings: &ServeSettings, ort_lib: &Path) -> Result<Server, ServeError> {
-        let backend = OrtBackend::new(Some(ort_lib), settings.server.threads)
+        let backend = OrtBackend::new(Some(ort_lib), settings.server.threads, settings.server.spin)
             .map_err(|e| ServeError::Runtime(e.to_string()))?;
         let channel = open_channel(&settings.registry).await?;
         let source: Arc<dyn ModelSource> =

@@ -49,7 +49,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         Some(f) => f,
         None => {
             let lib = super::runtime::ensure(args.ort_lib.as_deref(), true)?;
-            let backend = Arc::new(OrtBackend::new(Some(&lib), 1)?);
+            let backend = Arc::new(OrtBackend::new(Some(&lib), 1, false)?);
             let rt = tokio::runtime::Runtime::new()?;
             if let Some(channel) = herd_plan::channel_to_measure(&plan) {
                 let settings = RegistrySettings {
