@@ -408,8 +408,14 @@ async fn batch_loop(
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             run_batch(&model, &pool, batch, &returning);
-            // Give back what a large run freed, so resident memory comes back down.
-            herd_runtime::memory::trim();
+            // Give back what a large run freed, so resident memory comes back down: now and
+            // then while the model is busy, and always once it has nothing running (the last
+            // run of a burst must not leave its memory behind because a trim ran just before).
+            if pool.running.load(Ordering::Acquire) == 0 {
+                herd_runtime::memory::trim_idle();
+            } else {
+                herd_runtime::memory::trim();
+            }
         });
     }
 }

@@ -94,6 +94,19 @@ pub fn trim() {
     }
 }
 
+/// Returns free heap memory to the system when a model has gone idle: not rate-limited, and
+/// trims once more than 4 MiB are held free (blocks under the mmap threshold that the last runs
+/// freed stay in the arenas otherwise).
+pub fn trim_idle() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if free_held_bytes().unwrap_or(0) > 4 << 20 {
+        // SAFETY: malloc_trim only releases free memory.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
 /// The default `M_MMAP_THRESHOLD` herd sets: blocks of this size or more get their own
 /// mapping, which goes back to the system the moment it is freed. Smaller blocks come from the
 /// arenas and are reused from run to run: at 256 KiB every activation of a MiniLM batch was a
@@ -205,7 +218,9 @@ mod tests {
         if allocator_stats().is_none() {
             return;
         }
-        for mib in [64usize, 16, 4, 1] {
+        // Sizes at and above the default threshold (4 MiB), largest first.
+        assert_eq!(DEFAULT_MMAP_THRESHOLD, 4 << 20);
+        for mib in [64usize, 16, 8, 4] {
             let bytes = (mib as u64) << 20;
             // Other tests allocate and free meanwhile: the block must show in one of a few tries.
             let shown = (0..10).any(|_| {
