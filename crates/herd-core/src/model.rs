@@ -131,6 +131,9 @@ impl Drop for InstancePool {
             .unwrap_or_else(|p| p.into_inner());
         self.instances.get_mut().clear();
         self.solo.get_mut().take();
+        // What the sessions (and weights no other model holds) freed goes back to the system:
+        // blocks under the mmap threshold would otherwise stay in the allocator's arenas.
+        herd_runtime::memory::trim_idle();
     }
 }
 
